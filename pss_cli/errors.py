@@ -1,0 +1,117 @@
+"""Typed errors and their exit codes: the one place where a failure gets its number.
+
+Everything below the CLI raises one of these; the CLI prints `str(error)` as a single line and exits with
+`error.exit_code`. Messages say what happened, why, and what to do.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """The documented exit codes (README, `pss-dup --help`)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NO_PROCESS = 3
+    ACCESS_DENIED = 4
+    NOT_SUPPORTED = 5
+    PARTIAL = 6
+    REFUSED = 7
+    BAD_SNAPSHOT = 8
+    FILE_EXISTS = 9
+    TIMEOUT = 124
+    INTERRUPTED = 130
+
+
+#: One line per code, for README and `--help`.
+EXIT_CODE_HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "the operation failed (a system call the tool depends on returned an error)",
+    ExitCode.USAGE: "usage error: bad option or argument, a name that matches several processes",
+    ExitCode.NO_PROCESS: "no such process, or it exited or became a zombie during the operation",
+    ExitCode.ACCESS_DENIED: "permission denied: not root, another user's process, Yama, non-dumpable, LSM",
+    ExitCode.NOT_SUPPORTED: "not supported: platform, kernel, architecture, kernel thread, 32-bit task",
+    ExitCode.PARTIAL: "partial success: with --all, some processes failed (see each report)",
+    ExitCode.REFUSED: "refused as unsafe for the process (seccomp, already traced, EINTR hazard); see --force",
+    ExitCode.BAD_SNAPSHOT: "not a pss-dup snapshot, or a corrupt or unknown snapshot format",
+    ExitCode.FILE_EXISTS: "the output file exists (use --force) or cannot be written",
+    ExitCode.TIMEOUT: "a process did not stop or answer within --timeout",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); every process was restored first",
+}
+
+
+class PssError(Exception):
+    """Base of every error pss-dup reports; carries its exit code and, where known, the process."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class OperationFailed(PssError):
+    exit_code = ExitCode.FAILED
+
+
+class UsageError(PssError):
+    exit_code = ExitCode.USAGE
+
+
+class AmbiguousTarget(UsageError):
+    """A process name matched more than one process."""
+
+    def __init__(self, name: str, matches: list[tuple[int, str]]) -> None:
+        listed = ", ".join(f"{pid} ({cmd})" for pid, cmd in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        super().__init__(
+            f"{len(matches)} processes match {name!r}: {listed}{more}; pass a PID, or --all for every match"
+        )
+        self.matches = matches
+
+
+class NoSuchProcess(PssError):
+    exit_code = ExitCode.NO_PROCESS
+
+
+class ProcessGone(NoSuchProcess):
+    """The process exited while pss-dup was working on it."""
+
+
+class ZombieProcess(NoSuchProcess):
+    """The process has exited but was not reaped yet: nothing is left to capture."""
+
+
+class AccessDenied(PssError):
+    exit_code = ExitCode.ACCESS_DENIED
+
+
+class NotSupported(PssError):
+    exit_code = ExitCode.NOT_SUPPORTED
+
+
+class Refused(PssError):
+    """Doing it would risk harm to a process; `--force` overrides where that is safe to allow."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class BadSnapshot(PssError):
+    """The bytes are not a pss-dup snapshot, or are corrupt, or of a format this version cannot read."""
+
+    exit_code = ExitCode.BAD_SNAPSHOT
+
+
+class OutputExists(PssError):
+    exit_code = ExitCode.FILE_EXISTS
+
+
+class Timeout(PssError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class Interrupted(PssError):
+    exit_code = ExitCode.INTERRUPTED

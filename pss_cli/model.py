@@ -1,0 +1,394 @@
+"""The platform-neutral snapshot model.
+
+It mirrors what the Windows Process Snapshotting API exposes (PSS_PROCESS_INFORMATION, PSS_THREAD_ENTRY,
+PSS_HANDLE_ENTRY, PSS_VA_SPACE_ENTRY, PSS_PERFORMANCE_COUNTERS) and adds what Linux knows besides. A field that a
+platform cannot fill is None, never an invented value. This module does no I/O and imports nothing of the package.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+#: Bumped whenever a field is renamed or removed, or its meaning changes; adding a field keeps the version.
+SCHEMA_VERSION = 1
+
+
+class CaptureFlags(enum.IntFlag):
+    """PSS_CAPTURE_FLAGS, with the SDK's values."""
+
+    NONE = 0x0
+    VA_CLONE = 0x1
+    HANDLES = 0x4
+    HANDLE_NAME_INFORMATION = 0x8
+    HANDLE_BASIC_INFORMATION = 0x10
+    HANDLE_TYPE_SPECIFIC_INFORMATION = 0x20
+    HANDLE_TRACE = 0x40
+    THREADS = 0x80
+    THREAD_CONTEXT = 0x100
+    THREAD_CONTEXT_EXTENDED = 0x200
+    VA_SPACE = 0x800
+    VA_SPACE_SECTION_INFORMATION = 0x1000
+    IPT_TRACE = 0x2000
+    CREATE_BREAKAWAY_OPTIONAL = 0x04000000
+    CREATE_BREAKAWAY = 0x08000000
+    CREATE_FORCE_BREAKAWAY = 0x10000000
+    CREATE_USE_VM_ALLOCATIONS = 0x20000000
+    CREATE_MEASURE_PERFORMANCE = 0x40000000
+    CREATE_RELEASE_SECTION = 0x80000000
+
+
+#: What `capture` takes when no selection option is given: everything except memory content and tracing.
+DEFAULT_CAPTURE = (
+    CaptureFlags.THREADS
+    | CaptureFlags.THREAD_CONTEXT
+    | CaptureFlags.HANDLES
+    | CaptureFlags.HANDLE_NAME_INFORMATION
+    | CaptureFlags.HANDLE_BASIC_INFORMATION
+    | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
+    | CaptureFlags.VA_SPACE
+    | CaptureFlags.VA_SPACE_SECTION_INFORMATION
+)
+
+#: `--everything`: every capture flag that means something on both platforms, memory included.
+EVERYTHING = DEFAULT_CAPTURE | CaptureFlags.THREAD_CONTEXT_EXTENDED | CaptureFlags.VA_CLONE
+
+
+class ProcessFlags(enum.IntFlag):
+    """PSS_PROCESS_FLAGS."""
+
+    NONE = 0
+    PROTECTED = 0x1
+    WOW64 = 0x2
+    FROZEN = 0x10
+
+
+class ThreadFlags(enum.IntFlag):
+    """PSS_THREAD_FLAGS."""
+
+    NONE = 0
+    TERMINATED = 0x1
+
+
+class ThreadState(enum.Enum):
+    """Scheduler state as /proc reports it; Windows maps its thread states onto the same names."""
+
+    RUNNING = "R"
+    SLEEPING = "S"
+    DISK_SLEEP = "D"
+    STOPPED = "T"
+    TRACING_STOP = "t"
+    ZOMBIE = "Z"
+    DEAD = "X"
+    IDLE = "I"
+    PARKED = "P"
+    UNKNOWN = "?"
+
+    @classmethod
+    def from_code(cls, code: str) -> ThreadState:
+        """The state for a /proc state letter; an unknown letter is UNKNOWN, not an error."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class HandleType(enum.Enum):
+    """What a handle (Windows) or file descriptor (Linux) refers to."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    DEVICE = "device"
+    PIPE = "pipe"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    EVENTFD = "eventfd"
+    EPOLL = "eventpoll"
+    TIMERFD = "timerfd"
+    SIGNALFD = "signalfd"
+    INOTIFY = "inotify"
+    FANOTIFY = "fanotify"
+    PIDFD = "pidfd"
+    MEMFD = "memfd"
+    IO_URING = "io_uring"
+    ANON_INODE = "anon_inode"
+    PROCESS = "process"
+    THREAD = "thread"
+    MUTANT = "mutant"
+    EVENT = "event"
+    SECTION = "section"
+    SEMAPHORE = "semaphore"
+    UNKNOWN = "unknown"
+
+
+class HandleFlags(enum.IntFlag):
+    """PSS_HANDLE_FLAGS: which parts of a handle entry were captured."""
+
+    NONE = 0
+    HAVE_TYPE = 0x1
+    HAVE_NAME = 0x2
+    HAVE_BASIC_INFORMATION = 0x4
+    HAVE_TYPE_SPECIFIC_INFORMATION = 0x8
+
+
+class MemoryState(enum.IntEnum):
+    """MEM_* allocation states of PSS_VA_SPACE_ENTRY.State."""
+
+    COMMIT = 0x1000
+    RESERVE = 0x2000
+    FREE = 0x10000
+
+
+class MemoryType(enum.IntEnum):
+    """MEM_* region types of PSS_VA_SPACE_ENTRY.Type."""
+
+    PRIVATE = 0x20000
+    MAPPED = 0x40000
+    IMAGE = 0x1000000
+
+
+class MemoryProtection(enum.IntFlag):
+    """PAGE_* protection constants of PSS_VA_SPACE_ENTRY.Protect."""
+
+    NOACCESS = 0x01
+    READONLY = 0x02
+    READWRITE = 0x04
+    WRITECOPY = 0x08
+    EXECUTE = 0x10
+    EXECUTE_READ = 0x20
+    EXECUTE_READWRITE = 0x40
+    EXECUTE_WRITECOPY = 0x80
+    GUARD = 0x100
+    NOCACHE = 0x200
+    WRITECOMBINE = 0x400
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """PSS_PROCESS_INFORMATION plus what Linux adds. Times are seconds; start_time is a Unix timestamp."""
+
+    pid: int
+    ppid: int | None
+    name: str
+    exe: str | None
+    cmdline: tuple[str, ...] | None
+    cwd: str | None
+    state: ThreadState
+    start_time: float | None
+    user_time: float | None
+    system_time: float | None
+    base_priority: int | None
+    nice: int | None
+    flags: ProcessFlags
+    exit_status: int | None
+    affinity: tuple[int, ...] | None
+    thread_count: int
+    handle_count: int | None
+    virtual_size: int | None
+    peak_virtual_size: int | None
+    working_set_size: int | None
+    peak_working_set_size: int | None
+    private_usage: int | None
+    page_fault_count: int | None
+    uids: tuple[int, ...] | None = None
+    gids: tuple[int, ...] | None = None
+    environ: tuple[tuple[str, str], ...] | None = None
+    sig_pending: int | None = None
+    sig_blocked: int | None = None
+    sig_ignored: int | None = None
+    sig_caught: int | None = None
+    seccomp_mode: int | None = None
+    no_new_privs: bool | None = None
+    dumpable: bool | None = None
+    peb_base_address: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallState:
+    """The syscall a thread is blocked in (/proc/PID/task/TID/syscall; Windows LastSyscallNumber)."""
+
+    number: int
+    name: str | None
+    args: tuple[int, ...]
+    stack_pointer: int | None
+    program_counter: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadContext:
+    """A thread's register context.
+
+    `registers` is the general-purpose set in the architecture's own order (x86_64: user_regs_struct), so that
+    writers can lay it out again exactly; `fpregs` and `xstate` are the raw FXSAVE and XSAVE images, kept as
+    bytes because their layout depends on the CPU.
+    """
+
+    arch: str
+    registers: tuple[tuple[str, int], ...]
+    fpregs: bytes | None = None
+    xstate: bytes | None = None
+
+    def register(self, name: str) -> int | None:
+        """One register's value by name, or None where the architecture has no such register."""
+        for reg, value in self.registers:
+            if reg == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadEntry:
+    """PSS_THREAD_ENTRY plus Linux's scheduler facts."""
+
+    tid: int
+    name: str | None
+    state: ThreadState
+    flags: ThreadFlags
+    user_time: float | None
+    system_time: float | None
+    start_time: float | None
+    priority: int | None
+    base_priority: int | None
+    affinity: tuple[int, ...] | None
+    processor: int | None
+    syscall: SyscallState | None
+    sig_blocked: int | None
+    sig_pending: int | None
+    context: ThreadContext | None
+    exit_status: int | None = None
+    teb_base_address: int | None = None
+    start_address: int | None = None
+    suspend_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HandleEntry:
+    """PSS_HANDLE_ENTRY; on Linux a file descriptor.
+
+    `type_specific` carries what only one kind of object has (eventfd count, memfd seals, socket family and state,
+    epoll targets, Windows mutant owner, …) as name/value pairs, so the model needs no variant per kind.
+    """
+
+    handle: int
+    type: HandleType
+    type_name: str | None
+    name: str | None
+    flags: HandleFlags
+    close_on_exec: bool | None
+    open_flags: int | None = None
+    position: int | None = None
+    inode: int | None = None
+    device: int | None = None
+    mount_id: int | None = None
+    granted_access: int | None = None
+    attributes: int | None = None
+    handle_count: int | None = None
+    pointer_count: int | None = None
+    type_specific: tuple[tuple[str, str | int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VaRegion:
+    """PSS_VA_SPACE_ENTRY; on Linux a line of /proc/PID/maps with its smaps figures."""
+
+    base: int
+    size: int
+    perms: str
+    protection: MemoryProtection
+    state: MemoryState
+    type: MemoryType
+    mapped_file: str | None
+    offset: int | None = None
+    device: str | None = None
+    inode: int | None = None
+    rss: int | None = None
+    pss: int | None = None
+    anonymous: int | None = None
+    swap: int | None = None
+    locked: int | None = None
+    vm_flags: tuple[str, ...] | None = None
+    allocation_base: int | None = None
+    dumped: int | None = None
+
+    @property
+    def end(self) -> int:
+        """One past the region's last byte."""
+        return self.base + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCapture:
+    """What memory content a snapshot carries, and how it got it."""
+
+    method: str
+    bytes_captured: int
+    regions: int
+    clone_pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Performance:
+    """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen."""
+
+    capture_ms: float
+    stopped_ms: float | None
+    threads_ms: float | None = None
+    handles_ms: float | None = None
+    va_space_ms: float | None = None
+    va_clone_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One captured process. `threads`, `handles` and `va_space` are None when their flag was not asked for."""
+
+    flags: CaptureFlags
+    platform: str
+    arch: str
+    captured_at: float
+    process: ProcessInfo
+    threads: tuple[ThreadEntry, ...] | None
+    handles: tuple[HandleEntry, ...] | None
+    va_space: tuple[VaRegion, ...] | None
+    performance: Performance
+    memory: MemoryCapture | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class AccessUse:
+    """The access one operation took on one process: a Windows access mask, or the Linux checks it passed."""
+
+    pid: int
+    role: str
+    names: tuple[str, ...]
+    mask: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateResult:
+    """What `dup` did (PssDuplicateSnapshot): the handle that the target now holds, and what it cost."""
+
+    source_pid: int
+    target_pid: int
+    target_handle: int | None
+    access: tuple[AccessUse, ...]
+    source_closed: bool
+    inherit: bool
+    dry_run: bool
+    target_stopped_ms: float | None
+    actions: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FreeResult:
+    """What `free` did (PssFreeSnapshot in another process)."""
+
+    pid: int
+    handle: int
+    access: tuple[AccessUse, ...]
+    dry_run: bool
+    stopped_ms: float | None
+    actions: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()

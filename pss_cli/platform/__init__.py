@@ -1,0 +1,82 @@
+"""The one interface every platform backend implements, and the choice of backend, made once.
+
+The public API (pss_cli/__init__.py) and the CLI never branch on the platform: they call the object that
+`backend()` returns. Backends are imported lazily so that `pss-dup --version` and shell completion stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform as _platform
+import sys
+from typing import Protocol
+
+from pss_cli.errors import NotSupported
+from pss_cli.model import CaptureFlags, DuplicateResult, FreeResult, Snapshot
+
+
+class LocalSnapshot(Protocol):
+    """A snapshot held by this process: the model, and the OS handle behind it (a sealed memfd, or an HPSS)."""
+
+    @property
+    def model(self) -> Snapshot: ...
+
+    def handle(self) -> int:
+        """The OS handle; on Linux the sealed memfd is built on first use."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What a platform provides. Every method restores every process it touched before it returns or raises."""
+
+    name: str
+
+    def capture(self, pid: int, flags: CaptureFlags, *, timeout: float) -> LocalSnapshot:
+        """PssCaptureSnapshot."""
+        ...
+
+    def duplicate(
+        self,
+        snapshot: LocalSnapshot | None,
+        source_pid: int,
+        source_handle: int | None,
+        target_pid: int,
+        *,
+        close_source: bool,
+        inherit: bool,
+        dry_run: bool,
+        force: bool,
+        timeout: float,
+    ) -> DuplicateResult:
+        """PssDuplicateSnapshot: a snapshot we hold (`snapshot`), or one that source_pid holds as source_handle."""
+        ...
+
+    def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
+        """PssFreeSnapshot on a snapshot that another process holds; anything that is not one is refused."""
+        ...
+
+    def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
+        """Read a snapshot that another process holds."""
+        ...
+
+    def open_snapshot(self, handle: int) -> Snapshot:
+        """Read a snapshot that this process holds (the receiver side)."""
+        ...
+
+
+@functools.cache
+def backend() -> Backend:
+    """The backend for this machine; NotSupported elsewhere."""
+    if sys.platform == "linux":
+        from pss_cli.platform.linux.backend import LinuxBackend
+
+        return LinuxBackend()
+    if sys.platform == "win32":
+        from pss_cli.platform.windows.backend import WindowsBackend
+
+        return WindowsBackend()
+    raise NotSupported(
+        f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows"
+    )
