@@ -1,0 +1,70 @@
+"""The click application: a thin layer that parses, calls the API, and renders.
+
+`main()` runs click without its standalone mode so that every failure gets exactly one line on stderr and a
+documented exit code (errors.ExitCode), and Ctrl-C exits 130 after the lower layers restored every process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import click
+
+from pss_cli.errors import EXIT_CODE_HELP, ExitCode, PssError
+
+EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(
+    f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items()
+)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+    epilog=EXIT_CODES_EPILOG,
+)
+@click.version_option(package_name="pss-dup", prog_name="pss-dup")
+def cli() -> None:
+    """Capture a snapshot of a running process, hand it to another process, and report what happened.
+
+    On Linux this needs root or CAP_SYS_PTRACE over the processes involved (see `pss-dup doctor`).
+    """
+
+
+def register_commands() -> None:
+    from pss_cli.cli import capture, snapshots
+
+    cli.add_command(capture.capture)
+    cli.add_command(snapshots.dup)
+    cli.add_command(snapshots.free)
+    cli.add_command(snapshots.inspect)
+
+
+register_commands()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"pss-dup: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console script. Maps every outcome to the exit-code table, never to a traceback."""
+    try:
+        result = cli.main(args=argv, prog_name="pss-dup", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PssError as exc:
+        fail(str(exc), exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
+        fail("interrupted; every process was restored", ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`| head`): quiet exit, and no second error when Python flushes stdout at exit.
+        sys.stdout = None  # type: ignore[assignment]
+        sys.exit(ExitCode.OK)
+    sys.exit(result if isinstance(result, int) else ExitCode.OK)

@@ -1,0 +1,104 @@
+"""`dup`, `free` and `inspect`: handing snapshots between processes (PssDuplicateSnapshot, PssFreeSnapshot)."""
+
+from __future__ import annotations
+
+import click
+
+from pss_cli.cli.capture import capture_options, flags_from
+from pss_cli.cli.common import Ui, output_options
+from pss_cli.errors import UsageError
+
+PID = click.IntRange(min=1)
+HANDLE = click.IntRange(min=0)
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--handle", "source_handle", type=HANDLE, metavar="H",
+              help="Hand on the snapshot SOURCE already holds as fd H instead of capturing a new one.")  # fmt: skip
+@click.option("--close-source", is_flag=True,
+              help="Then close H in SOURCE (PSS_DUPLICATE_CLOSE_SOURCE); needs --handle.")  # fmt: skip
+@click.option("--inherit", is_flag=True, help="Leave the new fd inheritable across exec (no close-on-exec).")
+@click.option("--force", is_flag=True, help="Proceed where a blocked call in TARGET would see EINTR.")
+@click.option("--dry-run", is_flag=True, help="Check every permission the real run needs; change nothing.")
+@capture_options
+@output_options
+def dup(
+    ui: Ui,
+    source: str,
+    target: str,
+    source_handle: int | None,
+    close_source: bool,
+    inherit: bool,
+    force: bool,
+    dry_run: bool,
+    selected: tuple[int, ...],
+    everything: bool,
+    mask: str | None,
+) -> int:
+    """Capture SOURCE and give TARGET its own handle to the snapshot.
+
+    SOURCE and TARGET are PIDs or process names. TARGET ends up with a new file descriptor (Linux) holding the
+    sealed snapshot, and carries on exactly as before; read it there with pss_cli.open_snapshot(fd).
+    """
+    from pss_cli.lookup import resolve
+    from pss_cli.platform import backend
+    from pss_cli.render import report
+
+    if close_source and source_handle is None:
+        raise UsageError("--close-source needs --handle: only a snapshot SOURCE already holds can be closed there")
+    (source_pid,) = resolve(source)
+    (target_pid,) = resolve(target)
+    impl = backend()
+    if source_handle is not None:
+        result = impl.duplicate(
+            None, source_pid, source_handle, target_pid, close_source=close_source, inherit=inherit,
+            dry_run=dry_run, force=force, timeout=ui.timeout,
+        )  # fmt: skip
+        report.duplicated(ui, result, None, source_handle)
+        return 0
+    flags = flags_from(selected, everything, mask)
+    local = impl.capture(source_pid, flags, timeout=ui.timeout)
+    try:
+        result = impl.duplicate(
+            local, source_pid, None, target_pid, close_source=False, inherit=inherit, dry_run=dry_run,
+            force=force, timeout=ui.timeout,
+        )  # fmt: skip
+    finally:
+        local.close()
+    report.duplicated(ui, result, local.model, None)
+    return 0
+
+
+@click.command()
+@click.argument("pid", type=PID)
+@click.argument("handle", type=HANDLE)
+@click.option("--force", is_flag=True, help="Proceed where a blocked call in PID would see EINTR.")
+@click.option("--dry-run", is_flag=True, help="Check that HANDLE is a pss-dup snapshot and that it can be closed.")
+@output_options
+def free(ui: Ui, pid: int, handle: int, force: bool, dry_run: bool) -> int:
+    """Close the snapshot that process PID holds as HANDLE (PssFreeSnapshot).
+
+    The handle is checked first (a sealed memfd in pss-dup's format); any other handle is refused untouched.
+    """
+    from pss_cli.platform import backend
+    from pss_cli.render import report
+
+    result = backend().free(pid, handle, dry_run=dry_run, force=force, timeout=ui.timeout)
+    report.freed(ui, result)
+    return 0
+
+
+@click.command()
+@click.argument("pid", type=PID)
+@click.argument("handle", type=HANDLE)
+@output_options
+def inspect(ui: Ui, pid: int, handle: int) -> int:
+    """Read the snapshot that process PID holds as HANDLE, and report it like `capture`."""
+    from pss_cli.platform import backend
+    from pss_cli.render import report
+
+    snap = backend().inspect(pid, handle, timeout=ui.timeout)
+    report.captures(ui, [(pid, snap)])
+    return 0

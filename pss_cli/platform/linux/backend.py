@@ -1,0 +1,340 @@
+"""The Linux backend: PSS operations built from /proc, ptrace, memfd and pidfds.
+
+Each operation reads as its steps; the mechanisms live in procfs.py (reading), freeze.py and inject.py (stopping
+and injecting), elfcore.py and memfd.py (the snapshot container). OS errors are translated here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import struct
+import time
+from collections.abc import Iterator
+
+from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, ProcessGone, PssError
+from pss_cli.model import (
+    AccessUse,
+    CaptureFlags,
+    DuplicateResult,
+    FreeResult,
+    HandleEntry,
+    Performance,
+    Snapshot,
+    ThreadContext,
+    ThreadEntry,
+    VaRegion,
+)
+from pss_cli.platform.linux import access, procfs
+
+#: x86_64 `struct user_regs_struct`, in the kernel's order (NT_PRSTATUS pr_reg).
+X86_64_GPR_NAMES = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
+    "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)  # fmt: skip
+GPR_FORMAT = struct.Struct(f"<{len(X86_64_GPR_NAMES)}Q")
+
+#: What a capture asks of the kernel, for the report's access column.
+CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
+PUSH_ACCESS = ("PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE, pidfd_getfd)",)
+FREEZE_FLAGS = CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT | CaptureFlags.HANDLES | CaptureFlags.VA_SPACE
+
+
+def require_x86_64() -> None:
+    machine = platform.machine()
+    if machine != "x86_64":
+        raise NotSupported(f"pss-dup's Linux backend supports x86_64 only; this machine is {machine} (not yet)")
+
+
+def context_from_regs(gpr: bytes, fpregs: bytes | None, xstate: bytes | None) -> ThreadContext:
+    values = GPR_FORMAT.unpack_from(gpr)
+    return ThreadContext(
+        arch="x86_64", registers=tuple(zip(X86_64_GPR_NAMES, values, strict=True)), fpregs=fpregs, xstate=xstate
+    )
+
+
+@contextlib.contextmanager
+def os_errors(pid: int, what: str) -> Iterator[None]:
+    """Translate the OS's answer about `pid` into pss-dup's typed errors, once, at the boundary."""
+    try:
+        yield
+    except PssError:
+        raise
+    except (FileNotFoundError, ProcessLookupError) as exc:
+        if os.path.exists(f"/proc/{pid}"):
+            raise ProcessGone(f"process {pid} changed while pss-dup was reading it ({exc.strerror})", pid=pid) from exc
+        raise ProcessGone(f"process {pid} exited during {what}", pid=pid) from exc
+    except PermissionError as exc:
+        raise access.explain_denied(pid, what) from exc
+
+
+class LinuxSnapshot:
+    """A snapshot this process holds: the model, and the sealed memfd built from it on first use."""
+
+    def __init__(self, model: Snapshot, auxv: bytes | None) -> None:
+        self._model = model
+        self._auxv = auxv
+        self._fd: int | None = None
+
+    @property
+    def model(self) -> Snapshot:
+        return self._model
+
+    def handle(self) -> int:
+        if self._fd is None:
+            from pss_cli.platform.linux import elfcore, memfd
+
+            layout = elfcore.plan_core(self._model, self._auxv, ())
+            self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LinuxSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_proc(pid: int) -> procfs.ProcDir:
+    try:
+        return procfs.ProcDir(pid)
+    except FileNotFoundError:
+        raise NoSuchProcess(f"no process with PID {pid}; list processes with `pss-dup ps`", pid=pid) from None
+    except PermissionError:
+        raise access.explain_denied(pid, "open /proc") from None
+
+
+def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
+    """PssCaptureSnapshot on Linux.
+
+    What does not depend on the frozen instant (command line, environment, auxv, each thread's scheduler state)
+    is read before the freeze, so the process is stopped only for registers, the fd table and the memory map.
+    """
+    require_x86_64()
+    started = time.perf_counter()
+    captured_at = time.time()
+    with open_proc(pid) as proc, os_errors(pid, "capture"):
+        access.check_traceable(pid)
+        info = procfs.read_process_info(proc)
+        auxv = procfs.read_auxv(proc)
+        want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
+        before = {tid: procfs.read_thread(proc, tid) for tid in procfs.list_tids(proc)} if want_threads else {}
+        handles: tuple[HandleEntry, ...] | None = None
+        va_space: tuple[VaRegion, ...] | None = None
+        threads: tuple[ThreadEntry, ...] | None = None
+        stopped_ms: float | None = None
+        handles_ms = va_ms = None
+        if flags & FREEZE_FLAGS:
+            from pss_cli.platform.linux.freeze import FrozenProcess
+
+            with FrozenProcess(
+                pid,
+                timeout=timeout,
+                want_regs=bool(flags & CaptureFlags.THREAD_CONTEXT),
+                want_fp=bool(flags & CaptureFlags.THREAD_CONTEXT),
+                want_xstate=bool(flags & CaptureFlags.THREAD_CONTEXT_EXTENDED),
+            ) as frozen:
+                if flags & CaptureFlags.HANDLES:
+                    t = time.perf_counter()
+                    handles = procfs.read_handles(
+                        proc,
+                        names=bool(flags & CaptureFlags.HANDLE_NAME_INFORMATION),
+                        basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
+                        type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
+                    )
+                    handles_ms = (time.perf_counter() - t) * 1000
+                if flags & CaptureFlags.VA_SPACE:
+                    t = time.perf_counter()
+                    va_space = procfs.read_va_space(
+                        proc, section_info=bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION)
+                    )
+                    va_ms = (time.perf_counter() - t) * 1000
+            stopped_ms = frozen.stopped_ms
+            if want_threads:
+                threads = tuple(thread_entries(proc, frozen, before))
+        info = dataclasses.replace(
+            info,
+            thread_count=len(threads) if threads is not None else info.thread_count,
+            handle_count=len(handles) if handles is not None else info.handle_count,
+        )
+    model = Snapshot(
+        flags=flags,
+        platform="linux",
+        arch="x86_64",
+        captured_at=captured_at,
+        process=info,
+        threads=threads,
+        handles=handles,
+        va_space=va_space,
+        performance=Performance(
+            capture_ms=(time.perf_counter() - started) * 1000,
+            stopped_ms=stopped_ms,
+            handles_ms=handles_ms,
+            va_space_ms=va_ms,
+        ),
+    )
+    return LinuxSnapshot(model, auxv)
+
+
+def thread_entries(proc: procfs.ProcDir, frozen: object, before: dict[int, ThreadEntry]) -> Iterator[ThreadEntry]:
+    """Threads that were frozen, with the state they had before the freeze and the registers read during it."""
+    from pss_cli.platform.linux.freeze import FrozenProcess
+
+    assert isinstance(frozen, FrozenProcess)
+    for tid in frozen.tids:
+        entry = before.get(tid)
+        if entry is None:  # born during the freeze: read it now, if it still lives
+            try:
+                entry = procfs.read_thread(proc, tid)
+            except FileNotFoundError:
+                continue
+        regs = frozen.regs.get(tid)
+        if regs is not None:
+            entry = dataclasses.replace(
+                entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
+            )
+        yield entry
+
+
+class LinuxBackend:
+    """The Backend Protocol on Linux."""
+
+    name = "linux"
+
+    def capture(self, pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
+        return capture(pid, flags, timeout=timeout)
+
+    def duplicate(
+        self,
+        snapshot: LinuxSnapshot | None,  # type: ignore[override]
+        source_pid: int,
+        source_handle: int | None,
+        target_pid: int,
+        *,
+        close_source: bool,
+        inherit: bool,
+        dry_run: bool,
+        force: bool,
+        timeout: float,
+    ) -> DuplicateResult:
+        from pss_cli.platform.linux import inject, memfd
+
+        require_x86_64()
+        access_used = [AccessUse(pid=target_pid, role="target", names=PUSH_ACCESS)]
+        actions: list[str] = []
+        local_fd: int | None = None
+        owned = False
+        try:
+            if snapshot is not None:
+                access_used.insert(0, AccessUse(pid=source_pid, role="source", names=CAPTURE_ACCESS))
+                if dry_run:
+                    actions.append(f"build a sealed memfd snapshot of process {source_pid}")
+                else:
+                    local_fd = snapshot.handle()
+            else:
+                assert source_handle is not None
+                access_used.insert(
+                    0, AccessUse(pid=source_pid, role="source", names=("PTRACE_MODE_ATTACH_REALCREDS (pidfd_getfd)",))
+                )
+                with os_errors(source_pid, "read the snapshot handle"):
+                    local_fd = inject.get_remote_fd(source_pid, source_handle)
+                owned = True
+                memfd.verify_snapshot_fd(local_fd)
+                actions.append(f"checked fd {source_handle} of process {source_pid}: a sealed pss-dup snapshot")
+            if dry_run:
+                with os_errors(target_pid, "duplicate"):
+                    actions.extend(inject.dry_run_push(target_pid, force=force))
+                    if close_source and source_handle is not None:
+                        actions.extend(inject.dry_run_close(source_pid, source_handle, force=force))
+                return DuplicateResult(
+                    source_pid=source_pid,
+                    target_pid=target_pid,
+                    target_handle=None,
+                    access=tuple(access_used),
+                    source_closed=False,
+                    inherit=inherit,
+                    dry_run=True,
+                    target_stopped_ms=None,
+                    actions=tuple(actions),
+                )
+            assert local_fd is not None
+            with os_errors(target_pid, "duplicate"):
+                pushed = inject.push_fd(target_pid, local_fd, cloexec=not inherit, force=force, timeout=timeout)
+            actions.append(f"installed fd {pushed.fd} in process {target_pid}")
+            closed = False
+            if close_source and source_handle is not None:
+                with os_errors(source_pid, "close the source handle"):
+                    inject.close_remote_fd(
+                        source_pid, source_handle, verify=memfd.verify_snapshot_fd, force=force, timeout=timeout
+                    )
+                closed = True
+                actions.append(f"closed fd {source_handle} in process {source_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
+            return DuplicateResult(
+                source_pid=source_pid,
+                target_pid=target_pid,
+                target_handle=pushed.fd,
+                access=tuple(access_used),
+                source_closed=closed,
+                inherit=inherit,
+                dry_run=False,
+                target_stopped_ms=pushed.stopped_ms,
+                actions=tuple(actions),
+                warnings=pushed.warnings,
+            )
+        finally:
+            if owned and local_fd is not None:
+                os.close(local_fd)
+
+    def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
+        from pss_cli.platform.linux import inject, memfd
+
+        require_x86_64()
+        used = (AccessUse(pid=pid, role="holder", names=PUSH_ACCESS),)
+        with os_errors(pid, "free"):
+            if dry_run:
+                local = inject.get_remote_fd(pid, handle)
+                try:
+                    memfd.verify_snapshot_fd(local)
+                finally:
+                    os.close(local)
+                actions = (
+                    f"checked fd {handle} of process {pid}: a sealed pss-dup snapshot",
+                    *inject.dry_run_close(pid, handle, force=force),
+                )
+                return FreeResult(pid=pid, handle=handle, access=used, dry_run=True, stopped_ms=None, actions=actions)
+            stopped = inject.close_remote_fd(pid, handle, verify=memfd.verify_snapshot_fd, force=force, timeout=timeout)
+        return FreeResult(
+            pid=pid,
+            handle=handle,
+            access=used,
+            dry_run=False,
+            stopped_ms=stopped,
+            actions=(f"closed fd {handle} in process {pid}",),
+        )
+
+    def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
+        from pss_cli.platform.linux import inject, memfd
+
+        if pid == os.getpid():
+            return self.open_snapshot(handle)
+        with os_errors(pid, "read the snapshot handle"):
+            local = inject.get_remote_fd(pid, handle)
+        try:
+            return memfd.read_snapshot_fd(local)
+        finally:
+            os.close(local)
+
+    def open_snapshot(self, handle: int) -> Snapshot:
+        from pss_cli.platform.linux import memfd
+
+        try:
+            return memfd.read_snapshot_fd(handle)
+        except OSError as exc:
+            raise AccessDenied(f"cannot read fd {handle}: {exc.strerror}") from exc

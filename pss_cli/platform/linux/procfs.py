@@ -1,0 +1,591 @@
+"""Readers for /proc: process information, threads, the fd table and the memory map, as model records.
+
+Every reader works relative to a directory fd of /proc/PID opened once (`ProcDir`), so a PID that is reused while
+we read can never mix two processes: once the process is gone, every read fails instead. OS errors stay inside this
+module as OSError; the backend translates them once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pss_cli.model import (
+    HandleEntry,
+    HandleFlags,
+    HandleType,
+    MemoryProtection,
+    MemoryState,
+    MemoryType,
+    ProcessFlags,
+    ProcessInfo,
+    SyscallState,
+    ThreadEntry,
+    ThreadFlags,
+    ThreadState,
+    VaRegion,
+)
+from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+O_CLOEXEC = 0o2000000
+PF_KTHREAD = 0x00200000
+
+
+def boot_time() -> float:
+    """System boot time as a Unix timestamp, from /proc/stat `btime`."""
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+BOOT_TIME = boot_time()
+
+
+class ProcDir:
+    """An open /proc/PID directory; reads through it fail once the process is gone, even if the PID is reused."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ProcDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, name: str) -> bytes:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read_text(self, name: str) -> str:
+        return self.read(name).decode("utf-8", "surrogateescape")
+
+    def readlink(self, name: str) -> str:
+        return os.readlink(name, dir_fd=self.fd)
+
+    def listdir(self, name: str) -> list[str]:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+
+def decode(raw: bytes) -> str:
+    """Untrusted bytes from the process as text; undecodable bytes survive as escapes, never as an error."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def split_stat(raw: bytes) -> tuple[str, list[bytes]]:
+    """`comm` and the fields after it; comm may itself hold spaces and parentheses, so split at the last ')'."""
+    open_paren = raw.index(b"(")
+    close_paren = raw.rindex(b")")
+    return decode(raw[open_paren + 1 : close_paren]), raw[close_paren + 2 :].split()
+
+
+def parse_status(raw: bytes) -> dict[str, str]:
+    result = {}
+    for line in raw.decode("utf-8", "backslashreplace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            result[key] = value.strip()
+    return result
+
+
+def status_kib(status: dict[str, str], key: str) -> int | None:
+    value = status.get(key)
+    return int(value.split()[0]) * 1024 if value else None
+
+
+def status_hex(status: dict[str, str], key: str) -> int | None:
+    value = status.get(key)
+    return int(value, 16) if value else None
+
+
+def status_ids(status: dict[str, str], key: str) -> tuple[int, ...] | None:
+    value = status.get(key)
+    return tuple(int(v) for v in value.split()) if value else None
+
+
+def ticks(value: bytes) -> float:
+    return int(value) / CLK_TCK
+
+
+def affinity(pid: int) -> tuple[int, ...] | None:
+    try:
+        return tuple(sorted(os.sched_getaffinity(pid)))
+    except OSError:
+        return None
+
+
+def is_kernel_thread(stat_fields: list[bytes]) -> bool:
+    return bool(int(stat_fields[6]) & PF_KTHREAD)
+
+
+def read_stat(proc: ProcDir) -> tuple[str, list[bytes]]:
+    return split_stat(proc.read("stat"))
+
+
+def read_process_info(proc: ProcDir, *, with_environ: bool = True) -> ProcessInfo:
+    """PSS_PROCESS_INFORMATION for a Linux process. Raises OSError when /proc says no."""
+    comm, fields = read_stat(proc)
+    status = parse_status(proc.read("status"))
+    state = ThreadState.from_code(fields[0].decode())
+    cmdline_raw = proc.read("cmdline")
+    cmdline = tuple(decode(a) for a in cmdline_raw.split(b"\0")[:-1]) if cmdline_raw else ()
+    exe = optional_link(proc, "exe")
+    cwd = optional_link(proc, "cwd")
+    environ = read_environ(proc) if with_environ else None
+    minflt, majflt = int(fields[7]), int(fields[9])
+    flags = ProcessFlags.FROZEN if state in (ThreadState.STOPPED, ThreadState.TRACING_STOP) else ProcessFlags.NONE
+    rss_anon = status_kib(status, "RssAnon")
+    swap = status_kib(status, "VmSwap")
+    return ProcessInfo(
+        pid=proc.pid,
+        ppid=int(fields[1]),
+        name=status.get("Name", comm) or comm,
+        exe=exe,
+        cmdline=cmdline,
+        cwd=cwd,
+        state=state,
+        start_time=BOOT_TIME + ticks(fields[19]),
+        user_time=ticks(fields[11]),
+        system_time=ticks(fields[12]),
+        base_priority=int(fields[15]),
+        nice=int(fields[16]),
+        flags=flags,
+        exit_status=None,
+        affinity=affinity(proc.pid),
+        thread_count=int(fields[17]),
+        handle_count=count_fds(proc),
+        virtual_size=status_kib(status, "VmSize"),
+        peak_virtual_size=status_kib(status, "VmPeak"),
+        working_set_size=status_kib(status, "VmRSS"),
+        peak_working_set_size=status_kib(status, "VmHWM"),
+        private_usage=(rss_anon or 0) + (swap or 0) if rss_anon is not None else None,
+        page_fault_count=minflt + majflt,
+        uids=status_ids(status, "Uid"),
+        gids=status_ids(status, "Gid"),
+        environ=environ,
+        sig_pending=(status_hex(status, "SigPnd") or 0) | (status_hex(status, "ShdPnd") or 0),
+        sig_blocked=status_hex(status, "SigBlk"),
+        sig_ignored=status_hex(status, "SigIgn"),
+        sig_caught=status_hex(status, "SigCgt"),
+        seccomp_mode=int(status["Seccomp"]) if "Seccomp" in status else None,
+        no_new_privs=status["NoNewPrivs"] == "1" if "NoNewPrivs" in status else None,
+        dumpable=read_dumpable(proc, status),
+    )
+
+
+def read_dumpable(proc: ProcDir, status: dict[str, str]) -> bool | None:
+    """Whether the process is dumpable: the kernel makes /proc/PID root-owned when it is not.
+
+    For a process whose effective uid is root that ownership says nothing, so the answer is None there.
+    """
+    uids = status_ids(status, "Uid")
+    if not uids or uids[1] == 0:
+        return None
+    return os.stat("status", dir_fd=proc.fd).st_uid == uids[1]
+
+
+def optional_link(proc: ProcDir, name: str) -> str | None:
+    """A /proc symlink that may legitimately be unreadable (kernel threads, other users' processes)."""
+    try:
+        return decode(os.fsencode(proc.readlink(name)))
+    except (PermissionError, FileNotFoundError):
+        return None
+
+
+def read_environ(proc: ProcDir) -> tuple[tuple[str, str], ...] | None:
+    try:
+        raw = proc.read("environ")
+    except PermissionError:
+        return None
+    pairs = []
+    for item in raw.split(b"\0"):
+        if not item:
+            continue
+        key, _, value = item.partition(b"=")
+        pairs.append((decode(key), decode(value)))
+    return tuple(pairs)
+
+
+def read_auxv(proc: ProcDir) -> bytes | None:
+    try:
+        return proc.read("auxv")
+    except PermissionError:
+        return None
+
+
+def count_fds(proc: ProcDir) -> int | None:
+    try:
+        return len(proc.listdir("fd"))
+    except PermissionError:
+        return None
+
+
+def list_tids(proc: ProcDir) -> list[int]:
+    return sorted(int(t) for t in proc.listdir("task"))
+
+
+def parse_syscall(raw: bytes) -> SyscallState | None:
+    """/proc/PID/task/TID/syscall: "nr a0..a5 sp pc" while blocked; "running" or "-1 sp pc" otherwise."""
+    parts = raw.split()
+    if len(parts) < 9:
+        return None
+    number = int(parts[0])
+    if number < 0:
+        return None
+    return SyscallState(
+        number=number,
+        name=X86_64_SYSCALLS.get(number),
+        args=tuple(int(a, 16) for a in parts[1:7]),
+        stack_pointer=int(parts[7], 16),
+        program_counter=int(parts[8], 16),
+    )
+
+
+def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
+    """The scheduler's view of one thread, without registers (those need the thread stopped)."""
+    base = f"task/{tid}/"
+    comm, fields = split_stat(proc.read(base + "stat"))
+    status = parse_status(proc.read(base + "status"))
+    try:
+        syscall = parse_syscall(proc.read(base + "syscall"))
+    except OSError:
+        syscall = None
+    return ThreadEntry(
+        tid=tid,
+        name=comm,
+        state=ThreadState.from_code(fields[0].decode()),
+        flags=ThreadFlags.NONE,
+        user_time=ticks(fields[11]),
+        system_time=ticks(fields[12]),
+        start_time=BOOT_TIME + ticks(fields[19]),
+        priority=int(fields[15]),
+        base_priority=int(fields[16]),
+        affinity=affinity(tid),
+        processor=int(fields[36]) if len(fields) > 36 else None,
+        syscall=syscall,
+        sig_blocked=status_hex(status, "SigBlk"),
+        sig_pending=status_hex(status, "SigPnd"),
+        context=None,
+    )
+
+
+# ---- the fd table -------------------------------------------------------------------------------------------
+
+ANON_TYPES = {
+    "[eventfd]": HandleType.EVENTFD,
+    "[eventpoll]": HandleType.EPOLL,
+    "[timerfd]": HandleType.TIMERFD,
+    "[signalfd]": HandleType.SIGNALFD,
+    "inotify": HandleType.INOTIFY,
+    "[fanotify]": HandleType.FANOTIFY,
+    "[pidfd]": HandleType.PIDFD,
+    "[io_uring]": HandleType.IO_URING,
+}
+
+F_GET_SEALS = 1034
+SEAL_NAMES = ((0x1, "SEAL"), (0x2, "SHRINK"), (0x4, "GROW"), (0x8, "WRITE"), (0x10, "FUTURE_WRITE"), (0x20, "EXEC"))
+
+
+def classify_link(target: str, mode: int | None) -> tuple[HandleType, str | None, int | None]:
+    """(type, name, inode) for a /proc/PID/fd link target such as `socket:[123]` or `/memfd:x (deleted)`."""
+    for prefix, kind in (("socket:[", HandleType.SOCKET), ("pipe:[", HandleType.PIPE)):
+        if target.startswith(prefix) and target.endswith("]"):
+            return kind, target, int(target[len(prefix) : -1])
+    if target.startswith("anon_inode:"):
+        kind = ANON_TYPES.get(target[len("anon_inode:") :], HandleType.ANON_INODE)
+        return kind, target, None
+    if target.startswith("pidfd:"):
+        return HandleType.PIDFD, target, None
+    if target.startswith("/memfd:") and mode is not None and stat.S_ISREG(mode):
+        return HandleType.MEMFD, target, None
+    if mode is None:
+        return HandleType.UNKNOWN, target, None
+    if stat.S_ISDIR(mode):
+        return HandleType.DIRECTORY, target, None
+    if stat.S_ISFIFO(mode):
+        return HandleType.FIFO, target, None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return HandleType.DEVICE, target, None
+    if stat.S_ISSOCK(mode):
+        return HandleType.SOCKET, target, None
+    return HandleType.FILE, target, None
+
+
+def parse_fdinfo(raw: bytes) -> tuple[dict[str, str], list[str]]:
+    """fdinfo's `key: value` lines, plus the repeated per-target lines (epoll `tfd:`, inotify `inotify wd:`)."""
+    fields: dict[str, str] = {}
+    repeated: list[str] = []
+    for line in raw.decode("utf-8", "backslashreplace").splitlines():
+        if line.startswith(("tfd:", "inotify ", "fanotify ")):
+            repeated.append(line)
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields, repeated
+
+
+def memfd_seals(proc: ProcDir, fd: int) -> int | None:
+    """The seals of a memfd the process holds, through a fresh read-only open of its /proc fd link.
+
+    Only called for a regular file whose link names a memfd, so the open can have no side effect.
+    """
+    import fcntl
+
+    try:
+        local = os.open(f"fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, dir_fd=proc.fd)
+    except OSError:
+        return None
+    try:
+        return fcntl.fcntl(local, F_GET_SEALS)
+    except OSError:
+        return None
+    finally:
+        os.close(local)
+
+
+def seal_names(seals: int) -> str:
+    return "|".join(name for bit, name in SEAL_NAMES if seals & bit) or "none"
+
+
+@dataclass(frozen=True, slots=True)
+class SocketInfo:
+    family: str
+    detail: tuple[tuple[str, str | int], ...]
+
+
+TCP_STATES = {
+    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+    7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
+}  # fmt: skip
+UNIX_TYPES = {1: "STREAM", 2: "DGRAM", 5: "SEQPACKET"}
+
+
+def read_sockets(proc: ProcDir) -> dict[int, SocketInfo]:
+    """Socket inode → family and endpoints, from the process's own network namespace tables."""
+    table: dict[int, SocketInfo] = {}
+    try:
+        unix = proc.read_text("net/unix").splitlines()[1:]
+    except OSError:
+        unix = []
+    for line in unix:
+        parts = line.split()
+        if len(parts) < 7:
+            continue
+        detail: list[tuple[str, str | int]] = [("socket_type", UNIX_TYPES.get(int(parts[4], 16), parts[4]))]
+        if len(parts) > 7:
+            detail.append(("path", parts[7]))
+        table[int(parts[6])] = SocketInfo("unix", tuple(detail))
+    for name, family in (("tcp", "tcp"), ("tcp6", "tcp6"), ("udp", "udp"), ("udp6", "udp6")):
+        try:
+            lines = proc.read_text(f"net/{name}").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10:
+                continue
+            state = int(parts[3], 16)
+            table[int(parts[9])] = SocketInfo(
+                family,
+                (
+                    ("local", format_inet(parts[1])),
+                    ("remote", format_inet(parts[2])),
+                    ("state", TCP_STATES.get(state, str(state)) if family.startswith("tcp") else str(state)),
+                ),
+            )
+    return table
+
+
+def format_inet(field: str) -> str:
+    """`0100007F:1F90` (host-order hex words) → `127.0.0.1:8080`; IPv6 as bracketed hex groups."""
+    address, _, port = field.partition(":")
+    raw = bytes.fromhex(address)
+    words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+    host = b"".join(words)
+    if len(host) == 4:
+        text = ".".join(str(b) for b in host)
+    else:
+        import ipaddress
+
+        text = f"[{ipaddress.IPv6Address(host).compressed}]"
+    return f"{text}:{int(port, 16)}"
+
+
+def read_handles(proc: ProcDir, *, names: bool, basic: bool, type_specific: bool) -> tuple[HandleEntry, ...]:
+    """The fd table. `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
+    entries = []
+    sockets: dict[int, SocketInfo] | None = None
+    for name in proc.listdir("fd"):
+        fd = int(name)
+        try:
+            target = proc.readlink(f"fd/{fd}")
+            try:
+                st: os.stat_result | None = os.stat(f"fd/{fd}", dir_fd=proc.fd)
+            except OSError:
+                st = None
+            info, repeated = parse_fdinfo(proc.read(f"fdinfo/{fd}")) if basic or type_specific else ({}, [])
+        except FileNotFoundError:
+            continue  # closed while we read; the table is a snapshot only while the process is frozen
+        kind, link_name, inode = classify_link(target, st.st_mode if st else None)
+        flags = HandleFlags.HAVE_TYPE
+        open_flags = int(info["flags"], 8) if "flags" in info else None
+        extra: list[tuple[str, str | int]] = []
+        if type_specific:
+            flags |= HandleFlags.HAVE_TYPE_SPECIFIC_INFORMATION
+            if kind is HandleType.SOCKET and inode is not None:
+                if sockets is None:
+                    sockets = read_sockets(proc)
+                sock = sockets.get(inode)
+                if sock:
+                    extra.append(("family", sock.family))
+                    extra.extend(sock.detail)
+            elif kind is HandleType.MEMFD:
+                seals = memfd_seals(proc, fd)
+                if seals is not None:
+                    extra.append(("seals", seal_names(seals)))
+            extra.extend(type_specific_fields(kind, info, repeated))
+        if basic:
+            flags |= HandleFlags.HAVE_BASIC_INFORMATION
+        if names:
+            flags |= HandleFlags.HAVE_NAME
+        entries.append(
+            HandleEntry(
+                handle=fd,
+                type=kind,
+                type_name=target.split(":", 1)[0] if ":" in target and not target.startswith("/") else kind.value,
+                name=decode(os.fsencode(link_name)) if names and link_name is not None else None,
+                flags=flags,
+                close_on_exec=bool(open_flags & O_CLOEXEC) if open_flags is not None else None,
+                open_flags=open_flags if basic else None,
+                position=int(info["pos"]) if basic and "pos" in info else None,
+                inode=inode if inode is not None else (st.st_ino if st else None),
+                device=st.st_dev if st else None,
+                mount_id=int(info["mnt_id"]) if basic and "mnt_id" in info else None,
+                type_specific=tuple(extra),
+            )
+        )
+    entries.sort(key=lambda e: e.handle)
+    return tuple(entries)
+
+
+def type_specific_fields(
+    kind: HandleType, info: dict[str, str], repeated: list[str]
+) -> Iterator[tuple[str, str | int]]:
+    if kind is HandleType.EVENTFD and "eventfd-count" in info:
+        yield "count", int(info["eventfd-count"], 16)
+        if "eventfd-semaphore" in info:
+            yield "semaphore", int(info["eventfd-semaphore"])
+    elif kind is HandleType.PIDFD and "Pid" in info:
+        yield "pid", int(info["Pid"])
+    elif kind is HandleType.TIMERFD:
+        for key in ("clockid", "ticks", "it_value", "it_interval"):
+            if key in info:
+                yield key, info[key]
+    elif kind is HandleType.SIGNALFD and "sigmask" in info:
+        yield "sigmask", info["sigmask"]
+    elif kind in (HandleType.EPOLL, HandleType.INOTIFY, HandleType.FANOTIFY):
+        yield "watches", len(repeated)
+
+
+# ---- the memory map -----------------------------------------------------------------------------------------
+
+SPECIAL_IMAGES = ("[vdso]",)
+
+
+def parse_maps_line(line: str) -> tuple[int, int, str, int, str, int, str | None]:
+    """(start, end, perms, offset, dev, inode, path) of one /proc/PID/maps line; the path may hold spaces."""
+    parts = line.split(maxsplit=5)
+    start, _, end = parts[0].partition("-")
+    path = parts[5] if len(parts) > 5 else None
+    return int(start, 16), int(end, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]), path
+
+
+def protection_of(perms: str, file_backed: bool) -> MemoryProtection:
+    """Linux `rwxp` as a PAGE_* value; a private writable file mapping is copy-on-write, as on Windows."""
+    r, w, x, private = perms[0] == "r", perms[1] == "w", perms[2] == "x", perms[3] == "p"
+    cow = private and file_backed
+    if x:
+        if w:
+            return MemoryProtection.EXECUTE_WRITECOPY if cow else MemoryProtection.EXECUTE_READWRITE
+        return MemoryProtection.EXECUTE_READ if r else MemoryProtection.EXECUTE
+    if w:
+        return MemoryProtection.WRITECOPY if cow else MemoryProtection.READWRITE
+    return MemoryProtection.READONLY if r else MemoryProtection.NOACCESS
+
+
+def read_va_space(proc: ProcDir, *, section_info: bool) -> tuple[VaRegion, ...]:
+    """The VA space from maps, or from smaps (Rss, Pss, Anonymous, Swap, Locked, VmFlags) with section info."""
+    text = proc.read_text("smaps" if section_info else "maps")
+    raw: list[tuple[tuple[int, int, str, int, str, int, str | None], dict[str, str]]] = []
+    for line in text.splitlines():
+        head = line.split(maxsplit=1)[0] if line else ""
+        if "-" in head and ":" not in head:
+            raw.append((parse_maps_line(line), {}))
+        elif raw:
+            key, _, value = line.partition(":")
+            raw[-1][1][key] = value.strip()
+    images = {path for (_, _, perms, _, _, inode, path), _ in raw if path and inode and perms[2] == "x"}
+    return tuple(make_region(fields, smaps, images) for fields, smaps in raw)
+
+
+def make_region(
+    fields: tuple[int, int, str, int, str, int, str | None], smaps: dict[str, str], images: Iterable[str]
+) -> VaRegion:
+    start, end, perms, offset, dev, inode, path = fields
+    file_backed = bool(inode)
+    if path in SPECIAL_IMAGES or (file_backed and path in images):
+        kind = MemoryType.IMAGE
+    elif file_backed or perms[3] == "s":
+        kind = MemoryType.MAPPED
+    else:
+        kind = MemoryType.PRIVATE
+
+    def kib(key: str) -> int | None:
+        value = smaps.get(key)
+        return int(value.split()[0]) * 1024 if value else None
+
+    return VaRegion(
+        base=start,
+        size=end - start,
+        perms=perms,
+        protection=protection_of(perms, file_backed),
+        state=MemoryState.RESERVE if perms[:3] == "---" else MemoryState.COMMIT,
+        type=kind,
+        mapped_file=path,
+        offset=offset if file_backed else None,
+        device=dev if file_backed else None,
+        inode=inode if file_backed else None,
+        rss=kib("Rss"),
+        pss=kib("Pss"),
+        anonymous=kib("Anonymous"),
+        swap=kib("Swap"),
+        locked=kib("Locked"),
+        vm_flags=tuple(smaps["VmFlags"].split()) if "VmFlags" in smaps else None,
+        allocation_base=start,
+    )

@@ -1,0 +1,188 @@
+"""rich renderables for people. Every string that comes from a process (names, command lines, paths, environment)
+is wrapped in Text, so it is shown as it is and never read as markup."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from pss_cli.model import (
+    AccessUse,
+    DuplicateResult,
+    FreeResult,
+    HandleEntry,
+    Snapshot,
+    ThreadEntry,
+    VaRegion,
+)
+
+
+def text(value: object) -> Text:
+    """Untrusted or arbitrary text as a renderable that is never parsed as markup."""
+    return Text("-" if value is None else str(value))
+
+
+def size(value: int | None) -> Text:
+    if value is None:
+        return Text("-")
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return Text(f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}")
+        amount /= 1024
+    raise AssertionError("unreachable")
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def flag_names(flags: int, enum_type: type) -> str:
+    names = [m.name for m in enum_type if m.value and m.value & (m.value - 1) == 0 and flags & m.value]
+    return "|".join(str(n) for n in names) or "NONE"
+
+
+def summary(snap: Snapshot) -> Panel:
+    from pss_cli.model import CaptureFlags
+
+    p = snap.process
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, Text | str]] = [
+        ("process", Text.assemble(text(p.name), f"  pid {p.pid}  ppid {p.ppid if p.ppid is not None else '-'}")),
+        ("executable", text(p.exe)),
+        ("command line", text(" ".join(p.cmdline) if p.cmdline is not None else None)),
+        ("working dir", text(p.cwd)),
+        ("state", f"{p.state.name.lower()} ({p.state.value})" + ("  FROZEN" if p.flags & 0x10 else "")),
+        ("user", f"uids {p.uids}  gids {p.gids}" if p.uids else "-"),
+        ("started", when(p.start_time)),
+        ("cpu time", f"user {p.user_time:.2f} s  system {p.system_time:.2f} s" if p.user_time is not None else "-"),
+        ("memory", Text.assemble("virtual ", size(p.virtual_size), "  resident ", size(p.working_set_size),
+                                 "  peak resident ", size(p.peak_working_set_size), "  private ",
+                                 size(p.private_usage))),
+        ("threads / handles", f"{p.thread_count} / {p.handle_count if p.handle_count is not None else '-'}"),
+        ("signals", f"pending {p.sig_pending or 0:#x}  blocked {p.sig_blocked or 0:#x}  ignored "
+                    f"{p.sig_ignored or 0:#x}  caught {p.sig_caught or 0:#x}" if p.sig_blocked is not None else "-"),
+        ("security", f"seccomp {p.seccomp_mode}  no_new_privs {p.no_new_privs}  dumpable "
+                     f"{'-' if p.dumpable is None else p.dumpable}"),
+        ("captured", f"{flag_names(snap.flags, CaptureFlags)}  at {when(snap.captured_at)}"),
+        ("timing", f"capture {ms(snap.performance.capture_ms)}  process stopped {ms(snap.performance.stopped_ms)}"),
+    ]  # fmt: skip
+    if snap.memory is not None:
+        m = snap.memory
+        rows.append(("memory captured", Text.assemble(size(m.bytes_captured), f" in {m.regions} regions ({m.method})")))
+    for name, value in rows:
+        grid.add_row(name, value)
+    return Panel(grid, title=Text(f"snapshot of {p.name} ({p.pid})"), title_align="left", expand=False)
+
+
+def thread_table(threads: Sequence[ThreadEntry]) -> Table:
+    table = Table(title=f"Threads ({len(threads)})", title_justify="left")
+    for column in ("tid", "name", "state", "blocked in", "user s", "sys s", "prio", "cpu", "rip", "rsp"):
+        table.add_column(column, justify="right" if column in ("tid", "user s", "sys s", "prio", "cpu") else "left")
+    for t in threads:
+        rip = t.context.register("rip") if t.context else None
+        rsp = t.context.register("rsp") if t.context else None
+        table.add_row(
+            str(t.tid),
+            text(t.name),
+            t.state.name.lower(),
+            text(t.syscall.name or t.syscall.number) if t.syscall else "-",
+            "-" if t.user_time is None else f"{t.user_time:.2f}",
+            "-" if t.system_time is None else f"{t.system_time:.2f}",
+            "-" if t.priority is None else str(t.priority),
+            "-" if t.processor is None else str(t.processor),
+            "-" if rip is None else f"{rip:#x}",
+            "-" if rsp is None else f"{rsp:#x}",
+        )
+    return table
+
+
+def handle_table(handles: Sequence[HandleEntry]) -> Table:
+    table = Table(title=f"Handles ({len(handles)})", title_justify="left")
+    table.add_column("fd", justify="right")
+    table.add_column("type")
+    table.add_column("name", overflow="fold")
+    table.add_column("flags")
+    table.add_column("pos", justify="right")
+    table.add_column("details", overflow="fold")
+    for h in handles:
+        flags = "-" if h.open_flags is None else f"{h.open_flags:o}"
+        if h.close_on_exec is not None:
+            flags += " cloexec" if h.close_on_exec else " inherit"
+        details = ", ".join(f"{k}={v}" for k, v in h.type_specific)
+        table.add_row(str(h.handle), h.type.value, text(h.name), flags, text(h.position), text(details or None))
+    return table
+
+
+def va_table(regions: Sequence[VaRegion]) -> Table:
+    table = Table(title=f"Memory map ({len(regions)} regions)", title_justify="left")
+    for column in ("start", "end", "perms", "type", "state", "rss", "anon", "swap", "file"):
+        table.add_column(column, justify="right" if column in ("rss", "anon", "swap") else "left",
+                         overflow="fold" if column == "file" else "ellipsis")  # fmt: skip
+    for r in regions:
+        table.add_row(
+            f"{r.base:#014x}", f"{r.end:#014x}", r.perms, r.type.name.lower(), r.state.name.lower(),
+            size(r.rss), size(r.anonymous), size(r.swap), text(r.mapped_file),
+        )  # fmt: skip
+    return table
+
+
+def snapshot_view(snap: Snapshot) -> Group:
+    parts: list[RenderableType] = [summary(snap)]
+    if snap.threads is not None:
+        parts.append(thread_table(snap.threads))
+    if snap.handles is not None:
+        parts.append(handle_table(snap.handles))
+    if snap.va_space is not None:
+        parts.append(va_table(snap.va_space))
+    for warning in snap.warnings:
+        parts.append(Text(f"warning: {warning}", style="yellow"))
+    return Group(*parts)
+
+
+def access_table(uses: Iterable[AccessUse]) -> Table:
+    table = Table(title="Access used", title_justify="left")
+    for column in ("pid", "role", "mask", "rights"):
+        table.add_column(column)
+    for use in uses:
+        table.add_row(str(use.pid), use.role, "-" if use.mask is None else f"{use.mask:#x}", " | ".join(use.names))
+    return table
+
+
+def result_view(result: DuplicateResult | FreeResult, capture_ms: float | None = None,
+                source_stopped_ms: float | None = None) -> Group:  # fmt: skip
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    if isinstance(result, DuplicateResult):
+        title = "dry run: duplicate" if result.dry_run else "duplicated"
+        grid.add_row("source", f"pid {result.source_pid}")
+        handle = "-" if result.target_handle is None else f"fd {result.target_handle}"
+        grid.add_row("target", f"pid {result.target_pid}  now holds {handle}"
+                     f"{'  (inheritable)' if result.inherit else '  (close-on-exec)'}")  # fmt: skip
+        grid.add_row("source closed", "yes" if result.source_closed else "no")
+        grid.add_row("timing", f"capture {ms(capture_ms)}  source stopped {ms(source_stopped_ms)}  "
+                               f"target stopped {ms(result.target_stopped_ms)}")  # fmt: skip
+    else:
+        title = "dry run: free" if result.dry_run else "freed"
+        grid.add_row("process", f"pid {result.pid}  handle fd {result.handle}")
+        grid.add_row("timing", f"process stopped {ms(result.stopped_ms)}")
+    for action in result.actions:
+        grid.add_row("did" if not result.dry_run else "would", Text(action))
+    parts: list[RenderableType] = [Panel(grid, title=title, title_align="left", expand=False),
+                                   access_table(result.access)]  # fmt: skip
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
+    return Group(*parts)

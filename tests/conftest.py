@@ -1,0 +1,98 @@
+"""Fixtures that start real target processes and always reap them, and run the installed `pss-dup`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TARGETS = Path(__file__).parent / "targets"
+PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
+
+
+@dataclass
+class Target:
+    proc: subprocess.Popen[str]
+    info: dict[str, Any]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def echo(self, line: str) -> str:
+        """Proves the target still runs and answers: it echoes a line back."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
+def start_target(*args: str, env: dict[str, str] | None = None) -> Target:
+    proc = subprocess.Popen(
+        [sys.executable, str(TARGETS / "busy_target.py"), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout
+    line = proc.stdout.readline()
+    if not line:
+        reap(proc)
+        raise RuntimeError("target did not start")
+    return Target(proc, json.loads(line))
+
+
+@pytest.fixture
+def target() -> Iterator[Target]:
+    t = start_target("3", env={"PSS_TEST_MARKER": "marker-value-42"})
+    try:
+        yield t
+    finally:
+        reap(t.proc)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc
+    finally:
+        reap(proc)
+
+
+def run_cli(*args: str, uid: int | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user would run it (optionally as another user, via setpriv)."""
+    command = [PSS_DUP, *args]
+    if uid is not None:
+        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"}
+    )
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    result = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            result[key] = value.strip()
+    return result

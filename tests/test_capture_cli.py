@@ -1,0 +1,283 @@
+"""`pss-dup capture` against real processes, through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PSS_DUP, Target, proc_status, reap, run_cli, start_target
+
+NOBODY = 65534
+
+
+def capture_json(*args: str) -> dict[str, Any]:
+    result = run_cli("capture", *args, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    document = json.loads(result.stdout)
+    assert document["schema_version"] == 1 and document["ok"] is True
+    return document["results"][0]["snapshot"]
+
+
+def test_snapshot_finds_threads_files_pipe_socket_mapping_and_environment(target: Target) -> None:
+    snap = capture_json(str(target.pid))
+    assert snap["process"]["pid"] == target.pid
+    assert snap["process"]["environ"]["PSS_TEST_MARKER"] == "marker-value-42"
+    names = {t["name"] for t in snap["threads"]}
+    assert set(target.info["threads"]) <= names
+    assert snap["process"]["thread_count"] == len(snap["threads"]) >= 4
+    for thread in snap["threads"]:
+        assert thread["context"]["arch"] == "x86_64"
+        assert thread["context"]["registers"]["rip"] > 0
+        assert len(bytes.fromhex(thread["context"]["fpregs"])) == 512
+    handles = {h["handle"]: h for h in snap["handles"]}
+    assert handles[target.info["file_fd"]]["name"] == target.info["file"]
+    assert handles[target.info["file_fd"]]["position"] == 5
+    read_end, write_end = target.info["pipe"]
+    assert handles[read_end]["type"] == "PIPE" and handles[write_end]["type"] == "PIPE"
+    assert handles[read_end]["inode"] == handles[write_end]["inode"]
+    sock = handles[target.info["socket_fd"]]
+    assert sock["type"] == "SOCKET"
+    assert sock["type_specific"]["local"] == f"127.0.0.1:{target.info['port']}"
+    assert sock["type_specific"]["state"] == "LISTEN"
+    mapped = [r for r in snap["va_space"] if r["mapped_file"] == target.info["mapped"]]
+    assert len(mapped) == 1 and mapped[0]["size"] == 65536 and mapped[0]["type"] == "MAPPED"
+    assert mapped[0]["perms"] == "rw-s"
+    assert snap["performance"]["stopped_ms"] > 0
+
+
+def test_target_runs_on_untraced_after_capture(target: Target) -> None:
+    capture_json(str(target.pid))
+    status = proc_status(target.pid)
+    assert status["TracerPid"] == "0"
+    assert status["State"][0] in "SR"
+    assert target.echo("still-alive") == "echo:still-alive"
+
+
+def test_stopped_target_stays_stopped(target: Target) -> None:
+    os.kill(target.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while proc_status(target.pid)["State"][0] != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    snap = capture_json(str(target.pid))
+    assert snap["process"]["state"] == "STOPPED"
+    time.sleep(0.1)
+    status = proc_status(target.pid)
+    assert status["State"][0] == "T"
+    assert status["TracerPid"] == "0"
+    os.kill(target.pid, signal.SIGCONT)
+    assert target.echo("resumed") == "echo:resumed"
+
+
+def test_selection_options_capture_only_what_was_asked(target: Target) -> None:
+    snap = capture_json(str(target.pid), "--handles")
+    assert snap["threads"] is None and snap["va_space"] is None
+    assert snap["flags"]["names"] == ["HANDLES"]
+    assert all(h["name"] is None for h in snap["handles"])
+    snap = capture_json(str(target.pid), "--flags", "THREADS|VA_SPACE")
+    assert snap["handles"] is None
+    assert all(t["context"] is None for t in snap["threads"])
+    assert all(r["rss"] is None for r in snap["va_space"])
+
+
+def test_jsonl_is_one_record_per_line(target: Target) -> None:
+    result = run_cli("capture", str(target.pid), "-o", "jsonl", "--flags", "0")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["command"] == "capture" and record["snapshot"]["process"]["pid"] == target.pid
+
+
+def test_table_report_is_not_cut_when_piped(target: Target) -> None:
+    result = subprocess.run([PSS_DUP, "capture", str(target.pid)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert target.info["file"] in result.stdout
+    assert target.info["mapped"] in result.stdout
+    assert "pss-worker-0" in result.stdout
+
+
+def test_hostile_process_name_is_shown_as_text_not_markup(tmp_path: Path) -> None:
+    evil = "[bold red]x[/]ev[/]"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import ctypes,sys,time; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(),0,0,0); "
+         "print('ready', flush=True); time.sleep(60)", evil],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout and proc.stdout.readline().strip() == "ready"
+        result = run_cli("capture", str(proc.pid), "--flags", "THREADS")
+        assert result.returncode == 0, result.stderr
+        assert evil[:15] in result.stdout
+    finally:
+        reap(proc)
+
+
+def test_no_such_process_exits_3() -> None:
+    pid = 2**22 + 12345
+    result = run_cli("capture", str(pid))
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and f"no process with PID {pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_name_matching_several_processes_lists_them_and_exits_2() -> None:
+    procs = [subprocess.Popen(["sleep", "301"]) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        result = run_cli("capture", "sleep")
+        assert result.returncode == 2
+        for p in procs:
+            assert str(p.pid) in result.stderr
+        assert "--all" in result.stderr
+    finally:
+        for p in procs:
+            reap(p)
+
+
+def test_all_captures_every_match() -> None:
+    name = f"pss-all-{os.getpid()}"
+    script = (
+        "import ctypes,sys,time; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(),0,0,0); "
+        "print(1,flush=True); time.sleep(60)"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout and p.stdout.readline()
+        result = run_cli("capture", name, "--all", "-o", "json", "--flags", "0")
+        assert result.returncode == 0, result.stderr
+        pids = {r["pid"] for r in json.loads(result.stdout)["results"]}
+        assert pids == {p.pid for p in procs}
+    finally:
+        for p in procs:
+            reap(p)
+
+
+def test_zombie_exits_3_and_says_so() -> None:
+    proc = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while proc_status(proc.pid)["State"][0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        result = run_cli("capture", str(proc.pid))
+        assert result.returncode == 3
+        assert "zombie" in result.stderr
+    finally:
+        proc.wait()
+
+
+def test_kernel_thread_is_refused_before_any_ptrace() -> None:
+    # kthreadd (PID 2) is only read (/proc/2/stat) and refused; nothing is attached to it.
+    result = run_cli("capture", "2")
+    assert result.returncode == 5
+    assert "kernel thread" in result.stderr
+
+
+def test_other_users_process_is_denied_with_the_rule_named(target: Target) -> None:
+    result = run_cli("capture", str(target.pid), uid=NOBODY)
+    assert result.returncode == 4, result.stderr
+    assert "root" in result.stderr or "CAP_SYS_PTRACE" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_non_dumpable_process_is_denied_with_the_rule_named() -> None:
+    script = "import ctypes,time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); print(1, flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout and proc.stdout.readline()
+        result = run_cli("capture", str(proc.pid), uid=NOBODY)
+        assert result.returncode == 4, result.stderr
+        assert "dumpable" in result.stderr
+    finally:
+        reap(proc)
+
+
+def test_process_traced_by_someone_else_is_refused(target: Target) -> None:
+    tracer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ctypes,sys,time; l=ctypes.CDLL(None, use_errno=True); l.syscall.restype=ctypes.c_long; "
+         "r=l.syscall(101, 0x4206, int(sys.argv[1]), 0, 0); print(r, flush=True); time.sleep(60)",
+         str(target.pid)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tracer.stdout and tracer.stdout.readline().strip() == "0"
+        result = run_cli("capture", str(target.pid))
+        assert result.returncode == 7
+        assert str(tracer.pid) in result.stderr
+    finally:
+        reap(tracer)
+    assert proc_status(target.pid)["TracerPid"] == "0"
+
+
+def test_process_exiting_during_capture_is_reported_not_crashed() -> None:
+    # A target that exits on its own at a random moment while captures run back to back.
+    codes = set()
+    for delay in (0.05, 0.1, 0.2):
+        proc = start_target("50")
+        try:
+            killer = subprocess.Popen(["sh", "-c", f"sleep {delay}; kill -9 {proc.pid}"])
+            for _ in range(20):
+                result = run_cli("capture", str(proc.pid), "-o", "json")
+                codes.add(result.returncode)
+                assert "Traceback" not in result.stderr
+                if result.returncode:
+                    assert result.returncode == 3, result.stderr
+                    break
+            killer.wait()
+        finally:
+            reap(proc.proc)
+    assert 3 in codes
+
+
+def test_ctrl_c_during_capture_restores_the_process_and_exits_130() -> None:
+    # 20,000 fds make the frozen part of the capture long enough to interrupt it for sure.
+    t = start_target("20", "20000")
+    try:
+        cli = subprocess.Popen([PSS_DUP, "capture", str(t.pid), "-o", "json"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while proc_status(t.pid)["TracerPid"] == "0" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert proc_status(t.pid)["TracerPid"] == str(cli.pid), "the capture never froze the target"
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+        assert cli.returncode == 130, err
+        assert "Traceback" not in err and "interrupted" in err
+        status = proc_status(t.pid)
+        assert status["TracerPid"] == "0" and status["State"][0] in "SR"
+        assert t.echo("after-interrupt") == "echo:after-interrupt"
+    finally:
+        reap(t.proc)
+
+
+def test_python_m_entry_point_works(sleeper: subprocess.Popen[bytes]) -> None:
+    result = subprocess.run([sys.executable, "-m", "pss_cli", "capture", str(sleeper.pid), "--json", "--flags", "0"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["snapshot"]["process"]["name"] == "sleep"
+
+
+def test_unsupported_platform_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pss_cli import platform as backends
+    from pss_cli.errors import NotSupported
+
+    backends.backend.cache_clear()
+    monkeypatch.setattr(sys, "platform", "sunos5")
+    try:
+        with pytest.raises(NotSupported, match="Linux and Windows"):
+            backends.backend()
+    finally:
+        backends.backend.cache_clear()
