@@ -65,6 +65,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
         fail("interrupted; every process was restored", ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`| head`): quiet exit, and no second error when Python flushes stdout at exit.
-        sys.stdout = None  # type: ignore[assignment]
+        sys.stdout = None
         sys.exit(ExitCode.OK)
     sys.exit(result if isinstance(result, int) else ExitCode.OK)

@@ -4,6 +4,7 @@ is wrapped in Text, so it is shown as it is and never read as markup."""
 from __future__ import annotations
 
 import datetime
+import enum
 from collections.abc import Iterable, Sequence
 
 from rich.console import Group, RenderableType
@@ -48,7 +49,7 @@ def when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def flag_names(flags: int, enum_type: type) -> str:
+def flag_names(flags: int, enum_type: type[enum.IntFlag]) -> str:
     names = [m.name for m in enum_type if m.value and m.value & (m.value - 1) == 0 and flags & m.value]
     return "|".join(str(n) for n in names) or "NONE"
 

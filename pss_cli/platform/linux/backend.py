@@ -27,6 +27,7 @@ from pss_cli.model import (
     ThreadEntry,
     VaRegion,
 )
+from pss_cli.platform import LocalSnapshot
 from pss_cli.platform.linux import access, procfs
 
 #: x86_64 `struct user_regs_struct`, in the kernel's order (NT_PRSTATUS pr_reg).
@@ -213,7 +214,7 @@ class LinuxBackend:
 
     def duplicate(
         self,
-        snapshot: LinuxSnapshot | None,  # type: ignore[override]
+        snapshot: LocalSnapshot | None,
         source_pid: int,
         source_handle: int | None,
         target_pid: int,

@@ -559,7 +559,7 @@ def make_region(
 ) -> VaRegion:
     start, end, perms, offset, dev, inode, path = fields
     file_backed = bool(inode)
-    if path in SPECIAL_IMAGES or (file_backed and path in images):
+    if path is not None and (path in SPECIAL_IMAGES or (file_backed and path in images)):
         kind = MemoryType.IMAGE
     elif file_backed or perms[3] == "s":
         kind = MemoryType.MAPPED
