@@ -40,7 +40,7 @@ PID = 31337
 def gpr_values(tid: int, index: int) -> dict[str, int]:
     """A plausible user-space register set: blocked in clock_nanosleep, as a sleeping thread is."""
     stack = 0x7FFC_0000_0000 - index * 0x80_0000
-    return {name: 0 for name in X86_64_GPR_NAMES} | {
+    return dict.fromkeys(X86_64_GPR_NAMES, 0) | {
         "rax": (-516) & (2**64 - 1),  # -ERESTART_RESTARTBLOCK, as the kernel leaves it
         "orig_rax": 230,
         "rip": 0x7F12_3456_7000 + 0x1A3,
@@ -150,9 +150,7 @@ def snapshot(
     n_threads: int = 3, *, contexts: bool = True, without_context: tuple[int, ...] = (), with_threads: bool = True
 ) -> Snapshot:
     """A sleeping multi-threaded process with fds and a realistic memory map."""
-    threads = tuple(
-        thread(PID + i, i, context=contexts and i not in without_context) for i in range(n_threads)
-    )
+    threads = tuple(thread(PID + i, i, context=contexts and i not in without_context) for i in range(n_threads))
     process = ProcessInfo(
         pid=PID,
         ppid=1,
@@ -215,3 +213,56 @@ def snapshot(
         va_space=regions(),
         performance=Performance(capture_ms=4.5, stopped_ms=1.5, threads_ms=0.75, handles_ms=0.5, va_space_ms=1.0),
     )
+
+
+# ---------------------------------------------------------------------- an independent reader and builder of notes
+# Written from the ELF spec rather than with elfcore's own helpers, so that the tests check elfcore against it.
+
+Note = tuple[bytes, int, bytes]
+
+
+def notes_of(core: bytes) -> list[Note]:
+    """(owner, type, desc) of every note in the first PT_NOTE, in file order."""
+    phoff = struct.unpack_from("<Q", core, 32)[0]
+    _, _, offset, _, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", core, phoff)
+    out, pos = [], offset
+    while pos < offset + filesz:
+        namesz, descsz, ntype = struct.unpack_from("<III", core, pos)
+        name_at = pos + 12
+        desc_at = name_at + (namesz + 3) // 4 * 4
+        out.append((core[name_at : name_at + namesz - 1], ntype, core[desc_at : desc_at + descsz]))
+        pos = desc_at + (descsz + 3) // 4 * 4
+    return out
+
+
+def note_offsets(core: bytes) -> list[int]:
+    """File offsets of every note header, for mutating namesz/descsz in place."""
+    phoff = struct.unpack_from("<Q", core, 32)[0]
+    _, _, offset, _, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", core, phoff)
+    out, pos = [], offset
+    while pos < offset + filesz:
+        out.append(pos)
+        namesz, descsz, _ = struct.unpack_from("<III", core, pos)
+        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return out
+
+
+def build_core(notes: list[Note], loads: tuple[tuple[int, int, int], ...] = ()) -> bytes:
+    """An x86_64 ET_CORE with these notes and empty PT_LOADs (vaddr, memsz, flags)."""
+    blob = b""
+    for owner, ntype, desc in notes:
+        name = owner + b"\0"
+        blob += struct.pack("<III", len(name), len(desc), ntype)
+        blob += name + bytes(-len(name) % 4) + desc + bytes(-len(desc) % 4)
+    phnum = 1 + len(loads)
+    notes_at = 64 + 56 * phnum
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
+    head = struct.pack("<16sHHIQQQIHHHHHH", ident, 4, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, notes_at, 0, 0, len(blob), 0, 4)
+    for vaddr, memsz, flags in loads:
+        phdrs += struct.pack("<IIQQQQQQ", 1, flags, notes_at + len(blob), vaddr, 0, 0, memsz, 4096)
+    return head + phdrs + blob
+
+
+def replace_note(notes: list[Note], owner: bytes, ntype: int, desc: bytes) -> list[Note]:
+    return [(o, t, desc if (o, t) == (owner, ntype) else d) for o, t, d in notes]
