@@ -186,7 +186,7 @@ AMD64_INTEGER_REGISTERS = (
     "R15",
 )
 
-CStruct = type[ctypes.Structure] | type[ctypes.Union]
+CStruct = type[ctypes.Structure]
 
 
 def _define(
@@ -195,19 +195,33 @@ def _define(
     *,
     pack: int | None = None,
     anonymous: tuple[str, ...] = (),
-    union: bool = False,
-) -> CStruct:
-    """One structure or union; `_layout_ = "ms"` keeps `_pack_` meaning MSVC's rule on every host and Python."""
+) -> type[ctypes.Structure]:
+    """One structure; `_layout_ = "ms"` keeps `_pack_` meaning MSVC's rule on every host and Python version."""
+    cls: type[ctypes.Structure] = type(name, (ctypes.Structure,), _namespace(fields, pack, anonymous))
+    return cls
+
+
+def _union(
+    name: str,
+    fields: Sequence[tuple[str, object]],
+    *,
+    pack: int | None = None,
+    anonymous: tuple[str, ...] = (),
+) -> type[ctypes.Union]:
+    """One union (only ever a member of a structure)."""
+    cls: type[ctypes.Union] = type(name, (ctypes.Union,), _namespace(fields, pack, anonymous))
+    return cls
+
+
+def _namespace(fields: Sequence[tuple[str, object]], pack: int | None, anonymous: tuple[str, ...]) -> dict[str, object]:
     namespace: dict[str, object] = {}
     if pack is not None:
         namespace["_layout_"] = "ms"
         namespace["_pack_"] = pack
     if anonymous:
         namespace["_anonymous_"] = anonymous
-    namespace["_fields_"] = fields
-    base: type = ctypes.Union if union else ctypes.Structure
-    cls: CStruct = type(name, (base,), namespace)
-    return cls
+    namespace["_fields_"] = list(fields)
+    return namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +335,10 @@ def build_abi(arch: Arch) -> Abi:
             "_Anonymous_e__Struct",
             [("Header", M128A * 2), ("Legacy", M128A * 8)] + [(f"Xmm{i}", M128A) for i in range(16)],
         )
-        float_union = _define(
+        float_union = _union(
             "_Anonymous_e__Union",
             [("FltSave", XSAVE_FORMAT), ("Anonymous", legacy)],
             anonymous=("Anonymous",),
-            union=True,
         )
         CONTEXT = _define(
             "CONTEXT",
@@ -433,7 +446,7 @@ def build_abi(arch: Arch) -> Abi:
             ("MappedFileName", ptr),
         ],
     )
-    type_specific = _define(
+    type_specific = _union(
         "_TypeSpecificInformation_e__Union",
         [
             (
@@ -484,7 +497,6 @@ def build_abi(arch: Arch) -> Abi:
             ),
             ("Semaphore", _define("_Semaphore_e__Struct", [("CurrentCount", i32), ("MaximumCount", i32)])),
         ],
-        union=True,
     )
     PSS_HANDLE_ENTRY = _define(
         "PSS_HANDLE_ENTRY",
@@ -622,7 +634,7 @@ def build_abi(arch: Arch) -> Abi:
         [("Offset", u64), ("Buffer", ptr), ("Size", u32), ("Completed", u32), ("Status", HRESULT)],
         pack=4,
     )
-    input_union = _define(
+    input_union = _union(
         "_Anonymous_e__Union",
         [
             ("Status", HRESULT),
@@ -639,7 +651,6 @@ def build_abi(arch: Arch) -> Abi:
             ("VmPostRead", MINIDUMP_VM_POST_READ_CALLBACK),
         ],
         pack=4,
-        union=True,
     )
     MINIDUMP_CALLBACK_INPUT = _define(
         "MINIDUMP_CALLBACK_INPUT",
@@ -647,7 +658,7 @@ def build_abi(arch: Arch) -> Abi:
         pack=4,
         anonymous=("Anonymous",),
     )
-    output_union = _define(
+    output_union = _union(
         "_Anonymous_e__Union",
         [
             ("ModuleWriteFlags", u32),
@@ -676,7 +687,6 @@ def build_abi(arch: Arch) -> Abi:
         ],
         pack=4,
         anonymous=("Anonymous1", "Anonymous2", "Anonymous3", "Anonymous4", "Anonymous5"),
-        union=True,
     )
     MINIDUMP_CALLBACK_OUTPUT = _define(
         "MINIDUMP_CALLBACK_OUTPUT", [("Anonymous", output_union)], pack=4, anonymous=("Anonymous",)
