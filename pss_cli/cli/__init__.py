@@ -31,12 +31,14 @@ def cli() -> None:
 
 
 def register_commands() -> None:
-    from pss_cli.cli import capture, snapshots
+    from pss_cli.cli import capture, completion, ps, snapshots
 
     cli.add_command(capture.capture)
     cli.add_command(snapshots.dup)
     cli.add_command(snapshots.free)
     cli.add_command(snapshots.inspect)
+    cli.add_command(ps.ps)
+    cli.add_command(completion.completion)
 
 
 register_commands()

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.params import TARGET
 from pss_cli.errors import ExitCode, PssError, UsageError
 from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags
 
@@ -119,7 +120,7 @@ def flags_from(selected: tuple[int, ...], everything: bool, mask: str | None) ->
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", type=TARGET)
 @click.option("--all", "all_matches", is_flag=True, help="When TARGET is a name that several processes have: all.")
 @capture_options
 @output_options

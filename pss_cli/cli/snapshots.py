@@ -6,16 +6,14 @@ import click
 
 from pss_cli.cli.capture import capture_options, flags_from
 from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
-
-PID = click.IntRange(min=1)
-HANDLE = click.IntRange(min=0)
 
 
 @click.command()
-@click.argument("source")
-@click.argument("target")
-@click.option("--handle", "source_handle", type=HANDLE, metavar="H",
+@click.argument("source", type=TARGET)
+@click.argument("target", type=TARGET)
+@click.option("--handle", "source_handle", type=SnapshotHandle("source"), metavar="H",
               help="Hand on the snapshot SOURCE already holds as fd H instead of capturing a new one.")  # fmt: skip
 @click.option("--close-source", is_flag=True,
               help="Then close H in SOURCE (PSS_DUPLICATE_CLOSE_SOURCE); needs --handle.")  # fmt: skip
@@ -73,7 +71,7 @@ def dup(
 
 @click.command()
 @click.argument("pid", type=PID)
-@click.argument("handle", type=HANDLE)
+@click.argument("handle", type=SnapshotHandle("pid"))
 @click.option("--force", is_flag=True, help="Proceed where a blocked call in PID would see EINTR.")
 @click.option("--dry-run", is_flag=True, help="Check that HANDLE is a pss-dup snapshot and that it can be closed.")
 @output_options
@@ -92,7 +90,7 @@ def free(ui: Ui, pid: int, handle: int, force: bool, dry_run: bool) -> int:
 
 @click.command()
 @click.argument("pid", type=PID)
-@click.argument("handle", type=HANDLE)
+@click.argument("handle", type=SnapshotHandle("pid"))
 @output_options
 def inspect(ui: Ui, pid: int, handle: int) -> int:
     """Read the snapshot that process PID holds as HANDLE, and report it like `capture`."""
