@@ -31,7 +31,7 @@ def cli() -> None:
 
 
 def register_commands() -> None:
-    from pss_cli.cli import capture, completion, ps, snapshots
+    from pss_cli.cli import capture, completion, doctor, ps, snapshots
 
     cli.add_command(capture.capture)
     cli.add_command(snapshots.dup)
@@ -39,6 +39,7 @@ def register_commands() -> None:
     cli.add_command(snapshots.inspect)
     cli.add_command(ps.ps)
     cli.add_command(completion.completion)
+    cli.add_command(doctor.doctor)
 
 
 register_commands()
