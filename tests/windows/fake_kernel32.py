@@ -1,0 +1,668 @@
+"""A fake kernel32 that enforces the documented PSS semantics, for contract tests on any platform.
+
+It implements pss_cli.platform.windows.kernel32.Kernel32Like over an in-memory world of processes. What it
+enforces, written here independently of pss_cli's access.py (so that a wrong mask there fails a test):
+- OpenProcess grants a mask only if the process allows every right in it (ERROR_ACCESS_DENIED otherwise), and
+  ERROR_INVALID_PARAMETER for a PID that does not exist;
+- PssCaptureSnapshot checks the handle's rights per capture flag; PssDuplicateSnapshot needs
+  PROCESS_VM_READ|PROCESS_DUP_HANDLE on a non-current source and PROCESS_VM_OPERATION|PROCESS_VM_WRITE|
+  PROCESS_DUP_HANDLE on the target, answers ERROR_INVALID_HANDLE for a handle that is not a snapshot held by the
+  source, and with PSS_DUPLICATE_CLOSE_SOURCE frees the source even when the duplication then fails;
+- PssFreeSnapshot on another process needs PROCESS_VM_READ|PROCESS_VM_OPERATION|PROCESS_DUP_HANDLE and
+  ERROR_NOT_SUPPORTED for a snapshot not in VirtualAlloc'ed memory;
+- a local call (query, walk, free, duplicate from the current process) given an HPSS that this process does not hold
+  "faults": it raises OSError as ctypes does for an access violation, and records the fault;
+- buffers must be exactly the structure's size (ERROR_BAD_LENGTH); walks end with ERROR_NO_MORE_ITEMS;
+- MiniDumpWriteDump must get a local HPSS with a VA clone, and the callback must answer IsProcessSnapshotCallback
+  with S_FALSE, or it fails as dbghelp would (it would treat the HPSS as a process handle).
+Every call is logged in `calls` as (name, args...), and `fail_index` makes the Nth call fail.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, ProcessFlags, ThreadFlags
+from pss_cli.platform.windows import abi
+from pss_cli.platform.windows.kernel32 import MINIDUMP_CALLBACK_ROUTINE
+
+A = abi.NATIVE
+PSEUDO_HANDLE = (1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1
+SELF = os.getpid()
+
+# The rights, spelled out again on purpose (not imported from access.py).
+QUERY_LIMITED = 0x1000
+QUERY_INFORMATION = 0x400
+CREATE_PROCESS = 0x80
+DUP_HANDLE = 0x40
+VM_READ = 0x10
+VM_WRITE = 0x20
+VM_OPERATION = 0x08
+
+MESSAGES = {
+    5: "Access is denied.",
+    6: "The handle is invalid.",
+    8: "Not enough memory resources are available to process this command.",
+    24: "The program issued a command but the command length is incorrect.",
+    50: "The request is not supported.",
+    87: "The parameter is incorrect.",
+    259: "No more data is available.",
+    1168: "Element not found.",
+}
+
+# Calls that release something: failing them would only test that a leak is a leak, so fail_index skips them.
+CLEANUP_CALLS = frozenset({"CloseHandle", "PssFreeSnapshot", "PssWalkMarkerFree"})
+# Calls that cannot fail on Windows.
+INFALLIBLE_CALLS = frozenset({"GetCurrentProcess", "GetLastError", "FormatMessageW", "get_osfhandle"})
+
+
+class FakeFault(OSError):
+    """What ctypes raises on Windows when a foreign call hits an access violation."""
+
+
+@dataclass
+class FakeThread:
+    tid: int
+    rip: int
+    rsp: int
+    priority: int = 8
+    suspend_count: int = 0
+    terminated: bool = False
+
+
+@dataclass
+class FakeObject:
+    handle: int
+    object_type: int
+    type_name: str
+    name: str | None
+    granted_access: int = 0x1F0003
+    inherit: bool = False
+
+
+@dataclass
+class FakeRegion:
+    base: int
+    size: int
+    state: int
+    protect: int
+    type: int
+    mapped_file: str | None = None
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    ppid: int
+    image: str
+    threads: list[FakeThread] = field(default_factory=list)
+    objects: list[FakeObject] = field(default_factory=list)
+    regions: list[FakeRegion] = field(default_factory=list)
+    #: The rights OpenProcess will grant to this caller.
+    grants: int = abi.PROCESS_ALL_ACCESS
+    wow64: bool = False
+    #: PssCaptureSnapshot fails with ERROR_ACCESS_DENIED even with the right mask (a thread refused its context).
+    capture_denied: bool = False
+
+
+@dataclass
+class FakeSnapshot:
+    hpss: int
+    holder: int
+    source: FakeProcess
+    flags: int
+    context_flags: int
+    vm_allocations: bool
+    clone_pid: int | None
+    #: Keeps the memory that entries point into (names, CONTEXT records) alive while the snapshot lives.
+    keep: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class OpenHandle:
+    kind: str
+    pid: int
+    access: int
+
+
+class FakeKernel32:
+    """The fake. `processes` maps PID to FakeProcess; `snapshots` maps (holder PID, HPSS) to FakeSnapshot."""
+
+    def __init__(self, processes: list[FakeProcess], *, debug_privilege: bool = True) -> None:
+        self.processes = {p.pid: p for p in processes}
+        self.processes.setdefault(SELF, FakeProcess(SELF, 1, "C:\\Python\\python.exe"))
+        self.snapshots: dict[tuple[int, int], FakeSnapshot] = {}
+        self.handles: dict[int, OpenHandle] = {}
+        self.markers: dict[int, dict[int, int]] = {}
+        self.calls: list[tuple[Any, ...]] = []
+        self.faults: list[str] = []
+        self.bad_closes: list[int] = []
+        self.files: dict[int, int] = {}
+        self.fail_index: int | None = None
+        self.debug_privilege = debug_privilege
+        self.callback_answers: list[int] = []
+        self._last_error = 0
+        self._next = 0x1000
+
+    # --- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def _new_value(self) -> int:
+        self._next += 0x10
+        return self._next
+
+    def _log(self, *entry: Any) -> bool:
+        """Record the call; True when this call is the one chosen to fail."""
+        self.calls.append(entry)
+        name = entry[0]
+        if name in CLEANUP_CALLS or name in INFALLIBLE_CALLS:
+            return False
+        index = sum(1 for c in self.calls if c[0] not in CLEANUP_CALLS and c[0] not in INFALLIBLE_CALLS) - 1
+        return index == self.fail_index
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def fallible_calls(self) -> int:
+        return sum(1 for c in self.calls if c[0] not in CLEANUP_CALLS and c[0] not in INFALLIBLE_CALLS)
+
+    def open_process_handles(self) -> dict[int, OpenHandle]:
+        return dict(self.handles)
+
+    def held_by(self, pid: int) -> list[FakeSnapshot]:
+        return [s for (holder, _), s in self.snapshots.items() if holder == pid]
+
+    def _fault(self, what: str, hpss: int) -> FakeFault:
+        self.faults.append(f"{what}(0x{hpss:x})")
+        return FakeFault(f"exception: access violation reading 0x{hpss:016x}")
+
+    def _process_of(self, handle: int) -> tuple[int, int] | None:
+        """(pid, access) for a process handle, None for anything else."""
+        if handle == PSEUDO_HANDLE:
+            return SELF, abi.PROCESS_ALL_ACCESS
+        entry = self.handles.get(handle)
+        if entry is None or entry.kind != "process":
+            return None
+        return entry.pid, entry.access
+
+    def add_snapshot(self, holder: int, source_pid: int, flags: int, *, vm_allocations: bool = True) -> int:
+        """Put a snapshot into `holder` directly (as if captured or duplicated there earlier); its HPSS."""
+        snap = self._build(self.processes[source_pid], holder, flags, abi.CONTEXT_ALL_AMD64, vm_allocations)
+        return snap.hpss
+
+    def _build(self, proc: FakeProcess, holder: int, flags: int, context_flags: int, vm: bool) -> FakeSnapshot:
+        hpss = self._new_value() * 0x100
+        clone = (90000 + len(self.snapshots)) if flags & CaptureFlags.VA_CLONE else None
+        snap = FakeSnapshot(hpss, holder, proc, flags, context_flags, vm, clone)
+        self.snapshots[(holder, hpss)] = snap
+        return snap
+
+    def _copy(self, snap: FakeSnapshot, holder: int) -> FakeSnapshot:
+        new = self._build(snap.source, holder, snap.flags, snap.context_flags, True)
+        new.clone_pid = snap.clone_pid
+        return new
+
+    # --- processthreadsapi / handleapi / memoryapi ---------------------------------------------------------------
+
+    def GetCurrentProcess(self) -> int:
+        self._log("GetCurrentProcess")
+        return PSEUDO_HANDLE
+
+    def GetLastError(self) -> int:
+        self.calls.append(("GetLastError",))
+        return self._last_error
+
+    def OpenProcess(self, desired_access: int, inherit_handle: bool, process_id: int) -> int:
+        if self._log("OpenProcess", desired_access, process_id):
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return 0
+        proc = self.processes.get(process_id)
+        if proc is None:
+            self._last_error = abi.ERROR_INVALID_PARAMETER
+            return 0
+        if desired_access & ~proc.grants:
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return 0
+        handle = self._new_value()
+        self.handles[handle] = OpenHandle("process", process_id, desired_access)
+        return handle
+
+    def CloseHandle(self, handle: int) -> bool:
+        self._log("CloseHandle", handle)
+        if self.handles.pop(handle, None) is None:
+            self.bad_closes.append(handle)
+            self._last_error = abi.ERROR_INVALID_HANDLE
+            return False
+        return True
+
+    def GetProcessId(self, process: int) -> int:
+        self._log("GetProcessId", process)
+        for snap in self.snapshots.values():
+            if snap.clone_pid is not None and process == snap.clone_pid * 4:
+                return snap.clone_pid
+        found = self._process_of(process)
+        return found[0] if found else 0
+
+    def VirtualQuery(self, address: int, buffer: ctypes.Structure) -> int:
+        if self._log("VirtualQuery", address):
+            return 0
+        if (SELF, address) not in self.snapshots:
+            return 0
+        ctypes.memset(ctypes.addressof(buffer), 0, ctypes.sizeof(buffer))
+        buffer.BaseAddress = address & ~0xFFF
+        buffer.AllocationBase = address & ~0xFFF
+        buffer.RegionSize = 0x1000
+        buffer.State = MemoryState.COMMIT
+        buffer.Type = MemoryType.PRIVATE
+        buffer.Protect = MemoryProtection.READWRITE
+        return ctypes.sizeof(buffer)
+
+    def FormatMessageW(self, code: int) -> str:
+        self.calls.append(("FormatMessageW", code))
+        return MESSAGES.get(code, "")
+
+    # --- processsnapshot.h ---------------------------------------------------------------------------------------
+
+    def PssCaptureSnapshot(self, process: int, capture_flags: int, thread_context_flags: int) -> tuple[int, int]:
+        if self._log("PssCaptureSnapshot", process, capture_flags, thread_context_flags):
+            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        found = self._process_of(process)
+        if found is None:
+            return abi.ERROR_INVALID_HANDLE, 0
+        pid, access = found
+        flags = CaptureFlags(capture_flags)
+        required = QUERY_LIMITED
+        if flags & CaptureFlags.VA_CLONE:
+            required |= CREATE_PROCESS
+        walks = (
+            CaptureFlags.HANDLES
+            | CaptureFlags.HANDLE_TRACE
+            | CaptureFlags.THREADS
+            | CaptureFlags.THREAD_CONTEXT
+            | CaptureFlags.THREAD_CONTEXT_EXTENDED
+            | CaptureFlags.VA_SPACE
+        )
+        if flags & walks:
+            required |= QUERY_INFORMATION
+        handle_info = (
+            CaptureFlags.HANDLE_NAME_INFORMATION
+            | CaptureFlags.HANDLE_BASIC_INFORMATION
+            | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
+        )
+        if flags & handle_info:
+            required |= DUP_HANDLE
+        if flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION:
+            if not flags & CaptureFlags.VA_SPACE:
+                return abi.ERROR_INVALID_PARAMETER, 0
+            required |= VM_READ
+        if flags & (CaptureFlags.THREAD_CONTEXT | CaptureFlags.THREAD_CONTEXT_EXTENDED) and not thread_context_flags:
+            return abi.ERROR_INVALID_PARAMETER, 0
+        if required & ~access:
+            return abi.ERROR_ACCESS_DENIED, 0
+        proc = self.processes[pid]
+        if proc.capture_denied:
+            return abi.ERROR_ACCESS_DENIED, 0
+        snap = self._build(
+            proc, SELF, capture_flags, thread_context_flags, bool(flags & CaptureFlags.CREATE_USE_VM_ALLOCATIONS)
+        )
+        return abi.ERROR_SUCCESS, snap.hpss
+
+    def _local(self, what: str, hpss: int) -> FakeSnapshot:
+        snap = self.snapshots.get((SELF, hpss))
+        if snap is None:
+            raise self._fault(what, hpss)
+        return snap
+
+    def PssQuerySnapshot(self, snapshot: int, information_class: int, buffer: ctypes.Structure, length: int) -> int:
+        fail = self._log("PssQuerySnapshot", snapshot, information_class, length)
+        snap = self._local("PssQuerySnapshot", snapshot)
+        if fail:
+            return abi.ERROR_NOT_ENOUGH_MEMORY
+        struct, fill = self._query_class(snap, information_class)
+        if struct is None:
+            return abi.ERROR_INVALID_PARAMETER
+        if length != ctypes.sizeof(struct):
+            return abi.ERROR_BAD_LENGTH
+        assert ctypes.sizeof(buffer) >= length, "the caller's buffer is smaller than the length it passed"
+        if fill is None:
+            return abi.ERROR_NOT_FOUND
+        ctypes.memmove(ctypes.addressof(buffer), ctypes.addressof(fill), length)
+        return abi.ERROR_SUCCESS
+
+    def _query_class(self, snap: FakeSnapshot, cls: int) -> tuple[type[ctypes.Structure] | None, Any]:
+        f = CaptureFlags(snap.flags)
+        proc = snap.source
+        if cls == abi.PSS_QUERY_PROCESS_INFORMATION:
+            return A.PSS_PROCESS_INFORMATION, self._process_information(proc)
+        if cls == abi.PSS_QUERY_THREAD_INFORMATION:
+            value = A.PSS_THREAD_INFORMATION(len(proc.threads), ctypes.sizeof(A.CONTEXT))
+            return A.PSS_THREAD_INFORMATION, value if f & CaptureFlags.THREADS else None
+        if cls == abi.PSS_QUERY_HANDLE_INFORMATION:
+            value = A.PSS_HANDLE_INFORMATION(len(proc.objects))
+            return A.PSS_HANDLE_INFORMATION, value if f & CaptureFlags.HANDLES else None
+        if cls == abi.PSS_QUERY_VA_SPACE_INFORMATION:
+            value = A.PSS_VA_SPACE_INFORMATION(len(proc.regions))
+            return A.PSS_VA_SPACE_INFORMATION, value if f & CaptureFlags.VA_SPACE else None
+        if cls == abi.PSS_QUERY_VA_CLONE_INFORMATION:
+            value = A.PSS_VA_CLONE_INFORMATION(snap.clone_pid * 4 if snap.clone_pid else None)
+            return A.PSS_VA_CLONE_INFORMATION, value if f & CaptureFlags.VA_CLONE else None
+        if cls == abi.PSS_QUERY_PERFORMANCE_COUNTERS:
+            counters = A.PSS_PERFORMANCE_COUNTERS()
+            counters.TotalWallClockPeriod = 2500  # 2.5 ms at PSS_PERF_RESOLUTION (µs)
+            counters.ThreadsWallClockPeriod = 1000
+            counters.HandlesWallClockPeriod = 500
+            counters.VaSpaceWallClockPeriod = 250
+            counters.VaCloneWallClockPeriod = 750 if f & CaptureFlags.VA_CLONE else 0
+            return A.PSS_PERFORMANCE_COUNTERS, counters if f & CaptureFlags.CREATE_MEASURE_PERFORMANCE else None
+        if cls == abi.PSS_QUERY_HANDLE_TRACE_INFORMATION:
+            value = A.PSS_HANDLE_TRACE_INFORMATION(0x7770, 4096)
+            return A.PSS_HANDLE_TRACE_INFORMATION, value if f & CaptureFlags.HANDLE_TRACE else None
+        if cls == abi.PSS_QUERY_AUXILIARY_PAGES_INFORMATION:
+            return A.PSS_AUXILIARY_PAGES_INFORMATION, A.PSS_AUXILIARY_PAGES_INFORMATION(0)
+        return None, None
+
+    def _process_information(self, proc: FakeProcess) -> ctypes.Structure:
+        info = A.PSS_PROCESS_INFORMATION()
+        info.ExitStatus = abi.STILL_ACTIVE
+        info.PebBaseAddress = 0x7FF6_0000_0000
+        info.AffinityMask = 0b11
+        info.BasePriority = 8
+        info.ProcessId = proc.pid
+        info.ParentProcessId = proc.ppid
+        info.Flags = ProcessFlags.WOW64 if proc.wow64 else 0
+        created = 116_444_736_000_000_000 + 1_700_000_000 * 10_000_000  # 2023-11-14T22:13:20Z
+        info.CreateTime.dwLowDateTime = created & 0xFFFFFFFF
+        info.CreateTime.dwHighDateTime = created >> 32
+        info.UserTime.dwLowDateTime = 30_000_000  # 3 s
+        info.KernelTime.dwLowDateTime = 10_000_000  # 1 s
+        info.VirtualSize = 123 << 20
+        info.PeakVirtualSize = 150 << 20
+        info.WorkingSetSize = 20 << 20
+        info.PeakWorkingSetSize = 25 << 20
+        info.PrivateUsage = 10 << 20
+        info.PageFaultCount = 4321
+        encoded = proc.image.encode("utf-16-le")
+        ctypes.memmove(ctypes.addressof(info.ImageFileName), encoded, len(encoded))
+        return info
+
+    def PssWalkMarkerCreate(self) -> tuple[int, int]:
+        if self._log("PssWalkMarkerCreate"):
+            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        marker = self._new_value()
+        self.markers[marker] = {}
+        return abi.ERROR_SUCCESS, marker
+
+    def PssWalkMarkerFree(self, walk_marker: int) -> int:
+        self._log("PssWalkMarkerFree", walk_marker)
+        return abi.ERROR_SUCCESS if self.markers.pop(walk_marker, None) is not None else abi.ERROR_INVALID_HANDLE
+
+    def PssWalkMarkerGetPosition(self, walk_marker: int) -> tuple[int, int]:
+        self._log("PssWalkMarkerGetPosition", walk_marker)
+        if walk_marker not in self.markers:
+            return abi.ERROR_INVALID_HANDLE, 0
+        return abi.ERROR_SUCCESS, sum(self.markers[walk_marker].values())
+
+    def PssWalkMarkerSetPosition(self, walk_marker: int, position: int) -> int:
+        self._log("PssWalkMarkerSetPosition", walk_marker, position)
+        if walk_marker not in self.markers:
+            return abi.ERROR_INVALID_HANDLE
+        self.markers[walk_marker] = dict.fromkeys(self.markers[walk_marker], position)
+        return abi.ERROR_SUCCESS
+
+    def PssWalkMarkerSeekToBeginning(self, walk_marker: int) -> int:
+        return self.PssWalkMarkerSetPosition(walk_marker, 0)
+
+    def PssWalkSnapshot(
+        self, snapshot: int, information_class: int, walk_marker: int, buffer: ctypes.Structure, length: int
+    ) -> int:
+        fail = self._log("PssWalkSnapshot", snapshot, information_class, walk_marker, length)
+        snap = self._local("PssWalkSnapshot", snapshot)
+        if fail:
+            return abi.ERROR_NOT_ENOUGH_MEMORY
+        if walk_marker not in self.markers:
+            return abi.ERROR_INVALID_HANDLE
+        entries = self._walk_class(snap, information_class)
+        if entries is None:
+            return abi.ERROR_INVALID_PARAMETER
+        struct, items = entries
+        if length != ctypes.sizeof(struct):
+            return abi.ERROR_BAD_LENGTH
+        if items is None:
+            return abi.ERROR_NOT_FOUND
+        position = self.markers[walk_marker].get(information_class, 0)
+        if position >= len(items):
+            return abi.ERROR_NO_MORE_ITEMS
+        self.markers[walk_marker][information_class] = position + 1
+        ctypes.memmove(ctypes.addressof(buffer), ctypes.addressof(items[position]), length)
+        return abi.ERROR_SUCCESS
+
+    def _wide(self, snap: FakeSnapshot, text: str) -> tuple[int, int]:
+        """A counted UTF-16 string in snapshot memory (deliberately not NUL-terminated): (address, bytes)."""
+        data = text.encode("utf-16-le")
+        buf = ctypes.create_string_buffer(data + b"\xff\xff", len(data) + 2)
+        snap.keep.append(buf)
+        return ctypes.addressof(buf), len(data)
+
+    def _walk_class(
+        self, snap: FakeSnapshot, cls: int
+    ) -> tuple[type[ctypes.Structure], list[ctypes.Structure] | None] | None:
+        f = CaptureFlags(snap.flags)
+        if cls == abi.PSS_WALK_THREADS:
+            return A.PSS_THREAD_ENTRY, self._threads(snap) if f & CaptureFlags.THREADS else None
+        if cls == abi.PSS_WALK_HANDLES:
+            return A.PSS_HANDLE_ENTRY, self._handles(snap) if f & CaptureFlags.HANDLES else None
+        if cls == abi.PSS_WALK_VA_SPACE:
+            return A.PSS_VA_SPACE_ENTRY, self._regions(snap) if f & CaptureFlags.VA_SPACE else None
+        if cls == abi.PSS_WALK_AUXILIARY_PAGES:
+            return A.PSS_AUXILIARY_PAGE_ENTRY, []
+        return None
+
+    def _threads(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
+        out = []
+        with_context = snap.flags & (CaptureFlags.THREAD_CONTEXT | CaptureFlags.THREAD_CONTEXT_EXTENDED)
+        for t in snap.source.threads:
+            e = A.PSS_THREAD_ENTRY()
+            e.ExitStatus = 0 if t.terminated else abi.STILL_ACTIVE
+            e.TebBaseAddress = 0x1000_0000 + t.tid
+            e.ProcessId = snap.source.pid
+            e.ThreadId = t.tid
+            e.AffinityMask = 0b1
+            e.Priority = t.priority
+            e.BasePriority = 8
+            e.LastSyscallFirstArgument = 0x44
+            e.LastSyscallNumber = 0x1B
+            e.UserTime.dwLowDateTime = 5_000_000
+            e.CaptureTime.dwHighDateTime = 0x01DA0000
+            e.Flags = ThreadFlags.TERMINATED if t.terminated else 0
+            e.SuspendCount = t.suspend_count
+            e.Win32StartAddress = 0x7FF7_1234_0000
+            if with_context:
+                ctx = A.CONTEXT()
+                ctx.ContextFlags = snap.context_flags & 0xFFFF_FFFF
+                ctx.Rip, ctx.Rsp, ctx.Rax = t.rip, t.rsp, t.tid
+                ctx.EFlags = 0x246
+                ctx.SegCs, ctx.SegSs = 0x33, 0x2B
+                ctx.MxCsr = 0x1F80
+                ctx.FltSave.ControlWord = 0x27F
+                snap.keep.append(ctx)
+                e.ContextRecord = ctypes.addressof(ctx)
+                e.SizeOfContextRecord = ctypes.sizeof(ctx)
+            out.append(e)
+        return out
+
+    def _handles(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
+        f = CaptureFlags(snap.flags)
+        out = []
+        for o in snap.source.objects:
+            e = A.PSS_HANDLE_ENTRY()
+            e.Handle = o.handle
+            e.ObjectType = o.object_type
+            e.CaptureTime.dwHighDateTime = 0x01DA0001
+            flags = 0
+            if f & (
+                CaptureFlags.HANDLE_NAME_INFORMATION
+                | CaptureFlags.HANDLE_BASIC_INFORMATION
+                | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
+            ):
+                flags |= abi.PSS_HANDLE_HAVE_TYPE
+                e.TypeName, e.TypeNameLength = self._wide(snap, o.type_name)
+            if f & CaptureFlags.HANDLE_NAME_INFORMATION and o.name is not None:
+                flags |= abi.PSS_HANDLE_HAVE_NAME
+                e.ObjectName, e.ObjectNameLength = self._wide(snap, o.name)
+            if f & CaptureFlags.HANDLE_BASIC_INFORMATION:
+                flags |= abi.PSS_HANDLE_HAVE_BASIC_INFORMATION
+                e.GrantedAccess = o.granted_access
+                e.Attributes = abi.OBJ_INHERIT if o.inherit else 0
+                e.HandleCount, e.PointerCount = 1, 2
+            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_EVENT:
+                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
+                e.TypeSpecificInformation.Event.ManualReset = 1
+                e.TypeSpecificInformation.Event.Signaled = 0
+            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_MUTANT:
+                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
+                e.TypeSpecificInformation.Mutant.CurrentCount = 1
+                e.TypeSpecificInformation.Mutant.OwnerProcessId = snap.source.pid
+                e.TypeSpecificInformation.Mutant.OwnerThreadId = 77
+            e.Flags = flags
+            out.append(e)
+        return out
+
+    def _regions(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
+        with_names = snap.flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION
+        out = []
+        for r in snap.source.regions:
+            e = A.PSS_VA_SPACE_ENTRY()
+            e.BaseAddress = r.base
+            e.AllocationBase = r.base
+            e.RegionSize = r.size
+            e.State, e.Protect, e.Type = r.state, r.protect, r.type
+            if with_names and r.mapped_file:
+                e.MappedFileName, e.MappedFileNameLength = self._wide(snap, r.mapped_file)
+            out.append(e)
+        return out
+
+    def PssDuplicateSnapshot(
+        self, source_process: int, snapshot: int, target_process: int, flags: int
+    ) -> tuple[int, int]:
+        if self._log("PssDuplicateSnapshot", source_process, snapshot, target_process, flags):
+            source = self._process_of(source_process)
+            if source is not None and flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
+                self.snapshots.pop((source[0], snapshot), None)  # the source is freed even when duplication fails
+            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        source = self._process_of(source_process)
+        if source is None:
+            return abi.ERROR_INVALID_HANDLE, 0
+        source_pid, source_access = source
+        if source_pid != SELF and (VM_READ | DUP_HANDLE) & ~source_access:
+            return abi.ERROR_ACCESS_DENIED, 0
+        snap = self.snapshots.get((source_pid, snapshot))
+        if snap is None:
+            if source_pid == SELF:
+                raise self._fault("PssDuplicateSnapshot", snapshot)
+            return abi.ERROR_INVALID_HANDLE, 0
+        if flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
+            del self.snapshots[(source_pid, snapshot)]
+        target = self._process_of(target_process)
+        if target is None:
+            return abi.ERROR_INVALID_HANDLE, 0
+        target_pid, target_access = target
+        if target_pid != SELF and (VM_OPERATION | VM_WRITE | DUP_HANDLE) & ~target_access:
+            return abi.ERROR_ACCESS_DENIED, 0
+        return abi.ERROR_SUCCESS, self._copy(snap, target_pid).hpss
+
+    def PssFreeSnapshot(self, process: int, snapshot: int) -> int:
+        self._log("PssFreeSnapshot", process, snapshot)
+        found = self._process_of(process)
+        if found is None:
+            return abi.ERROR_INVALID_HANDLE
+        pid, access = found
+        if pid == SELF:
+            if (SELF, snapshot) not in self.snapshots:
+                raise self._fault("PssFreeSnapshot", snapshot)
+            del self.snapshots[(SELF, snapshot)]
+            return abi.ERROR_SUCCESS
+        if (VM_READ | VM_OPERATION | DUP_HANDLE) & ~access:
+            return abi.ERROR_ACCESS_DENIED
+        snap = self.snapshots.get((pid, snapshot))
+        if snap is None:
+            return abi.ERROR_INVALID_HANDLE
+        if not snap.vm_allocations:
+            return abi.ERROR_NOT_SUPPORTED
+        del self.snapshots[(pid, snapshot)]
+        return abi.ERROR_SUCCESS
+
+    # --- advapi32 --------------------------------------------------------------------------------------------------
+
+    def OpenProcessToken(self, process: int, desired_access: int) -> int:
+        if self._log("OpenProcessToken", process, desired_access):
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return 0
+        handle = self._new_value()
+        self.handles[handle] = OpenHandle("token", SELF, desired_access)
+        return handle
+
+    def LookupPrivilegeValueW(self, name: str, luid: ctypes.Structure) -> bool:
+        if self._log("LookupPrivilegeValueW", name):
+            self._last_error = abi.ERROR_NOT_FOUND
+            return False
+        if name != "SeDebugPrivilege":
+            self._last_error = abi.ERROR_NOT_FOUND
+            return False
+        luid.LowPart, luid.HighPart = 20, 0
+        return True
+
+    def AdjustTokenPrivileges(self, token: int, new_state: ctypes.Structure) -> bool:
+        fail = self._log(
+            "AdjustTokenPrivileges",
+            token,
+            int(new_state.PrivilegeCount),
+            int(new_state.Privileges[0].Luid.LowPart),
+            int(new_state.Privileges[0].Attributes),
+        )
+        entry = self.handles.get(token)
+        if fail or entry is None or entry.kind != "token" or not entry.access & abi.TOKEN_ADJUST_PRIVILEGES:
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return False
+        self._last_error = abi.ERROR_SUCCESS if self.debug_privilege else abi.ERROR_NOT_ALL_ASSIGNED
+        return True
+
+    # --- dbghelp / CRT ---------------------------------------------------------------------------------------------
+
+    def get_osfhandle(self, fd: int) -> int:
+        self.calls.append(("get_osfhandle", fd))
+        handle = 0x70000 + fd
+        self.files[handle] = fd
+        return handle
+
+    def MiniDumpWriteDump(
+        self, process: int, process_id: int, file: int, dump_type: int, callback: ctypes.Structure | None
+    ) -> bool:
+        if self._log("MiniDumpWriteDump", process, process_id, file, dump_type):
+            self._last_error = 0x8007_0008
+            return False
+        snap = self.snapshots.get((SELF, process))
+        if snap is None or file not in self.files:
+            self._last_error = 0x8007_0006  # HRESULT_FROM_WIN32(ERROR_INVALID_HANDLE)
+            return False
+        if callback is None or not callback.CallbackRoutine:
+            self._last_error = 0x8007_0006  # without the callback dbghelp treats the HPSS as a process handle
+            return False
+        routine = MINIDUMP_CALLBACK_ROUTINE(int(callback.CallbackRoutine))
+        for kind in (abi.IsProcessSnapshotCallback, 6):  # and CancelCallback, whose output must be left alone
+            cb_in = A.MINIDUMP_CALLBACK_INPUT()
+            cb_in.ProcessId = process_id
+            cb_in.ProcessHandle = process
+            cb_in.CallbackType = kind
+            cb_out = A.MINIDUMP_CALLBACK_OUTPUT()
+            ok = routine(callback.CallbackParam, ctypes.addressof(cb_in), ctypes.addressof(cb_out))
+            self.callback_answers.append(int(cb_out.Status))
+            if not ok:
+                self._last_error = 0x8007_0006
+                return False
+        if self.callback_answers[-2] != abi.S_FALSE or self.callback_answers[-1] != 0:
+            self._last_error = 0x8007_0006
+            return False
+        os.write(self.files[file], b"MDMP\x93\xa7\x00\x00" + process_id.to_bytes(4, "little"))
+        return True
