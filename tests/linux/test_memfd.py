@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import core_samples as cs
@@ -68,7 +68,7 @@ def test_created_snapshot_is_a_cloexec_memfd_with_every_seal(snapshot_fd: tuple[
 def test_sealed_snapshot_cannot_be_changed(snapshot_fd: tuple[int, Snapshot]) -> None:
     fd, _ = snapshot_fd
     size = os.fstat(fd).st_size
-    attempts = {
+    attempts: dict[str, Callable[[], object]] = {
         "write": lambda: os.pwrite(fd, b"x", 0),
         "append": lambda: os.pwrite(fd, b"x", size),
         "shrink": lambda: os.ftruncate(fd, 64),
@@ -151,7 +151,7 @@ def test_verify_reads_headers_only(snapshot_fd: tuple[int, Snapshot]) -> None:
     notes = cs.notes_of(os.pread(fd, os.fstat(fd).st_size, 0))
     core = cs.build_core(cs.replace_note(notes, elfcore.PSSDUP_OWNER, elfcore.NT_PSSDUP_MODEL, b"{"))
     layout = elfcore.CoreLayout(core, 0, 0, (), len(core))
-    bad = memfd.create_sealed(layout, lambda buf: buf.write(core))
+    bad = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout))
     try:
         memfd.verify_snapshot_fd(bad)
         with pytest.raises(BadSnapshot, match=rf"^fd {bad}: not a valid pss-dup snapshot: model note"):
