@@ -497,6 +497,8 @@ def test_version_is_read_from_headers_alone() -> None:
 def test_non_buffer_input_is_refused() -> None:
     with pytest.raises(BadSnapshot, match="a snapshot is bytes, not str"):
         elfcore.read_core("core")
+    with pytest.raises(BadSnapshot, match="not a contiguous run of bytes"):
+        elfcore.read_core(memoryview(elfcore.render_core(cs.snapshot(1)))[::2])
 
 
 def test_an_ordinary_core_file_is_not_a_snapshot(tmp_path: Path) -> None:

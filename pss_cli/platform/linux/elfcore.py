@@ -98,7 +98,7 @@ MAX_AUXV = 1 << 20
 #: Parser limits, so that hostile headers cannot make it loop or allocate far beyond the input's size.
 MAX_SEGMENTS = 1 << 22
 MAX_NOTES = 1 << 22
-MAX_MODEL_JSON = 512 << 20
+MAX_MODEL_JSON = 256 << 20
 
 U64 = (1 << 64) - 1
 
@@ -505,10 +505,11 @@ class _FlatView:
             raise BadSnapshot(f"a snapshot is bytes, not {type(data).__name__}") from None
 
     def __enter__(self) -> memoryview:
-        if not self.outer.c_contiguous:
+        try:
+            self.flat = self.outer.cast("B")
+        except (TypeError, ValueError):
             self.outer.release()
-            raise BadSnapshot("snapshot buffer is not contiguous")
-        self.flat = self.outer.cast("B")
+            raise BadSnapshot("snapshot buffer is not a contiguous run of bytes") from None
         return self.flat
 
     def __exit__(self, *exc: object) -> None:
