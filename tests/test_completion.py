@@ -1,0 +1,256 @@
+"""Shell completion: the committed scripts match the command, and the completion protocol of the installed
+`pss-dup` offers live PIDs, process names and the snapshot fds a process holds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PSS_DUP, reap, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"bash": "pss-dup.bash", "zsh": "_pss-dup", "fish": "pss-dup.fish", "powershell": "pss-dup.ps1"}
+SHARE = {
+    "bash": "share/bash-completion/completions/pss-dup",
+    "zsh": "share/zsh/site-functions/_pss-dup",
+    "fish": "share/fish/vendor_completions.d/pss-dup.fish",
+    "powershell": "share/pss-dup/completions/pss-dup.ps1",
+}
+
+#: A process with a chosen name that holds one pss-dup snapshot memfd and one other memfd, then waits for EOF.
+HOLDER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+snapshot = os.memfd_create("pss-snapshot", 0)
+os.write(snapshot, b"x" * 3000)
+other = os.memfd_create("not-a-snapshot", 0)
+print(snapshot, other, flush=True)
+sys.stdin.read()
+"""
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill and reap, then close our ends of the pipes."""
+    reap(proc)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+@dataclass
+class Holder:
+    proc: subprocess.Popen[str]
+    name: str
+    snapshot_fd: int
+    other_fd: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start_holder(name: str) -> Holder:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout
+    line = proc.stdout.readline().split()
+    if len(line) != 2:
+        stop(proc)
+        raise RuntimeError("holder did not start")
+    return Holder(proc, name, int(line[0]), int(line[1]))
+
+
+@pytest.fixture
+def holder() -> Iterator[Holder]:
+    h = start_holder(f"pssc-{uuid.uuid4().hex[:8]}")
+    try:
+        yield h
+    finally:
+        stop(h.proc)
+
+
+PF_KTHREAD = 0x00200000
+
+
+def stat_fields(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return ["X"] + ["0"] * 10
+
+
+def proc_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def complete(shell: str, words: str, cword: int) -> subprocess.CompletedProcess[str]:
+    """One TAB press, as the shell script does it: the installed pss-dup with _PSS_DUP_COMPLETE set."""
+    env = {**os.environ, "_PSS_DUP_COMPLETE": f"{shell}_complete", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    return subprocess.run([PSS_DUP], capture_output=True, text=True, env=env, timeout=30)
+
+
+def zsh_items(words: str, cword: int) -> list[tuple[str, str]]:
+    """(value, description) pairs from the zsh protocol: three lines per item, type, value, help ("_": none)."""
+    result = complete("zsh", words, cword)
+    assert result.returncode == 0 and result.stderr == ""
+    lines = result.stdout.split("\n")
+    while lines and lines[-1] == "":
+        lines.pop()
+    assert len(lines) % 3 == 0, lines
+    return [(lines[i + 1], lines[i + 2]) for i in range(0, len(lines), 3)]
+
+
+def bash_values(words: str, cword: int) -> list[str]:
+    result = complete("bash", words, cword)
+    assert result.returncode == 0 and result.stderr == ""
+    return [line.partition(",")[2] for line in result.stdout.splitlines() if line]
+
+
+@pytest.mark.parametrize("shell", SCRIPTS)
+def test_committed_script_is_what_the_completion_command_prints(shell: str) -> None:
+    result = run_cli("completion", shell)
+    assert result.returncode == 0, result.stderr
+    committed = (ROOT / "completions" / SCRIPTS[shell]).read_text()
+    assert result.stdout == committed, f"completions/{SCRIPTS[shell]} drifted: pss-dup completion {shell} > it"
+    assert "_PSS_DUP_COMPLETE" in committed and "pss-dup" in committed
+
+
+def test_zsh_script_autoloads_from_fpath() -> None:
+    assert (ROOT / "completions" / "_pss-dup").read_text().startswith("#compdef pss-dup\n")
+
+
+def test_pyproject_installs_each_script_to_its_share_location() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shared = config["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    assert shared == {f"completions/{SCRIPTS[shell]}": SHARE[shell] for shell in SCRIPTS}
+
+
+def test_completion_command_json_carries_the_script_and_how_to_install_it() -> None:
+    import json
+
+    result = run_cli("completion", "fish", "-o", "json")
+    assert result.returncode == 0
+    record = json.loads(result.stdout)["results"][0]
+    assert record["shell"] == "fish" and record["script"] == (ROOT / "completions" / "pss-dup.fish").read_text()
+    assert "~/.config/fish/completions/pss-dup.fish" in record["install"]
+
+
+def test_unknown_shell_is_a_usage_error() -> None:
+    result = run_cli("completion", "tcsh")
+    assert result.returncode == 2 and "tcsh" in result.stderr and result.stdout == ""
+
+
+def test_pid_completion_offers_a_live_child_with_its_name_as_description(holder: Holder) -> None:
+    items = zsh_items(f"pss-dup capture {holder.pid}", 2)
+    assert (str(holder.pid), holder.name) in items
+    assert all(value.startswith(str(holder.pid)) for value, _ in items)
+
+
+def test_bash_protocol_offers_the_pid_for_every_pid_argument(holder: Holder) -> None:
+    for words, cword in (
+        (f"pss-dup capture {holder.pid}", 2),
+        (f"pss-dup dup 1 {holder.pid}", 3),
+        (f"pss-dup free {holder.pid}", 2),
+        (f"pss-dup inspect {holder.pid}", 2),
+        (f"pss-dup ps --parent {holder.pid}", 3),
+    ):
+        assert str(holder.pid) in bash_values(words, cword), words
+
+
+def test_name_completion_offers_the_name_with_its_pid(holder: Holder) -> None:
+    items = zsh_items(f"pss-dup capture {holder.name[:7]}", 2)
+    assert (holder.name, f"PID {holder.pid}") in items
+
+
+def test_a_name_several_processes_share_is_offered_once_with_every_pid() -> None:
+    name = f"pssd-{uuid.uuid4().hex[:8]}"
+    holders = [start_holder(name), start_holder(name)]
+    try:
+        items = zsh_items(f"pss-dup capture {name}", 2)
+        pids = " ".join(str(p) for p in sorted(h.pid for h in holders))
+        assert items == [(name, f"2 processes: PIDs {pids}")]
+    finally:
+        for h in holders:
+            stop(h.proc)
+
+
+def test_handle_completion_offers_only_the_snapshot_fds_the_process_holds(holder: Holder) -> None:
+    for words, cword in (
+        (f"pss-dup free {holder.pid} ", 3),
+        (f"pss-dup inspect {holder.pid} ", 3),
+        (f"pss-dup dup {holder.pid} 1 --handle ", 5),
+        (f"pss-dup dup {holder.name} 1 --handle ", 5),
+    ):
+        items = zsh_items(words, cword)
+        assert items == [(str(holder.snapshot_fd), "pss-dup snapshot (2.9 KiB)")], words
+
+
+def test_handle_completion_filters_by_the_typed_prefix(holder: Holder) -> None:
+    assert bash_values(f"pss-dup free {holder.pid} {holder.snapshot_fd}", 3) == [str(holder.snapshot_fd)]
+    assert bash_values(f"pss-dup free {holder.pid} 9{holder.snapshot_fd}", 3) == []
+
+
+def test_handle_completion_for_a_process_that_is_gone_offers_nothing_and_does_not_fail() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    result = complete("bash", f"pss-dup free {proc.pid} ", 3)
+    assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr == ""
+
+
+def test_completion_leaves_out_kernel_threads_and_zombies() -> None:
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        while stat_fields(zombie.pid)[0] != "Z":
+            pass
+        values = bash_values("pss-dup capture ", 2)
+        assert values and str(zombie.pid) not in values
+        kernel_threads = [pid for pid in proc_pids() if int(stat_fields(pid)[6] or 0) & PF_KTHREAD]
+        assert kernel_threads, "this host shows no kernel threads: the test proves nothing here"
+        assert not set(map(str, kernel_threads)) & set(values)
+    finally:
+        zombie.wait()
+
+
+def test_a_hostile_process_name_cannot_break_the_protocol() -> None:
+    h = start_holder("evil\nplain\nx")
+    try:
+        items = zsh_items(f"pss-dup capture {h.pid}", 2)
+        assert (str(h.pid), "evil?plain?x") in items
+        assert not any(value == "plain" for value, _ in items)
+        assert "evil" not in " ".join(value for value, _ in zsh_items("pss-dup capture evil", 2))
+    finally:
+        stop(h.proc)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_completion_never_reads_a_command_line(holder: Holder, tmp_path: Path) -> None:
+    log = tmp_path / "strace.log"
+    env = {**os.environ, "_PSS_DUP_COMPLETE": "zsh_complete", "COMP_WORDS": "pss-dup capture pssc", "COMP_CWORD": "2"}
+    result = subprocess.run(
+        ["strace", "-f", "-e", "trace=open,openat", "-o", str(log), PSS_DUP],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert holder.name in result.stdout
+    opened = log.read_text()
+    assert f"/proc/{holder.pid}/stat" in opened
+    assert "/cmdline" not in opened
+
+
+def test_bad_pid_and_handle_arguments_are_usage_errors() -> None:
+    for args, message in ((("free", "abc", "3"), "is not a PID"), (("inspect", "1", "x"), "is not a handle")):
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
