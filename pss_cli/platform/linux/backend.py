@@ -9,12 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import platform
-import struct
 import time
 from collections.abc import Iterator
 
-from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, ProcessGone, PssError
+from pss_cli.errors import AccessDenied, NoSuchProcess, ProcessGone, PssError
 from pss_cli.model import (
     AccessUse,
     CaptureFlags,
@@ -28,14 +26,8 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform import LocalSnapshot
-from pss_cli.platform.linux import access, procfs
+from pss_cli.platform.linux import access, elfcore, memfd, procfs
 
-#: x86_64 `struct user_regs_struct`, in the kernel's order (NT_PRSTATUS pr_reg).
-X86_64_GPR_NAMES = (
-    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
-    "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
-)  # fmt: skip
-GPR_FORMAT = struct.Struct(f"<{len(X86_64_GPR_NAMES)}Q")
 
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
@@ -43,16 +35,10 @@ PUSH_ACCESS = ("PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE, pidfd_getfd)",)
 FREEZE_FLAGS = CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT | CaptureFlags.HANDLES | CaptureFlags.VA_SPACE
 
 
-def require_x86_64() -> None:
-    machine = platform.machine()
-    if machine != "x86_64":
-        raise NotSupported(f"pss-dup's Linux backend supports x86_64 only; this machine is {machine} (not yet)")
-
-
 def context_from_regs(gpr: bytes, fpregs: bytes | None, xstate: bytes | None) -> ThreadContext:
-    values = GPR_FORMAT.unpack_from(gpr)
+    values = elfcore.GPREGS.unpack_from(gpr)
     return ThreadContext(
-        arch="x86_64", registers=tuple(zip(X86_64_GPR_NAMES, values, strict=True)), fpregs=fpregs, xstate=xstate
+        arch="x86_64", registers=tuple(zip(elfcore.X86_64_GPR_NAMES, values, strict=True)), fpregs=fpregs, xstate=xstate
     )
 
 
@@ -85,9 +71,7 @@ class LinuxSnapshot:
 
     def handle(self) -> int:
         if self._fd is None:
-            from pss_cli.platform.linux import elfcore, memfd
-
-            layout = elfcore.plan_core(self._model, self._auxv, ())
+            layout = elfcore.plan_core(self._model, self._auxv)
             self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
         return self._fd
 
@@ -118,7 +102,7 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
     What does not depend on the frozen instant (command line, environment, auxv, each thread's scheduler state)
     is read before the freeze, so the process is stopped only for registers, the fd table and the memory map.
     """
-    require_x86_64()
+    access.require_supported_arch()
     started = time.perf_counter()
     captured_at = time.time()
     with open_proc(pid) as proc, os_errors(pid, "capture"):
@@ -225,9 +209,9 @@ class LinuxBackend:
         force: bool,
         timeout: float,
     ) -> DuplicateResult:
-        from pss_cli.platform.linux import inject, memfd
+        from pss_cli.platform.linux import inject
 
-        require_x86_64()
+        access.require_supported_arch()
         access_used = [AccessUse(pid=target_pid, role="target", names=PUSH_ACCESS)]
         actions: list[str] = []
         local_fd: int | None = None
@@ -294,9 +278,9 @@ class LinuxBackend:
                 os.close(local_fd)
 
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
-        from pss_cli.platform.linux import inject, memfd
+        from pss_cli.platform.linux import inject
 
-        require_x86_64()
+        access.require_supported_arch()
         used = (AccessUse(pid=pid, role="holder", names=PUSH_ACCESS),)
         with os_errors(pid, "free"):
             if dry_run:
@@ -321,7 +305,7 @@ class LinuxBackend:
         )
 
     def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
-        from pss_cli.platform.linux import inject, memfd
+        from pss_cli.platform.linux import inject
 
         if pid == os.getpid():
             return self.open_snapshot(handle)
@@ -333,8 +317,6 @@ class LinuxBackend:
             os.close(local)
 
     def open_snapshot(self, handle: int) -> Snapshot:
-        from pss_cli.platform.linux import memfd
-
         try:
             return memfd.read_snapshot_fd(handle)
         except OSError as exc:
