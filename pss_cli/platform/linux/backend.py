@@ -28,7 +28,6 @@ from pss_cli.model import (
 from pss_cli.platform import LocalSnapshot
 from pss_cli.platform.linux import access, elfcore, memfd, procfs
 
-
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
 PUSH_ACCESS = ("PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE, pidfd_getfd)",)
