@@ -136,8 +136,13 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
     return sorted(rows, key=lambda r: r.pid)
 
 
+def printable(text: str) -> str:
+    """One row per process, as ps(1) does it: a newline or escape in a name or argument shows as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def process_table(rows: list[ProcessRow]) -> Table:
-    """Every process-controlled string (name, user, command line) goes in as Text: shown as is, never markup."""
+    """Every process-controlled string (name, user, command line) goes in as Text: never read as markup."""
     from rich.table import Table
     from rich.text import Text
 
@@ -147,7 +152,8 @@ def process_table(rows: list[ProcessRow]) -> Table:
     handles = "handles" if sys.platform == "win32" else "fds"
     for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap"):
         table.add_column(column, justify="right" if column not in ("user", "name") else "left", no_wrap=True)
-    table.add_column("command", no_wrap=True, overflow="ellipsis")
+    # The one column rich may narrow on a terminal; each cell stays one line, cut with an ellipsis there.
+    table.add_column("command", overflow="ellipsis")
     for row in rows:
         if row.snapshots is None:
             marker = Text("?", style="dim")
@@ -159,13 +165,13 @@ def process_table(rows: list[ProcessRow]) -> Table:
         table.add_row(
             str(row.pid),
             "-" if row.ppid is None else str(row.ppid),
-            Text(row.user or "-"),
-            Text(row.name or "-"),
+            Text(printable(row.user or "-")),
+            Text(printable(row.name or "-")),
             "-" if row.threads is None else str(row.threads),
             "-" if row.handles is None else str(row.handles),
             size(row.rss),
             marker,
-            Text(command),
+            Text(printable(command), no_wrap=True, overflow="ellipsis"),
         )
     return table
 
