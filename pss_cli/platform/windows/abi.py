@@ -186,6 +186,15 @@ AMD64_INTEGER_REGISTERS = (
     "R15",
 )
 
+
+class ForeignPointer32(ctypes.c_uint32):
+    """A pointer field of a 32-bit process declared on a 64-bit host: only for checking x86 layouts."""
+
+
+class ForeignPointer64(ctypes.c_uint64):
+    """A pointer field of a 64-bit process declared on a 32-bit host: only for checking x64 layouts."""
+
+
 CStruct = type[ctypes.Structure]
 
 
@@ -280,10 +289,9 @@ def build_abi(arch: Arch) -> Abi:
     native = pointer_size == ctypes.sizeof(ctypes.c_void_p)
     u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
     i32, i64 = ctypes.c_int32, ctypes.c_int64
-    fixed_pointer = u64 if pointer_size == 8 else u32
     # PVOID, HANDLE, PCWSTR, CONTEXT*, function pointers; ULONG_PTR and SIZE_T.
-    ptr: object = ctypes.c_void_p if native else fixed_pointer
-    ulong_ptr: object = ctypes.c_size_t if native else fixed_pointer
+    ptr: object = ctypes.c_void_p if native else (ForeignPointer64 if pointer_size == 8 else ForeignPointer32)
+    ulong_ptr: object = ctypes.c_size_t if native else (u64 if pointer_size == 8 else u32)
     BOOL = i32
     HRESULT = i32
 
