@@ -1,0 +1,457 @@
+"""Preflight checks before pss-dup stops a process, and the explanation when the kernel says no.
+
+The kernel answers every refused attach with a bare EPERM. Which rule said no (credentials, Yama, dumpability,
+another tracer, an LSM) is not in the error, so `explain_denied` works it out again from /proc, in the order the
+kernel applies the rules (ptrace(2), "Ptrace access mode checking"), and names the rule and what to do.
+
+`check_traceable` refuses, before anything is seized, what pss-dup must not or cannot stop: zombies, kernel threads,
+processes someone else already traces, 32-bit tasks. `eintr_hazard` tells whether a ptrace stop would make the
+thread's current system call fail with EINTR (signal(7), "Interruption of system calls ... by stop signals").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import pwd
+import socket
+import struct
+
+from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, Refused, ZombieProcess
+from pss_cli.platform.linux import ptrace
+
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+YAMA_PTRACE_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+EM_X86_64 = 62
+
+SECCOMP_MODE_FILTER = 2
+
+#: System calls that return EINTR (not a restart code) when a ptrace stop interrupts them, by x86_64 number.
+#: Both epoll_wait and its siblings, SysV semaphores, sigtimedwait and AIO waits are in signal(7)'s list or return
+#: -EINTR outright in the kernel source; io_uring_enter only when it waits for completions.
+EINTR_SYSCALLS: dict[int, str] = {
+    232: "epoll_wait",
+    281: "epoll_pwait",
+    441: "epoll_pwait2",
+    65: "semop",
+    220: "semtimedop",
+    128: "rt_sigtimedwait",
+    208: "io_getevents",
+    333: "io_pgetevents",
+}
+SYS_io_uring_enter = 426
+IORING_ENTER_GETEVENTS = 1
+
+#: Socket calls that fail with EINTR instead of restarting when the socket has a receive (or send) timeout.
+SOCKET_RECEIVE_SYSCALLS: dict[int, str] = {
+    0: "read",
+    19: "readv",
+    45: "recvfrom",
+    47: "recvmsg",
+    299: "recvmmsg",
+    43: "accept",
+    288: "accept4",
+}
+SOCKET_SEND_SYSCALLS: dict[int, str] = {
+    1: "write",
+    20: "writev",
+    44: "sendto",
+    46: "sendmsg",
+    307: "sendmmsg",
+    42: "connect",
+}
+SYS_recvmmsg = 299
+
+
+def require_supported_arch() -> None:
+    """Injection and register layouts are x86_64-only for now."""
+    machine = platform.machine()
+    if machine != "x86_64":
+        name = "aarch64" if machine in ("aarch64", "arm64") else machine
+        raise NotSupported(f"stopping and injecting into processes is not supported yet on {name}")
+
+
+# ---- small /proc readers (OSError passes through) ------------------------------------------------------------
+
+
+def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    with open(path, "rb") as f:
+        raw = f.read()
+    result: dict[str, str] = {}
+    for line in raw.decode("utf-8", "backslashreplace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            result[key] = value.strip()
+    return result
+
+
+def read_stat(pid: int, tid: int | None = None) -> tuple[str, list[str]]:
+    """(comm, fields after comm) of /proc/PID/stat; fields[0] is the state letter, fields[6] the flags."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as f:
+        raw = f.read()
+    open_paren = raw.index(b"(")
+    close_paren = raw.rindex(b")")
+    comm = raw[open_paren + 1 : close_paren].decode("utf-8", "backslashreplace")
+    return comm, raw[close_paren + 2 :].decode("ascii", "replace").split()
+
+
+def process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode("utf-8", "backslashreplace")
+    except OSError:
+        return "?"
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def own_capabilities() -> int:
+    return int(read_status(os.getpid()).get("CapEff", "0"), 16)
+
+
+def has_capability(cap: int) -> bool:
+    return bool(own_capabilities() >> cap & 1)
+
+
+def yama_scope() -> int | None:
+    """kernel.yama.ptrace_scope, or None when Yama is not built in or not active."""
+    try:
+        with open(YAMA_PTRACE_SCOPE) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def tracer_of(pid: int, tid: int | None = None) -> int:
+    """The tracer's *process* id (TracerPid names the tracing thread), 0 when untraced."""
+    tracer_tid = int(read_status(pid, tid).get("TracerPid", "0"))
+    if tracer_tid == 0:
+        return 0
+    try:
+        return int(read_status(tracer_tid).get("Tgid", tracer_tid))
+    except OSError:
+        return tracer_tid
+
+
+def seccomp_mode(pid: int) -> int:
+    return int(read_status(pid).get("Seccomp", "0"))
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    current = pid
+    for _ in range(4096):
+        if current <= 1:
+            return False
+        try:
+            current = int(read_stat(current)[1][1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if current == ancestor:
+            return True
+    return False
+
+
+def exe_elf_class(pid: int) -> tuple[int, int] | None:
+    """(EI_CLASS, e_machine) of the running program, or None if /proc/PID/exe cannot be read."""
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return head[4], struct.unpack_from("<H", head, 18)[0]
+
+
+# ---- explaining EPERM ---------------------------------------------------------------------------------------
+
+
+def explain_denied(pid: int, what: str) -> AccessDenied:
+    """Why the kernel refused `what` on `pid`, as one line naming the rule and the fix.
+
+    Works the rules in the kernel's order (__ptrace_may_access, then the LSMs); the first rule that explains the
+    refusal wins, and a Linux security module is the answer when none of the classic rules does.
+    """
+    prefix = f"permission denied to {what} process {pid} ({process_name(pid)})"
+    try:
+        status = read_status(pid)
+    except FileNotFoundError:
+        return AccessDenied(f"{prefix}, and it has exited since", pid=pid)
+    except PermissionError:
+        return AccessDenied(f"{prefix}: /proc/{pid} is not readable (hidepid mount option?); run as root", pid=pid)
+    cap_ptrace = has_capability(CAP_SYS_PTRACE)
+    tracer = int(status.get("TracerPid", "0"))
+    if tracer and tracer not in (os.getpid(), *_own_tids()):
+        owner = tracer_of(pid)
+        return AccessDenied(
+            f"{prefix}: it is already traced by PID {owner} ({process_name(owner)}); a process has one tracer at a "
+            "time: detach that debugger or tracer (gdb, strace) first",
+            pid=pid,
+        )
+    target_uids = [int(v) for v in status.get("Uid", "").split()[:3]]
+    target_gids = [int(v) for v in status.get("Gid", "").split()[:3]]
+    my_uid, my_gid = os.getuid(), os.getgid()
+    if not cap_ptrace and (any(u != my_uid for u in target_uids) or any(g != my_gid for g in target_gids)):
+        owner_uid = target_uids[0] if target_uids else -1
+        return AccessDenied(
+            f"{prefix}: it runs as user {user_name(owner_uid)} (uid {owner_uid}) and pss-dup as "
+            f"{user_name(my_uid)} (uid {my_uid}); only the same user or a tracer with CAP_SYS_PTRACE may do this: "
+            "run pss-dup as root (sudo)",
+            pid=pid,
+        )
+    if not cap_ptrace and not _dumpable(pid, target_uids):
+        return AccessDenied(
+            f"{prefix}: it is not dumpable (prctl(PR_SET_DUMPABLE, 0), or a setuid/setgid or file-capability "
+            "program), so only a tracer with CAP_SYS_PTRACE may attach: run pss-dup as root (sudo)",
+            pid=pid,
+        )
+    user_ns = _namespace("user", os.getpid()), _namespace("user", pid)
+    if cap_ptrace and user_ns[0] and user_ns[1] and user_ns[0] != user_ns[1] and not _own_ns_is_initial():
+        return AccessDenied(
+            f"{prefix}: it lives in another user namespace ({user_ns[1]}) where pss-dup's CAP_SYS_PTRACE does not "
+            "count: run pss-dup in the namespace that owns it, or from the host",
+            pid=pid,
+        )
+    scope = yama_scope()
+    if scope == 3:
+        return AccessDenied(
+            f"{prefix}: Yama kernel.yama.ptrace_scope=3 forbids attaching to any process until reboot", pid=pid
+        )
+    if scope == 2 and not cap_ptrace:
+        return AccessDenied(
+            f"{prefix}: Yama kernel.yama.ptrace_scope=2 lets only CAP_SYS_PTRACE attach: run pss-dup as root (sudo)",
+            pid=pid,
+        )
+    if scope == 1 and not cap_ptrace and not is_descendant(pid, os.getpid()):
+        return AccessDenied(
+            f"{prefix}: Yama kernel.yama.ptrace_scope=1 lets a non-root tracer attach only to its own descendants: "
+            "run pss-dup as root (sudo), or set `sysctl kernel.yama.ptrace_scope=0`",
+            pid=pid,
+        )
+    own_seccomp = seccomp_mode(os.getpid())
+    lsms = _active_lsms()
+    hint = "check the kernel/audit log (SELinux process:ptrace, AppArmor ptrace (trace) rules)"
+    if own_seccomp:
+        hint = "pss-dup itself runs under a seccomp filter that may block ptrace (containers: --cap-add SYS_PTRACE)"
+    return AccessDenied(
+        f"{prefix}: the classic ptrace rules allow it, so a Linux security module ({lsms or 'none listed'}) or a "
+        f"seccomp filter denied it: {hint}",
+        pid=pid,
+    )
+
+
+def _own_tids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _dumpable(pid: int, target_uids: list[int]) -> bool:
+    """A non-dumpable process's /proc files belong to root (task_dump_owner), whatever user it runs as."""
+    try:
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return True
+    return not (owner == 0 and target_uids and target_uids[1] != 0)
+
+
+def _namespace(kind: str, pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _own_ns_is_initial() -> bool:
+    """The initial user namespace maps the whole uid range: "0 0 4294967295"."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
+def _active_lsms() -> str:
+    try:
+        with open("/sys/kernel/security/lsm") as f:
+            return f.read().strip().replace(",", ", ")
+    except OSError:
+        return ""
+
+
+# ---- refusing before we start ------------------------------------------------------------------------------
+
+
+def check_traceable(pid: int) -> None:
+    """Raise the typed error for a process pss-dup must not (or cannot) stop; return if it may try.
+
+    Zombie -> ZombieProcess; kernel thread or 32-bit task -> NotSupported; traced by another process -> Refused.
+    Only the main thread's tracer is checked here; a tracer on another thread shows up as EPERM when seizing it.
+    """
+    require_supported_arch()
+    try:
+        comm, fields = read_stat(pid)
+    except FileNotFoundError:
+        raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
+    except PermissionError:
+        raise explain_denied(pid, "read /proc of") from None
+    state, flags = fields[0], int(fields[6])
+    if flags & ptrace.PF_KTHREAD:
+        raise NotSupported(
+            f"process {pid} ({comm}) is a kernel thread: it has no user registers, memory or fds to work on", pid=pid
+        )
+    if state in "ZX" and not has_live_thread(pid):
+        raise ZombieProcess(f"process {pid} ({comm}) is a zombie: it has exited and waits for its parent", pid=pid)
+    try:
+        tracer = tracer_of(pid)
+    except FileNotFoundError:
+        raise NoSuchProcess(f"process {pid} exited", pid=pid) from None
+    if tracer and tracer != os.getpid():
+        raise Refused(
+            f"process {pid} ({comm}) is already traced by PID {tracer} ({process_name(tracer)}); a process has "
+            "one tracer at a time: detach that debugger or tracer first",
+            pid=pid,
+        )
+    elf = exe_elf_class(pid)
+    if elf is not None and (elf[0] != ELFCLASS64 or elf[1] != EM_X86_64):
+        kind = "32-bit" if elf[0] == ELFCLASS32 else f"ELF class {elf[0]}, machine {elf[1]}"
+        raise NotSupported(
+            f"process {pid} ({comm}) runs a {kind} program; only 64-bit x86_64 processes are supported", pid=pid
+        )
+
+
+def has_live_thread(pid: int) -> bool:
+    """A group leader that called pthread_exit is a zombie while its other threads still run."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            if read_stat(pid, int(tid))[1][0] not in "ZX":
+                return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def probe_attach(pid: int) -> bool:
+    """Would PTRACE_MODE_ATTACH_REALCREDS be granted? Answered by reading one byte with process_vm_readv.
+
+    process_vm_readv makes the same access check as PTRACE_SEIZE (Yama included) and changes nothing, which makes
+    it the check a dry run can afford. Any answer other than EPERM/EACCES counts as granted.
+    """
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            lines = f.read().splitlines()
+    except PermissionError:
+        return False
+    except OSError:
+        return True
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[1].startswith(b"r"):
+            start = int(fields[0].split(b"-")[0], 16)
+            try:
+                ptrace.process_vm_readv(pid, start, 1)
+            except PermissionError:
+                return False
+            except OSError:
+                continue
+            return True
+    return True
+
+
+# ---- EINTR hazards -------------------------------------------------------------------------------------------
+
+
+def blocked_syscall(pid: int, tid: int) -> tuple[int, tuple[int, ...], int, int] | None:
+    """(nr, args, sp, pc) from /proc/PID/task/TID/syscall while the thread is blocked in a system call."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
+            parts = f.read().split()
+    except OSError:
+        return None
+    if len(parts) < 9 or parts[0] in (b"running", b"-1"):
+        return None
+    try:
+        return int(parts[0]), tuple(int(a, 16) for a in parts[1:7]), int(parts[7], 16), int(parts[8], 16)
+    except ValueError:
+        return None
+
+
+def eintr_hazard(pid: int, tid: int, pidfd: int | None = None) -> str | None:
+    """Why stopping `tid` now would make its blocked system call fail with EINTR, or None if it would restart.
+
+    Sockets count only with SO_RCVTIMEO/SO_SNDTIMEO set (read through a pidfd_getfd copy when `pidfd` is given);
+    recvmmsg counts with a timeout argument, io_uring_enter when it waits for completions.
+    """
+    blocked = blocked_syscall(pid, tid)
+    if blocked is None:
+        return None
+    nr, args, _sp, _pc = blocked
+    name = EINTR_SYSCALLS.get(nr)
+    if name is None and nr == SYS_io_uring_enter and args[3] & IORING_ENTER_GETEVENTS:
+        name = "io_uring_enter (waiting for completions)"
+    if name is None and nr == SYS_recvmmsg and args[4]:
+        name = "recvmmsg with a timeout"
+    if name is None and (nr in SOCKET_RECEIVE_SYSCALLS or nr in SOCKET_SEND_SYSCALLS):
+        option = socket.SO_RCVTIMEO if nr in SOCKET_RECEIVE_SYSCALLS else socket.SO_SNDTIMEO
+        if _socket_timeout(pid, args[0], option, pidfd):
+            verb = SOCKET_RECEIVE_SYSCALLS.get(nr) or SOCKET_SEND_SYSCALLS[nr]
+            label = "SO_RCVTIMEO" if option == socket.SO_RCVTIMEO else "SO_SNDTIMEO"
+            name = f"{verb} on a socket with {label}"
+    if name is None:
+        return None
+    return (
+        f"thread {tid} ({_thread_name(pid, tid)}) of process {pid} is blocked in {name}, which fails with EINTR "
+        "when a ptrace stop interrupts it (signal(7)); the program may treat that as an error"
+    )
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
+            return f.read().strip().decode("utf-8", "backslashreplace")
+    except OSError:
+        return "?"
+
+
+def _socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
+    if fd > 0x7FFFFFFF:
+        return False
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return False
+    if not link.startswith("socket:") or pidfd is None:
+        return False
+    try:
+        local = ptrace.pidfd_getfd(pidfd, fd)
+    except OSError:
+        return True  # cannot look: assume the worst, the user can --force
+    try:
+        sock = socket.socket(fileno=local)
+    except OSError as exc:
+        os.close(local)
+        return exc.errno != errno.ENOTSOCK
+    try:
+        sec, usec = struct.unpack("@qq", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+        return bool(sec or usec)
+    except OSError:
+        return True
+    finally:
+        sock.close()

@@ -1,0 +1,695 @@
+"""Stopping a whole process (`FrozenProcess`) or one of its threads (`seized_thread`) with ptrace, and letting go.
+
+Three kernel rules shape this module:
+
+* A tracee belongs to the tracer *thread*, and PTRACE_DETACH only works on a tracee that sits in a ptrace-stop. A
+  thread stuck in an uninterruptible wait (D state, a vfork parent) never reaches its stop, so it can only be let go
+  by the tracer thread exiting. Every operation therefore makes its ptrace requests on a short-lived thread of its
+  own (`TracerThread`); when that thread ends, the kernel detaches whatever is still attached. No path leaves a
+  tracer behind.
+* Any ptrace-stop satisfies a pending PTRACE_INTERRUPT ("any trap clears pending STOP trap", kernel/signal.c). So a
+  thread that first reports a signal-delivery-stop or a PTRACE_EVENT_CLONE stop is already frozen; it is kept in
+  that stop and, for a signal, PTRACE_DETACH hands the signal back with its original siginfo.
+* The tool must not die while a thread is seized: the kernel would detach it mid-injection. SIGINT, SIGTERM and
+  SIGHUP are held back for the whole operation and delivered once every thread is restored (so Ctrl-C still ends
+  the tool, with KeyboardInterrupt, after the target is whole again).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from pss_cli.errors import NoSuchProcess, NotSupported, OperationFailed, ProcessGone, Refused, Timeout
+from pss_cli.platform.linux import access, ptrace
+
+T = TypeVar("T")
+
+#: Held back while anything is seized. SIGCHLD too, so that ptrace-stop notifications queue up for sigtimedwait.
+HELD_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+GROUP_STOP_SIGNALS: Final = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+#: Longest single sleep while waiting for a stop; SIGCHLD normally ends it much sooner.
+WAIT_SLICE: Final = 0.002
+
+_SIGCHLD_SET: Final = frozenset({signal.SIGCHLD})
+_SIG_BLOCK, _SIG_SETMASK = 0, 2
+_NO_EVENT: Final = -1
+_GONE: Final = -2
+
+
+# ---- signal mask of the tool ---------------------------------------------------------------------------------
+
+
+class _sigset_t(ctypes.Structure):
+    _fields_ = [("bits", ctypes.c_uint64 * 16)]  # glibc's 1024-bit sigset_t
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_pthread_sigmask = _libc.pthread_sigmask
+_pthread_sigmask.argtypes = [ctypes.c_int, ctypes.POINTER(_sigset_t), ctypes.POINTER(_sigset_t)]
+_pthread_sigmask.restype = ctypes.c_int
+
+
+def _hold_signals() -> _sigset_t:
+    """Block HELD_SIGNALS in this thread and return the old mask, without running Python signal handlers.
+
+    signal.pthread_sigmask would run pending handlers on return, and a KeyboardInterrupt escaping between "blocked"
+    and "old mask saved" would leave the mask changed for good.
+    """
+    new, old = _sigset_t(), _sigset_t()
+    for signo in HELD_SIGNALS:
+        new.bits[(signo - 1) // 64] |= 1 << ((signo - 1) % 64)
+    if _pthread_sigmask(_SIG_BLOCK, ctypes.byref(new), ctypes.byref(old)) != 0:
+        raise OSError(ctypes.get_errno(), "pthread_sigmask")
+    return old
+
+
+def _restore_signals(old: _sigset_t) -> None:
+    """Put the old mask back, then let Python run the handlers of what arrived meanwhile (Ctrl-C raises here)."""
+    _pthread_sigmask(_SIG_SETMASK, ctypes.byref(old), None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, ())  # a no-op that runs pending handlers: KeyboardInterrupt
+
+
+# ---- the tracer thread ---------------------------------------------------------------------------------------
+
+_current = threading.local()
+
+
+class TracerThread:
+    """One OS thread that makes every ptrace request of one operation, so that its exit detaches all tracees."""
+
+    def __init__(self) -> None:
+        self._request = _thread.allocate_lock()
+        self._request.acquire()
+        self._reply = _thread.allocate_lock()
+        self._reply.acquire()
+        self._job: Callable[[], Any] | None = None
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.native_id = 0
+        self.ident = 0
+        #: SIGCHLDs this thread consumed with sigtimedwait (one is re-raised for the app if it handles SIGCHLD).
+        self.sigchld_taken = 0
+        self._thread = threading.Thread(target=self._serve, name="pss-dup-tracer", daemon=True)
+        self._thread.start()
+        self._reply.acquire()
+
+    @staticmethod
+    def current() -> TracerThread | None:
+        """The tracer thread the caller runs on, if any."""
+        tracer: TracerThread | None = getattr(_current, "tracer", None)
+        return tracer
+
+    def _serve(self) -> None:
+        _current.tracer = self
+        self.native_id = threading.get_native_id()
+        self.ident = threading.get_ident()
+        self._reply.release()
+        while True:
+            self._request.acquire()
+            job = self._job
+            if job is None:
+                return
+            try:
+                self._result = job()
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                self._error = exc
+            self._reply.release()
+
+    def call(self, job: Callable[[], T]) -> T:
+        """Run `job` on the tracer thread and return its result (or raise its exception) in the caller."""
+        if threading.get_ident() == self.ident:
+            return job()
+        self._job = job
+        self._request.release()
+        self._reply.acquire()
+        result, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise error
+        value: T = result
+        return value
+
+    def close(self) -> None:
+        """End the thread and wait until the kernel has let go of its tracees (the task is gone from /proc)."""
+        self._job = None
+        self._request.release()
+        self._thread.join()
+        deadline = time.monotonic() + 2.0
+        while os.path.exists(f"/proc/self/task/{self.native_id}") and time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+
+class TracerSession:
+    """Holds SIGINT/SIGTERM/SIGHUP/SIGCHLD back and owns one TracerThread, for the length of one operation.
+
+    Started from a tracer thread, it joins the running session instead (operations nest without extra hops).
+    """
+
+    def __init__(self) -> None:
+        self.tracer: TracerThread | None = None
+        self._old_mask: _sigset_t | None = None
+        self._nested = False
+
+    def __enter__(self) -> TracerSession:
+        current = TracerThread.current()
+        if current is not None:
+            self.tracer, self._nested = current, True
+            return self
+        self._old_mask = _hold_signals()
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, ())  # a Ctrl-C from before we started raises now, harmlessly
+            self.tracer = TracerThread()
+        except BaseException:
+            _pthread_sigmask(_SIG_SETMASK, ctypes.byref(self._old_mask), None)
+            raise
+        return self
+
+    def call(self, job: Callable[[], T]) -> T:
+        assert self.tracer is not None
+        return self.tracer.call(job)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._nested or self.tracer is None or self._old_mask is None:
+            return
+        try:
+            self.tracer.close()
+            if self.tracer.sigchld_taken and _app_handles_sigchld():
+                os.kill(os.getpid(), signal.SIGCHLD)  # ours may have hidden one of the app's own children
+        finally:
+            _restore_signals(self._old_mask)
+
+
+def _app_handles_sigchld() -> bool:
+    handler = signal.getsignal(signal.SIGCHLD)
+    return handler not in (signal.SIG_DFL, signal.SIG_IGN)
+
+
+# ---- waiting for ptrace-stops (on the tracer thread) ---------------------------------------------------------
+
+
+def poll_status(tid: int, *, peek_exit: bool) -> int:
+    """The next wait status of `tid`, _NO_EVENT, or _GONE once it has exited.
+
+    `peek_exit` looks for an exit without reaping it: when the tool is also the process's parent, the exit status
+    of the group leader belongs to the parent's own wait(), not to us.
+    """
+    if peek_exit and ptrace.peek_exited(tid):
+        return _GONE
+    try:
+        got, status = os.waitpid(tid, os.WNOHANG | ptrace.__WALL)
+    except ChildProcessError:
+        return _GONE
+    if got == 0:
+        return _NO_EVENT
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        return _GONE
+    return status
+
+
+def pause_for_stop(deadline: float) -> bool:
+    """Sleep until a SIGCHLD (a tracee stopped or exited) or a short slice passes; False once past the deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None:
+        tracer = TracerThread.current()
+        if tracer is not None:
+            tracer.sigchld_taken += 1
+    return True
+
+
+def describe_stuck_thread(pid: int, tid: int) -> str:
+    """State, wait channel and system call of a thread that would not stop, for the Timeout message."""
+    parts = []
+    try:
+        comm, fields = access.read_stat(pid, tid)
+        parts.append(f"({comm}) in state {fields[0]}")
+    except (OSError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+            wchan = f.read().strip()
+        if wchan and wchan != "0":
+            parts.append(f"waiting in {wchan}")
+    except OSError:
+        pass
+    blocked = access.blocked_syscall(pid, tid)
+    if blocked is not None:
+        parts.append(f"in system call {syscall_name(blocked[0])}")
+    return " ".join(parts)
+
+
+def syscall_name(nr: int) -> str:
+    try:
+        from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+    except ImportError:  # pragma: no cover - the table is generated with the package
+        return f"#{nr}"
+    return X86_64_SYSCALLS.get(nr, f"#{nr}")
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        return int(access.read_stat(pid)[1][1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _seize_refused(pid: int, tid: int, what: str) -> Exception:
+    """The typed error for EPERM from PTRACE_SEIZE: someone else traces the thread, or the rules deny us."""
+    try:
+        tracer = access.tracer_of(pid, tid)
+    except OSError:
+        tracer = 0
+    if tracer and tracer != os.getpid():
+        return Refused(
+            f"thread {tid} of process {pid} is already traced by PID {tracer} ({access.process_name(tracer)}); "
+            "a thread has one tracer at a time: detach that debugger or tracer first",
+            pid=pid,
+        )
+    return access.explain_denied(pid, what)
+
+
+# ---- one thread ----------------------------------------------------------------------------------------------
+
+
+class SeizedThread:
+    """One thread of a process held in a ptrace-stop; see `seized_thread`.
+
+    Signals that stop the thread while it is held are stashed (with their siginfo) and handed back on release: the
+    first by PTRACE_DETACH from a signal-delivery-stop, any others with tgkill.
+    """
+
+    def __init__(self, pid: int, tid: int, *, timeout: float, options: int = 0) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.timeout = timeout
+        self.options = options
+        self.stashed: list[ptrace.siginfo_t] = []
+        #: True while the thread sits in a signal-delivery-stop, where PTRACE_DETACH can deliver a signal.
+        self.in_signal_stop = False
+        #: The process was in group-stop (state T) when we came; it stays stopped after release.
+        self.group_stopped = False
+        #: Registers to put back before detaching (the injector's saved context).
+        self.restore_regs: ptrace.user_regs_struct | None = None
+        self.stopped = False
+        self.gone = False
+        self.session: TracerSession | None = None
+        self._peek_exit = tid == pid and _parent_of(pid) == os.getpid()
+        self._first: float | None = None
+        self._last: float | None = None
+
+    @property
+    def stopped_ms(self) -> float | None:
+        """From PTRACE_INTERRUPT to PTRACE_DETACH; None until released."""
+        if self._first is None or self._last is None:
+            return None
+        return (self._last - self._first) * 1000
+
+    def stop(self) -> None:
+        """PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the first stop (on the tracer thread)."""
+        try:
+            ptrace.seize(self.tid, self.options)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise ProcessGone(f"thread {self.tid} of process {self.pid} exited", pid=self.pid) from None
+            if (
+                exc.errno == errno.EPERM
+                and self.options & ptrace.PTRACE_O_SUSPEND_SECCOMP
+                and access.probe_attach(self.pid)
+            ):
+                raise Refused(
+                    f"process {self.pid} runs under a seccomp filter that would see the injected system calls, and "
+                    "the kernel refused PTRACE_O_SUSPEND_SECCOMP (it needs CAP_SYS_ADMIN and a tracer that is not "
+                    "itself under seccomp)",
+                    pid=self.pid,
+                ) from None
+            if exc.errno == errno.EPERM:
+                raise _seize_refused(self.pid, self.tid, "stop (PTRACE_SEIZE)") from None
+            raise OperationFailed(f"PTRACE_SEIZE of thread {self.tid} failed: {exc.strerror}", pid=self.pid) from None
+        self._first = time.perf_counter()
+        with contextlib.suppress(ProcessLookupError):  # exited between the two calls: the wait sees it
+            ptrace.interrupt(self.tid)
+        status = self.wait(time.monotonic() + self.timeout)
+        self.stopped = True
+        self.note_stop(status)
+
+    def wait(self, deadline: float) -> int:
+        """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline."""
+        while True:
+            status = poll_status(self.tid, peek_exit=self._peek_exit)
+            if status >= 0:
+                return status
+            if status == _GONE:
+                self.gone = True
+                self.stopped = False
+                raise ProcessGone(f"process {self.pid} exited while pss-dup held thread {self.tid}", pid=self.pid)
+            if not pause_for_stop(deadline):
+                raise Timeout(
+                    f"thread {self.tid} {describe_stuck_thread(self.pid, self.tid)} of process {self.pid} did not "
+                    f"stop within {self.timeout:g} s; pss-dup let go of it",
+                    pid=self.pid,
+                )
+
+    def note_stop(self, status: int) -> None:
+        """Classify a stop: keep a signal-delivery-stop's siginfo; remember a group-stop."""
+        event = ptrace.stop_event(status)
+        self.in_signal_stop = event == 0
+        if event == 0:
+            self.stash_signal()
+        elif event == ptrace.PTRACE_EVENT_STOP and os.WSTOPSIG(status) in GROUP_STOP_SIGNALS:
+            self.group_stopped = True
+
+    def stash_signal(self) -> None:
+        """Keep the signal of the current signal-delivery-stop; it is suppressed now and re-delivered on release."""
+        info = ptrace.siginfo_t()
+        ptrace.get_siginfo(self.tid, info)
+        self.stashed.append(info)
+
+    def release(self) -> None:
+        """Restore registers if asked, hand back stashed signals, PTRACE_DETACH (on the tracer thread)."""
+        if not self.stopped:
+            return
+        self.stopped = False
+        try:
+            if self.restore_regs is not None:
+                ptrace.set_regs(self.tid, self.restore_regs)
+            later = self.stashed
+            if self.stashed and self.in_signal_stop:
+                first, later = self.stashed[0], self.stashed[1:]
+                ptrace.set_siginfo(self.tid, first)
+                ptrace.detach(self.tid, first.si_signo)
+            else:
+                ptrace.detach(self.tid, 0)
+            self._last = time.perf_counter()
+            for info in later:
+                ptrace.tgkill(self.pid, self.tid, info.si_signo)
+        except ProcessLookupError:
+            self.gone = True
+        finally:
+            if self._last is None:
+                self._last = time.perf_counter()
+
+
+class seized_thread:
+    """Context manager: thread `tid` of `pid` held in a ptrace-stop, released (and restored) on exit."""
+
+    def __init__(self, pid: int, tid: int, timeout: float, *, options: int = 0) -> None:
+        self.held = SeizedThread(pid, tid, timeout=timeout, options=options)
+        self._session = TracerSession()
+
+    def __enter__(self) -> SeizedThread:
+        self._session.__enter__()
+        self.held.session = self._session
+        try:
+            self._session.call(self.held.stop)
+        except BaseException:
+            try:
+                self._session.call(self.held.release)
+            finally:
+                self._session.__exit__(None, None, None)
+            raise
+        return self.held
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self._session.call(self.held.release)
+        finally:
+            self._session.__exit__(exc_type, exc, tb)
+
+
+# ---- the whole process ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRegs:
+    """One frozen thread's register context: the raw regsets, as a core file stores them."""
+
+    tid: int
+    gpr: bytes  # NT_PRSTATUS, struct user_regs_struct (216 bytes)
+    fpregs: bytes | None  # NT_PRFPREG, the 512-byte FXSAVE image
+    xstate: bytes | None  # NT_X86_XSTATE, CPU-dependent size
+    sigmask: int | None  # PTRACE_GETSIGMASK (the thread's real mask, not a ppoll/pselect temporary one)
+
+
+class FrozenProcess:
+    """Context manager: every thread of `pid` stopped with PTRACE_SEIZE + PTRACE_INTERRUPT, thawed on exit.
+
+    Threads born during the freeze are caught (PTRACE_O_TRACECLONE, and /proc/PID/task listed again until nothing
+    new appears once every known thread has stopped). Threads that exit meanwhile are dropped; the whole process
+    exiting raises ProcessGone. A process that was in group-stop stays stopped after the thaw.
+    """
+
+    def __init__(self, pid: int, *, timeout: float, want_regs: bool, want_fp: bool, want_xstate: bool) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self.want_regs = want_regs
+        self.want_fp = want_fp
+        self.want_xstate = want_xstate
+        #: The threads that were stopped (sorted), set on entry.
+        self.tids: tuple[int, ...] = ()
+        self.regs: dict[int, ThreadRegs] = {}
+        #: Wall-clock time when the last thread stopped.
+        self.stopped_at: float | None = None
+        #: From the first PTRACE_INTERRUPT to the last PTRACE_DETACH; valid after exit.
+        self.stopped_ms: float | None = None
+        #: The process was in group-stop (state T) before the freeze.
+        self.group_stopped = False
+        #: Signals that were on their way into a thread when it stopped: tid -> signal number (re-delivered).
+        self.signals: dict[int, int] = {}
+        #: Threads that exited during the freeze.
+        self.exited: set[int] = set()
+        self._stopped: dict[int, ptrace.siginfo_t | None] = {}
+        self._known: set[int] = set()
+        self._pending: set[int] = set()
+        self._session: TracerSession | None = None
+        self._first: float | None = None
+        self._leader_is_child = False
+        self._initial: list[int] = []
+        self._gpr = self._fp = self._xstate = ctypes.create_string_buffer(0)
+
+    # -- context manager (caller's thread) --
+
+    def __enter__(self) -> FrozenProcess:
+        access.check_traceable(self.pid)
+        self._initial = self._list_tasks()
+        self._leader_is_child = _parent_of(self.pid) == os.getpid()
+        if self.want_regs or self.want_fp or self.want_xstate:
+            self._gpr = ctypes.create_string_buffer(ptrace.USER_REGS_SIZE)
+            self._fp = ctypes.create_string_buffer(ptrace.USER_FPREGS_SIZE)
+            self._xstate = ctypes.create_string_buffer(ptrace.XSTATE_BUFFER_SIZE if self.want_xstate else 0)
+        session = TracerSession()
+        session.__enter__()
+        try:
+            session.call(self._freeze)
+        except BaseException:
+            try:
+                session.call(self._thaw)
+            finally:
+                session.__exit__(None, None, None)
+            raise
+        self._session = session
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        session = self._session
+        if session is None:
+            return
+        self._session = None
+        try:
+            session.call(self._thaw)
+        finally:
+            session.__exit__(exc_type, exc, tb)
+        if exc_type is None and self.exited and not self._alive():
+            raise ProcessGone(f"process {self.pid} exited while it was frozen", pid=self.pid)
+
+    # -- on the tracer thread --
+
+    def _list_tasks(self) -> list[int]:
+        try:
+            return [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+        except FileNotFoundError:
+            if self._known:
+                raise ProcessGone(f"process {self.pid} exited while pss-dup was freezing it", pid=self.pid) from None
+            raise NoSuchProcess(f"no process with PID {self.pid}", pid=self.pid) from None
+
+    def _freeze(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        seize, interrupt = ptrace.seize, ptrace.interrupt
+        options = ptrace.PTRACE_O_TRACECLONE
+        known, pending = self._known, self._pending
+        candidates = self._initial
+        while True:
+            fresh = [tid for tid in candidates if tid not in known]
+            if not fresh:
+                break
+            seized = []
+            for tid in fresh:
+                known.add(tid)
+                try:
+                    seize(tid, options)
+                except OSError as exc:
+                    self._seize_failed(tid, exc)
+                    continue
+                seized.append(tid)
+            if seized and self._first is None:
+                self._first = time.perf_counter()
+            for tid in seized:
+                with contextlib.suppress(ProcessLookupError):  # it is exiting: the wait reports that
+                    interrupt(tid)
+                pending.add(tid)
+            self._collect(deadline)
+            candidates = self._list_tasks()
+        if not self._stopped:
+            raise ProcessGone(f"process {self.pid} exited while pss-dup was freezing it", pid=self.pid)
+        self.stopped_at = time.time()
+        if self.want_regs or self.want_fp or self.want_xstate:
+            self._read_registers()
+        self.tids = tuple(sorted(self._stopped))
+
+    def _seize_failed(self, tid: int, exc: OSError) -> None:
+        if exc.errno == errno.ESRCH:
+            return  # exited before we came
+        if exc.errno != errno.EPERM:
+            raise OperationFailed(f"PTRACE_SEIZE of thread {tid} of process {self.pid} failed: {exc.strerror}")
+        try:
+            state = access.read_stat(self.pid, tid)[1][0]
+        except (OSError, IndexError):
+            return  # gone
+        if state in "ZX":
+            return  # a group leader that called pthread_exit, or a thread on its way out
+        try:
+            tracer = access.tracer_of(self.pid, tid)
+        except OSError:
+            return
+        if tracer == os.getpid():
+            self._pending.add(tid)  # auto-attached by TRACECLONE; its PTRACE_EVENT_STOP is on the way
+            return
+        raise _seize_refused(self.pid, tid, "freeze (PTRACE_SEIZE)")
+
+    def _collect(self, deadline: float) -> None:
+        pending, leader = self._pending, self.pid
+        peek_leader = self._leader_is_child
+        while pending:
+            for tid in list(pending):
+                status = poll_status(tid, peek_exit=peek_leader and tid == leader)
+                if status == _NO_EVENT:
+                    continue
+                pending.discard(tid)
+                if status == _GONE:
+                    self._gone(tid)
+                else:
+                    self._on_stop(tid, status)
+            if pending and not pause_for_stop(deadline):
+                raise self._timeout_error()
+
+    def _on_stop(self, tid: int, status: int) -> None:
+        event = ptrace.stop_event(status)
+        info: ptrace.siginfo_t | None = None
+        try:
+            if event == 0:  # signal-delivery-stop: keep it, hand the signal back on thaw
+                info = ptrace.siginfo_t()
+                ptrace.get_siginfo(tid, info)
+                self.signals[tid] = info.si_signo
+            elif event == ptrace.PTRACE_EVENT_CLONE:
+                child = ptrace.get_event_msg(tid)
+                if child not in self._known:
+                    self._known.add(child)
+                    self._pending.add(child)
+            elif event == ptrace.PTRACE_EVENT_STOP and os.WSTOPSIG(status) in GROUP_STOP_SIGNALS:
+                self.group_stopped = True
+        except ProcessLookupError:
+            self._gone(tid)
+            return
+        self._stopped[tid] = info
+
+    def _gone(self, tid: int) -> None:
+        self._stopped.pop(tid, None)
+        self._pending.discard(tid)
+        self.signals.pop(tid, None)
+        self.exited.add(tid)
+
+    def _timeout_error(self) -> Timeout:
+        stuck = sorted(self._pending)
+        first = stuck[0]
+        more = f" ({len(stuck) - 1} more threads did not stop either)" if len(stuck) > 1 else ""
+        return Timeout(
+            f"thread {first} {describe_stuck_thread(self.pid, first)} of process {self.pid} did not stop within "
+            f"{self.timeout:g} s{more}; pss-dup let go of every thread",
+            pid=self.pid,
+        )
+
+    def _read_registers(self) -> None:
+        gpr, fp = self._gpr, self._fp
+        iov = ptrace.iovec()
+        mask = ctypes.c_uint64()
+        get_regset = ptrace.get_regset
+        for tid in list(self._stopped):
+            try:
+                iov.iov_base, iov.iov_len = ctypes.addressof(gpr), ptrace.USER_REGS_SIZE
+                if get_regset(tid, ptrace.NT_PRSTATUS, iov) != ptrace.USER_REGS_SIZE:
+                    raise NotSupported(f"thread {tid} of process {self.pid} is a 32-bit task", pid=self.pid)
+                raw_gpr = gpr.raw
+                if int.from_bytes(raw_gpr[136:144], "little") == ptrace.USER_CS_32:
+                    raise NotSupported(f"thread {tid} of process {self.pid} runs 32-bit code", pid=self.pid)
+                raw_fp = raw_xstate = None
+                if self.want_fp:
+                    iov.iov_base, iov.iov_len = ctypes.addressof(fp), ptrace.USER_FPREGS_SIZE
+                    raw_fp = fp.raw[: get_regset(tid, ptrace.NT_PRFPREG, iov)]
+                if self.want_xstate:
+                    raw_xstate = self._read_xstate(tid, iov)
+                sigmask = ptrace.get_sigmask(tid, mask)
+            except ProcessLookupError:
+                self._gone(tid)
+                continue
+            self.regs[tid] = ThreadRegs(tid=tid, gpr=raw_gpr, fpregs=raw_fp, xstate=raw_xstate, sigmask=sigmask)
+
+    def _read_xstate(self, tid: int, iov: ptrace.iovec) -> bytes | None:
+        iov.iov_base, iov.iov_len = ctypes.addressof(self._xstate), ptrace.XSTATE_BUFFER_SIZE
+        try:
+            size = ptrace.get_regset(tid, ptrace.NT_X86_XSTATE, iov)
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.EINVAL, errno.EIO):
+                return None  # no XSAVE on this CPU
+            raise
+        return ctypes.string_at(self._xstate, size)
+
+    def _thaw(self) -> None:
+        failures = []
+        for tid, info in self._stopped.items():
+            try:
+                if info is not None:
+                    ptrace.set_siginfo(tid, info)
+                    ptrace.detach(tid, info.si_signo)
+                else:
+                    ptrace.detach(tid, 0)
+            except ProcessLookupError:
+                self.exited.add(tid)
+            except OSError as exc:
+                failures.append(f"{tid}: {exc.strerror}")
+        self._stopped.clear()
+        if self._first is not None:
+            self.stopped_ms = (time.perf_counter() - self._first) * 1000
+        if failures:  # the tracer thread's exit detaches these; say so rather than hide it
+            raise OperationFailed(f"PTRACE_DETACH failed for threads of process {self.pid}: {', '.join(failures)}")
+
+    def _alive(self) -> bool:
+        try:
+            state = access.read_stat(self.pid)[1][0]
+        except (OSError, IndexError):
+            return False
+        return state not in "ZX" or access.has_live_thread(self.pid)

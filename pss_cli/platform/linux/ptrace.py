@@ -1,0 +1,331 @@
+"""ctypes bindings for ptrace and its companions (waitpid, pidfds, process_vm_*, tgkill) on x86_64 Linux.
+
+ptrace is called through `syscall(SYS_ptrace, ...)`, never glibc's `ptrace()` wrapper: the wrapper returns the
+*data* for PEEK requests and reports errors only through errno, which makes -1 ambiguous. Every request made here
+returns 0 or a count, so a -1 from the raw syscall always means failure.
+
+Failures come back as OSError with the errno set; nothing in this module knows pss-dup's typed errors (the callers
+translate them once, at the boundary). All buffers live in ctypes objects the caller may preallocate, so the hot
+paths (freezing a thousand threads, injecting a syscall) allocate nothing per call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from typing import Final
+
+# ---- system call numbers (x86_64, asm/unistd_64.h) ----------------------------------------------------------
+
+SYS_read: Final = 0
+SYS_close: Final = 3
+SYS_mmap: Final = 9
+SYS_munmap: Final = 11
+SYS_socketpair: Final = 53
+SYS_recvmsg: Final = 47
+SYS_ptrace: Final = 101
+SYS_tgkill: Final = 234
+SYS_process_vm_readv: Final = 310
+SYS_process_vm_writev: Final = 311
+SYS_kcmp: Final = 312
+SYS_pidfd_open: Final = 434
+SYS_pidfd_getfd: Final = 438
+
+# ---- ptrace requests (linux/ptrace.h, asm/ptrace-abi.h) -----------------------------------------------------
+
+PTRACE_PEEKUSER: Final = 3
+PTRACE_CONT: Final = 7
+PTRACE_KILL: Final = 8
+PTRACE_SINGLESTEP: Final = 9
+PTRACE_GETREGS: Final = 12
+PTRACE_SETREGS: Final = 13
+PTRACE_GETFPREGS: Final = 14
+PTRACE_ATTACH: Final = 16
+PTRACE_DETACH: Final = 17
+PTRACE_SETOPTIONS: Final = 0x4200
+PTRACE_GETEVENTMSG: Final = 0x4201
+PTRACE_GETSIGINFO: Final = 0x4202
+PTRACE_SETSIGINFO: Final = 0x4203
+PTRACE_GETREGSET: Final = 0x4204
+PTRACE_SETREGSET: Final = 0x4205
+PTRACE_SEIZE: Final = 0x4206
+PTRACE_INTERRUPT: Final = 0x4207
+PTRACE_LISTEN: Final = 0x4208
+PTRACE_PEEKSIGINFO: Final = 0x4209
+PTRACE_GETSIGMASK: Final = 0x420A
+PTRACE_SETSIGMASK: Final = 0x420B
+
+# ---- ptrace options and events ------------------------------------------------------------------------------
+
+PTRACE_O_TRACESYSGOOD: Final = 0x00000001
+PTRACE_O_TRACEFORK: Final = 0x00000002
+PTRACE_O_TRACEVFORK: Final = 0x00000004
+PTRACE_O_TRACECLONE: Final = 0x00000008
+PTRACE_O_TRACEEXEC: Final = 0x00000010
+PTRACE_O_TRACEVFORKDONE: Final = 0x00000020
+PTRACE_O_TRACEEXIT: Final = 0x00000040
+PTRACE_O_TRACESECCOMP: Final = 0x00000080
+PTRACE_O_EXITKILL: Final = 0x00100000
+PTRACE_O_SUSPEND_SECCOMP: Final = 0x00200000
+
+PTRACE_EVENT_FORK: Final = 1
+PTRACE_EVENT_VFORK: Final = 2
+PTRACE_EVENT_CLONE: Final = 3
+PTRACE_EVENT_EXEC: Final = 4
+PTRACE_EVENT_VFORK_DONE: Final = 5
+PTRACE_EVENT_EXIT: Final = 6
+PTRACE_EVENT_SECCOMP: Final = 7
+PTRACE_EVENT_STOP: Final = 128
+
+# ---- regsets (linux/elf.h) -----------------------------------------------------------------------------------
+
+NT_PRSTATUS: Final = 1
+NT_PRFPREG: Final = 2
+NT_X86_XSTATE: Final = 0x202
+
+USER_REGS_SIZE: Final = 216
+USER_FPREGS_SIZE: Final = 512
+#: The kernel shrinks iov_len to the real XSAVE size (11008 bytes with AMX); 64 KiB leaves room for growth.
+XSTATE_BUFFER_SIZE: Final = 64 * 1024
+
+# ---- wait ----------------------------------------------------------------------------------------------------
+
+WNOHANG: Final = 1
+WSTOPPED: Final = 2
+WEXITED: Final = 4
+WNOWAIT: Final = 0x01000000
+__WALL: Final = 0x40000000
+P_PID: Final = 1
+
+# ---- x86_64 segment selectors --------------------------------------------------------------------------------
+
+USER_CS_64: Final = 0x33
+USER_CS_32: Final = 0x23
+
+#: eflags bits the injector clears: trap flag (single-step) and direction flag (string ops go up, per the ABI).
+X86_EFLAGS_TF: Final = 0x100
+X86_EFLAGS_DF: Final = 0x400
+
+#: /proc/PID/stat flags bit for kernel threads (include/linux/sched.h).
+PF_KTHREAD: Final = 0x00200000
+
+#: Size of a `siginfo_t` on every Linux ABI.
+SIGINFO_SIZE: Final = 128
+#: The kernel's sigset for rt_sig*/PTRACE_*SIGMASK: 64 signals, 8 bytes.
+KERNEL_SIGSET_SIZE: Final = 8
+
+
+#: x86_64 `struct user_regs_struct` (asm/user_64.h), in the kernel's order.
+USER_REGS_NAMES: Final = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
+    "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)  # fmt: skip
+
+
+class user_regs_struct(ctypes.Structure):
+    """x86_64 `struct user_regs_struct`: 27 x u64, the NT_PRSTATUS regset (PTRACE_GETREGS/SETREGS)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in USER_REGS_NAMES]
+
+    rax: int
+    rip: int
+    rsp: int
+    orig_rax: int
+    cs: int
+    eflags: int
+    rdi: int
+    rsi: int
+    rdx: int
+    r10: int
+    r8: int
+    r9: int
+
+
+class iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class siginfo_t(ctypes.Structure):
+    """The 128-byte siginfo; only the common head is named, the union stays raw bytes (it is put back as is)."""
+
+    _fields_ = [
+        ("si_signo", ctypes.c_int32),
+        ("si_errno", ctypes.c_int32),
+        ("si_code", ctypes.c_int32),
+        ("_pad", ctypes.c_int32),
+        ("_union", ctypes.c_uint8 * (SIGINFO_SIZE - 16)),
+    ]
+
+
+assert ctypes.sizeof(user_regs_struct) == USER_REGS_SIZE
+assert ctypes.sizeof(siginfo_t) == SIGINFO_SIZE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: `long syscall(long nr, ...)`; on x86_64 passing six longs to the variadic function is the plain register ABI.
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long] * 7
+
+
+def is_x86_64() -> bool:
+    return platform.machine() == "x86_64"
+
+
+def _fail(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
+    """The raw ptrace system call; OSError on failure. Pointers are passed as addresses (ctypes.addressof)."""
+    result: int = _syscall(SYS_ptrace, request, tid, addr, data, 0, 0)
+    if result == -1:
+        raise _fail(f"ptrace({request:#x}, {tid})")
+    return result
+
+
+def seize(tid: int, options: int) -> None:
+    """PTRACE_SEIZE: attach without stopping the thread and without SIGSTOP (3.4+)."""
+    ptrace(PTRACE_SEIZE, tid, 0, options)
+
+
+def interrupt(tid: int) -> None:
+    """PTRACE_INTERRUPT: ask a seized thread to enter PTRACE_EVENT_STOP."""
+    ptrace(PTRACE_INTERRUPT, tid, 0, 0)
+
+
+def detach(tid: int, signo: int = 0) -> None:
+    """PTRACE_DETACH from a ptrace-stop; `signo` is delivered if the thread sits in a signal-delivery-stop."""
+    ptrace(PTRACE_DETACH, tid, 0, signo)
+
+
+def cont(tid: int, signo: int = 0) -> None:
+    ptrace(PTRACE_CONT, tid, 0, signo)
+
+
+def singlestep(tid: int, signo: int = 0) -> None:
+    ptrace(PTRACE_SINGLESTEP, tid, 0, signo)
+
+
+def get_regs(tid: int, regs: user_regs_struct) -> None:
+    ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def set_regs(tid: int, regs: user_regs_struct) -> None:
+    ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def get_regset(tid: int, note_type: int, iov: iovec) -> int:
+    """PTRACE_GETREGSET into `iov`; returns the size the kernel filled in (it shrinks iov_len)."""
+    ptrace(PTRACE_GETREGSET, tid, note_type, ctypes.addressof(iov))
+    return int(iov.iov_len)
+
+
+def get_sigmask(tid: int, out: ctypes.c_uint64) -> int:
+    ptrace(PTRACE_GETSIGMASK, tid, KERNEL_SIGSET_SIZE, ctypes.addressof(out))
+    return int(out.value)
+
+
+def set_sigmask(tid: int, mask: int) -> None:
+    value = ctypes.c_uint64(mask)
+    ptrace(PTRACE_SETSIGMASK, tid, KERNEL_SIGSET_SIZE, ctypes.addressof(value))
+
+
+def get_siginfo(tid: int, out: siginfo_t) -> None:
+    """PTRACE_GETSIGINFO; EINVAL in a PTRACE_EVENT_STOP (a group-stop or interrupt carries no siginfo)."""
+    ptrace(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(out))
+
+
+def set_siginfo(tid: int, info: siginfo_t) -> None:
+    ptrace(PTRACE_SETSIGINFO, tid, 0, ctypes.addressof(info))
+
+
+def get_event_msg(tid: int) -> int:
+    """PTRACE_GETEVENTMSG: the new tid after PTRACE_EVENT_CLONE/FORK/VFORK."""
+    out = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(out))
+    return int(out.value)
+
+
+# ---- wait status decoding ------------------------------------------------------------------------------------
+
+
+def waitpid(tid: int, options: int) -> tuple[int, int]:
+    """waitpid(tid, options); pass __WALL to see non-leader threads. (0, 0) with WNOHANG when nothing happened."""
+    return os.waitpid(tid, options)
+
+
+def stop_event(status: int) -> int:
+    """The PTRACE_EVENT_* of a ptrace-stop (status >> 16); 0 for a signal-delivery-stop."""
+    return (status >> 16) & 0xFFFF
+
+
+def peek_exited(tid: int) -> bool:
+    """Has `tid` exited? Looks without reaping (WNOWAIT), so a tracer that is also the parent keeps the status."""
+    try:
+        result = os.waitid(P_PID, tid, WEXITED | WSTOPPED | WNOHANG | WNOWAIT | __WALL)
+    except ChildProcessError:
+        return True
+    return result is not None and result.si_code in (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
+
+
+# ---- pidfds, other processes' memory, signals ----------------------------------------------------------------
+
+
+def pidfd_open(pid: int) -> int:
+    """pidfd_open (5.3+); no access check beyond seeing the pid."""
+    return os.pidfd_open(pid)
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """pidfd_getfd (5.6+): a copy of another process's fd; needs PTRACE_MODE_ATTACH_REALCREDS. Always O_CLOEXEC."""
+    result: int = _syscall(SYS_pidfd_getfd, pidfd, target_fd, 0, 0, 0, 0)
+    if result == -1:
+        raise _fail(f"pidfd_getfd(fd {target_fd})")
+    return result
+
+
+def _vm_rw(number: int, pid: int, local: iovec, remote: iovec, what: str) -> int:
+    result: int = _syscall(number, pid, ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    if result == -1:
+        raise _fail(what)
+    return result
+
+
+def process_vm_readv(pid: int, address: int, size: int) -> bytes:
+    """Read `size` bytes at `address` of process `pid`; OSError (EFAULT, EIO) or a short read raises."""
+    buffer = ctypes.create_string_buffer(size)
+    local = iovec(ctypes.addressof(buffer), size)
+    remote = iovec(address, size)
+    got = _vm_rw(SYS_process_vm_readv, pid, local, remote, f"process_vm_readv({pid}, {address:#x})")
+    if got != size:
+        raise OSError(5, f"process_vm_readv({pid}, {address:#x}): short read, {got} of {size} bytes")
+    return buffer.raw
+
+
+def process_vm_writev(pid: int, address: int, data: bytes) -> None:
+    """Write `data` at `address` of process `pid`; needs the page writable (no FOLL_FORCE, unlike /proc/PID/mem)."""
+    buffer = ctypes.create_string_buffer(data, len(data))
+    local = iovec(ctypes.addressof(buffer), len(data))
+    remote = iovec(address, len(data))
+    got = _vm_rw(SYS_process_vm_writev, pid, local, remote, f"process_vm_writev({pid}, {address:#x})")
+    if got != len(data):
+        raise OSError(5, f"process_vm_writev({pid}, {address:#x}): short write, {got} of {len(data)} bytes")
+
+
+def tgkill(tgid: int, tid: int, signo: int) -> None:
+    result: int = _syscall(SYS_tgkill, tgid, tid, signo, 0, 0, 0)
+    if result == -1:
+        raise _fail(f"tgkill({tgid}, {tid}, {signo})")
+
+
+KCMP_FILES: Final = 2
+
+
+def kcmp_files(pid1: int, pid2: int) -> bool:
+    """Do two tasks share one fd table (kcmp KCMP_FILES == 0)? Needs PTRACE_MODE_READ_REALCREDS on both."""
+    result: int = _syscall(SYS_kcmp, pid1, pid2, KCMP_FILES, 0, 0, 0)
+    if result == -1:
+        raise _fail(f"kcmp({pid1}, {pid2}, KCMP_FILES)")
+    return result == 0
