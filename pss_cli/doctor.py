@@ -517,7 +517,7 @@ class Doctor:
         with self.probe("process_vm_readv", "root or CAP_SYS_PTRACE; Yama and LSMs allowing ptrace") as detail:
             detail.append(self.probe_process_vm_readv(lib, child.pid))
         with self.probe(
-            "ptrace (PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_GET_SYSCALL_INFO)",
+            "ptrace",
             "root or CAP_SYS_PTRACE; Yama ptrace_scope below 3; an LSM/seccomp policy allowing ptrace",
         ) as detail:
             detail.append(self.probe_ptrace(lib, child.pid, options=0))
@@ -670,7 +670,9 @@ class Doctor:
         tracer = proc_status(pid).get("TracerPid")
         if tracer != "0":
             raise OSError(errno.EIO, f"PID {pid} still has TracerPid {tracer} after PTRACE_DETACH")
-        return f"{kind} at rip {rip:#x}, detached (TracerPid 0)"
+        return (
+            f"PTRACE_SEIZE, PTRACE_INTERRUPT: {kind} at rip {rip:#x}; PTRACE_GET_SYSCALL_INFO; detached (TracerPid 0)"
+        )
 
     # -- the round trip through the public API ----------------------------------------------------------------
 
