@@ -1,0 +1,749 @@
+"""Running system calls inside another process's thread, and the fd operations built on that (x86_64).
+
+The primitive follows CRIU's compel in spirit: hold one thread in a ptrace-stop, point it at a `syscall`
+instruction that already exists in the process, set the registers for the call, single-step once, read the result,
+and finally put every register back. Nothing is ever written into the process's code (other threads keep running
+it), scratch memory is the unused stack below the thread's red zone (saved and restored) or a page mmapped for the
+occasion, and `orig_rax = -1` keeps the kernel's restart logic away from the injected contexts. The original
+registers are restored while the thread sits in a signal-path stop, so the kernel itself then applies the restart
+rules to the interrupted system call (a sleep keeps its original deadline; see the design notes, section 5.2).
+
+On top of it: `push_fd` (give a process a copy of one of our fds), `close_remote_fd`, `get_remote_fd`, and dry runs
+that check everything those would need without stopping anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, TypeVar
+
+from pss_cli.errors import (
+    BadSnapshot,
+    NoSuchProcess,
+    NotSupported,
+    OperationFailed,
+    ProcessGone,
+    PssError,
+    Refused,
+)
+from pss_cli.platform.linux import access, ptrace
+from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread
+
+T = TypeVar("T")
+
+MASK64: Final = (1 << 64) - 1
+#: The SysV x86_64 red zone: 128 bytes below rsp that leaf code may use without moving rsp.
+RED_ZONE: Final = 128
+SCRATCH_SIZE: Final = 512
+PAGE_SIZE: Final = 4096
+SYSCALL_INSN: Final = b"\x0f\x05"
+#: How many threads to consider when the group leader is not a good place to inject.
+MAX_CANDIDATE_THREADS: Final = 64
+#: Return values of a system call that a signal interrupted before it did anything (it is simply run again).
+RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
+
+PROT_READ, PROT_WRITE = 0x1, 0x2
+MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+SOCK_DGRAM, SOCK_CLOEXEC = 2, 0o2000000
+MSG_CTRUNC, MSG_DONTWAIT, MSG_CMSG_CLOEXEC = 0x8, 0x40, 0x40000000
+SOL_SOCKET, SCM_RIGHTS = 1, 1
+
+# Scratch layout for push_fd (offsets from the scratch base).
+MSGHDR_OFFSET: Final = 0  # struct msghdr, 56 bytes
+IOVEC_OFFSET: Final = 64  # struct iovec, 16 bytes
+BYTE_OFFSET: Final = 80  # the one data byte
+CONTROL_OFFSET: Final = 96  # CMSG_SPACE(sizeof(int)) = 24 bytes
+CONTROL_SIZE: Final = 24
+SV_OFFSET: Final = 128  # int sv[2] from socketpair
+MSG_FLAGS_OFFSET: Final = 48  # msghdr.msg_flags
+PUSH_BLOCK_SIZE: Final = 136
+
+
+def check(result: int, what: str) -> int:
+    """An injected system call's raw result, or OSError for the -errno range (-4095..-1)."""
+    if -4095 <= result < 0:
+        raise OSError(-result, f"{what}: {os.strerror(-result)}")
+    return result
+
+
+def signed64(value: int) -> int:
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+# ---- what we learn before stopping anything ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    start: int
+    end: int
+    perms: str
+    path: str
+
+
+@dataclass(slots=True)
+class InjectionPlan:
+    """Everything about the target that can be read before it is stopped, so that the stop stays short."""
+
+    pid: int
+    tid: int
+    thread_name: str
+    thread_state: str
+    pidfd: int
+    warnings: tuple[str, ...]
+    suspend_seccomp: bool
+    maps: tuple[Mapping, ...]
+    #: Address just after a `syscall` instruction the thread is blocked behind (from /proc/PID/task/TID/syscall).
+    blocked_pc: int | None
+    blocked_name: str | None
+    vdso_insn: int | None
+    libc_insn: int | None
+    go_runtime: bool
+    closed: bool = field(default=False)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.pidfd)
+
+    def syscall_site(self) -> tuple[int | None, str]:
+        """The instruction a dry run would name (the real run prefers the blocked thread's own)."""
+        if self.blocked_pc is not None:
+            return self.blocked_pc - 2, f"the thread's own, behind its {self.blocked_name}"
+        if self.vdso_insn is not None:
+            return self.vdso_insn, "[vdso]"
+        return self.libc_insn, "libc"
+
+    def stack_scratch_ok(self, start: int, rsp: int) -> bool:
+        """May [start, rsp) serve as scratch? Only inside the thread's own stack mapping, never in a Go heap."""
+        if self.go_runtime:
+            return False
+        for m in self.maps:
+            if m.start <= start and rsp <= m.end:
+                if not m.perms.startswith("rw") or m.perms[3] != "p":
+                    return False
+                if m.path == "[stack]":
+                    return True
+                # a pthread stack: anonymous, with its PROT_NONE guard mapping right below
+                return m.path == "" and any(g.end == m.start and g.perms.startswith("---") for g in self.maps)
+        return False
+
+
+def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> InjectionPlan:
+    """Read what the injection needs and refuse what it must not do, all before the target is touched."""
+    access.check_traceable(pid)
+    try:
+        pidfd = ptrace.pidfd_open(pid)
+    except ProcessLookupError:
+        raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
+    try:
+        chosen, name, state, warnings = choose_thread(pid, pidfd, force=force, tid=tid)
+        suspend = False
+        if access.seccomp_mode(pid) == access.SECCOMP_MODE_FILTER:
+            if not access.has_capability(access.CAP_SYS_ADMIN) or access.seccomp_mode(os.getpid()) != 0:
+                raise Refused(
+                    f"process {pid} runs under a seccomp filter (Seccomp: 2) that would see the injected system "
+                    "calls and might kill it; suspending the filter (PTRACE_O_SUSPEND_SECCOMP) needs CAP_SYS_ADMIN "
+                    "and a pss-dup that is not itself under seccomp: run pss-dup as root outside a container",
+                    pid=pid,
+                )
+            suspend = True
+        maps = read_maps(pid)
+        blocked_pc, blocked_name = blocked_site(pid, chosen)
+        vdso = find_syscall_insn(pid, maps, "[vdso]")
+        libc = None if vdso is not None else find_syscall_insn(pid, maps, "libc")
+        return InjectionPlan(
+            pid=pid,
+            tid=chosen,
+            thread_name=name,
+            thread_state=state,
+            pidfd=pidfd,
+            warnings=warnings,
+            suspend_seccomp=suspend,
+            maps=maps,
+            blocked_pc=blocked_pc,
+            blocked_name=blocked_name,
+            vdso_insn=vdso,
+            libc_insn=libc,
+            go_runtime=is_go_program(pid),
+        )
+    except FileNotFoundError:
+        os.close(pidfd)
+        raise ProcessGone(f"process {pid} exited", pid=pid) from None
+    except PermissionError:
+        os.close(pidfd)
+        raise access.explain_denied(pid, "inspect") from None
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tuple[int, str, str, tuple[str, ...]]:
+    """(tid, name, state, warnings): the thread to inject into.
+
+    The group leader, unless it is a zombie (it called pthread_exit), an io_uring worker (ptrace refuses those), in
+    an uninterruptible wait, or blocked in a system call that a ptrace stop would fail with EINTR; then another thread
+    that shares the leader's fd table (kcmp). If every thread is in such a call: Refused, or with `force` the leader
+    and a warning.
+    """
+    if tid is not None:
+        candidates = [tid]
+    else:
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        candidates = [pid, *others[: MAX_CANDIDATE_THREADS - 1]]
+    fallback: tuple[int, str, str] | None = None
+    hazards: list[str] = []
+    for candidate in candidates:
+        try:
+            name, fields = access.read_stat(pid, candidate)
+        except (OSError, IndexError):
+            continue
+        state = fields[0]
+        if state in "ZX" or name.startswith("iou-"):
+            continue
+        if fallback is None:
+            fallback = (candidate, name, state)
+        if state == "D" and tid is None:
+            continue
+        hazard = access.eintr_hazard(pid, candidate, pidfd)
+        if hazard is not None:
+            hazards.append(hazard)
+            continue
+        if candidate != pid and not shares_fd_table(pid, candidate):
+            continue
+        return candidate, name, state, ()
+    if fallback is None:
+        raise ProcessGone(f"process {pid} has no thread left that pss-dup could stop", pid=pid)
+    if not hazards:
+        return (*fallback, ())
+    if not force:
+        raise Refused(f"{hazards[0]}; pss-dup will not stop it (use --force to proceed anyway)", pid=pid)
+    return (*fallback, (hazards[0],))
+
+
+def shares_fd_table(pid: int, tid: int) -> bool:
+    try:
+        return ptrace.kcmp_files(pid, tid)
+    except OSError:
+        return False
+
+
+def read_maps(pid: int) -> tuple[Mapping, ...]:
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        raw = f.read()
+    result = []
+    for line in raw.decode("utf-8", "surrogateescape").splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        start, _, end = parts[0].partition("-")
+        result.append(Mapping(int(start, 16), int(end, 16), parts[1], parts[5] if len(parts) > 5 else ""))
+    return tuple(result)
+
+
+def blocked_site(pid: int, tid: int) -> tuple[int | None, str | None]:
+    """If the thread is blocked in a system call: the pc after its `syscall` instruction (checked) and its name."""
+    blocked = access.blocked_syscall(pid, tid)
+    if blocked is None:
+        return None, None
+    nr, _args, _sp, pc = blocked
+    try:
+        if ptrace.process_vm_readv(pid, pc - 2, 2) != SYSCALL_INSN:
+            return None, None
+    except OSError:
+        return None, None
+    from pss_cli.platform.linux.freeze import syscall_name
+
+    return pc, syscall_name(nr)
+
+
+def find_syscall_insn(pid: int, maps: tuple[Mapping, ...], which: str) -> int | None:
+    """The address of a `0f 05` byte pair in the [vdso] (or libc's code): the CPU decodes it as `syscall` when rip
+    points there, whatever instruction it belongs to."""
+    for m in maps:
+        if "x" not in m.perms or not m.perms.startswith("r"):
+            continue
+        if which == "[vdso]" and m.path != "[vdso]":
+            continue
+        if which == "libc" and not os.path.basename(m.path).startswith(("libc.so", "libc-")):
+            continue
+        offset = m.start
+        while offset < m.end:
+            size = min(64 * 1024, m.end - offset)
+            try:
+                chunk = ptrace.process_vm_readv(pid, offset, size)
+            except OSError:
+                break
+            found = chunk.find(SYSCALL_INSN)
+            if found >= 0:
+                return offset + found
+            offset += size - 1
+    return None
+
+
+def is_go_program(pid: int) -> bool:
+    """Go runs goroutines on small heap-allocated stacks: the memory below rsp may belong to someone else."""
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            header = f.read(64)
+            if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
+                return False
+            (section_offset,) = struct.unpack_from("<Q", header, 0x28)
+            entry_size, count, names_index = struct.unpack_from("<HHH", header, 0x3A)
+            if not section_offset or entry_size != 64 or not 0 < count <= 4096 or names_index >= count:
+                return False
+            f.seek(section_offset)
+            sections = f.read(count * 64)
+            names_offset, names_size = struct.unpack_from("<QQ", sections, names_index * 64 + 0x18)
+            if names_size > 1 << 20:
+                return False
+            f.seek(names_offset)
+            names = f.read(names_size)
+    except (OSError, struct.error):
+        return False
+    return b".go.buildinfo\0" in names or b".gopclntab\0" in names
+
+
+# ---- the primitive -------------------------------------------------------------------------------------------
+
+
+class Injector:
+    """Context manager: one thread of `pid` held still, ready to run system calls for us; restored on exit.
+
+    Use `syscall(nr, *args)` for one call, `call(fn)` to run a whole sequence on the tracer thread (no thread hop
+    per call: that is what keeps the target's stop short). `scratch` is SCRATCH_SIZE bytes of target memory that
+    the sequence may use; `read`/`write` move bytes in and out of the target.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        force: bool = False,
+        tid: int | None = None,
+        plan: InjectionPlan | None = None,
+    ) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self.force = force
+        self._wanted_tid = tid
+        self._plan = plan
+        self._owns_plan = plan is None
+        self._context: seized_thread | None = None
+        self._held: SeizedThread | None = None
+        self._saved = ptrace.user_regs_struct()
+        self._work = ptrace.user_regs_struct()
+        self._out = ptrace.user_regs_struct()
+        self._have_saved = False
+        self._scratch_saved: bytes | None = None
+        self._scratch_mapped = False
+        self.syscall_ip = 0
+        self.scratch = 0
+        self.warnings: tuple[str, ...] = ()
+        self.stopped_ms: float | None = None
+
+    @property
+    def tid(self) -> int:
+        assert self._plan is not None
+        return self._plan.tid
+
+    @property
+    def plan(self) -> InjectionPlan:
+        assert self._plan is not None
+        return self._plan
+
+    def __enter__(self) -> Injector:
+        if self._plan is None:
+            self._plan = plan_injection(self.pid, force=self.force, tid=self._wanted_tid)
+        plan = self._plan
+        self.warnings = plan.warnings
+        options = ptrace.PTRACE_O_SUSPEND_SECCOMP if plan.suspend_seccomp else 0
+        self._context = seized_thread(self.pid, plan.tid, self.timeout, options=options)
+        try:
+            self._held = self._context.__enter__()
+            try:
+                self.call(lambda inj: inj._prepare())
+            except BaseException as exc:
+                self._held.restore_regs = self._saved if self._have_saved else None
+                self._context.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        except OSError as exc:
+            self._close_plan()
+            raise typed_error(self.pid, exc, "prepare the injection") from None
+        except BaseException:
+            self._close_plan()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._context is not None and self._held is not None
+        try:
+            try:
+                self.call(lambda inj: inj._restore_memory())
+            except OSError as error:
+                raise typed_error(self.pid, error, "restore the thread's memory") from None
+            finally:
+                self._held.restore_regs = self._saved if self._have_saved else None
+        finally:
+            try:
+                self._context.__exit__(exc_type, exc, tb)
+            finally:
+                self.stopped_ms = self._held.stopped_ms
+                self._close_plan()
+
+    def _close_plan(self) -> None:
+        if self._owns_plan and self._plan is not None:
+            self._plan.close()
+
+    def call(self, fn: Callable[[Injector], T]) -> T:
+        """Run `fn(self)` on the tracer thread, where ptrace requests for the held thread must be made."""
+        assert self._held is not None and self._held.session is not None
+        return self._held.session.call(lambda: fn(self))
+
+    # -- runs on the tracer thread --
+
+    def _prepare(self) -> None:
+        tid = self.tid
+        ptrace.get_regs(tid, self._saved)
+        self._have_saved = True
+        if self._saved.cs != ptrace.USER_CS_64:
+            raise NotSupported(
+                f"thread {tid} of process {self.pid} runs 32-bit code (cs={self._saved.cs:#x}); only 64-bit "
+                "x86_64 code is supported",
+                pid=self.pid,
+            )
+        self.syscall_ip = self._find_syscall_ip()
+        self._setup_scratch()
+
+    def _find_syscall_ip(self) -> int:
+        plan, saved = self.plan, self._saved
+        rip = saved.rip
+        if signed64(saved.orig_rax) >= 0:
+            if plan.blocked_pc == rip:
+                return rip - 2
+            try:
+                if ptrace.process_vm_readv(self.pid, rip - 2, 2) == SYSCALL_INSN:
+                    return rip - 2
+            except OSError:
+                pass
+        if plan.vdso_insn is not None:
+            return plan.vdso_insn
+        if plan.libc_insn is None:
+            plan.libc_insn = find_syscall_insn(self.pid, plan.maps, "libc")
+        if plan.libc_insn is not None:
+            return plan.libc_insn
+        raise NotSupported(
+            f"process {self.pid} has no `syscall` instruction pss-dup could borrow (no [vdso], no libc)", pid=self.pid
+        )
+
+    def _setup_scratch(self) -> None:
+        rsp = self._saved.rsp
+        start = (rsp - RED_ZONE - SCRATCH_SIZE) & ~15
+        if self.plan.stack_scratch_ok(start, rsp):
+            try:
+                self._scratch_saved = ptrace.process_vm_readv(self.pid, start, SCRATCH_SIZE)
+            except OSError:
+                pass
+            else:
+                self.scratch = start
+                return
+        address = check(
+            self.syscall(ptrace.SYS_mmap, 0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            "mmap",
+        )
+        self.scratch = address
+        self._scratch_mapped = True
+
+    def _restore_memory(self) -> None:
+        if self._scratch_saved is not None:
+            saved, self._scratch_saved = self._scratch_saved, None
+            ptrace.process_vm_writev(self.pid, self.scratch, saved)
+        if self._scratch_mapped:
+            self._scratch_mapped = False
+            check(self.syscall(ptrace.SYS_munmap, self.scratch, PAGE_SIZE), "munmap")
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Run system call `nr` in the held thread; the raw result (use `check` for -errno)."""
+        if len(args) > 6:
+            raise ValueError("a system call takes at most six arguments")
+        assert self._held is not None and self._held.session is not None
+        return self._held.session.call(lambda: self._run_syscall(nr, args))
+
+    def _run_syscall(self, nr: int, args: tuple[int, ...]) -> int:
+        work, tid = self._work, self.tid
+        ctypes.memmove(ctypes.addressof(work), ctypes.addressof(self._saved), ptrace.USER_REGS_SIZE)
+        padded = (*args, 0, 0, 0, 0, 0, 0)
+        work.rip = self.syscall_ip
+        work.rax = nr
+        work.orig_rax = MASK64  # -1: the kernel applies no restart logic to this context
+        work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
+        work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
+        work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
+        deadline = time.monotonic() + self.timeout
+        result = 0
+        for _attempt in range(5):
+            ptrace.set_regs(tid, work)
+            ptrace.singlestep(tid, 0)
+            result = self._step_result(deadline)
+            if result not in RESTART_CODES:
+                return result
+        return result
+
+    def _step_result(self, deadline: float) -> int:
+        """Wait for the single-step SIGTRAP after our `syscall`; stash any other signal and keep stepping."""
+        held, tid, ip, out = self._held, self.tid, self.syscall_ip, self._out
+        assert held is not None
+        while True:
+            status = held.wait(deadline)
+            event = ptrace.stop_event(status)
+            held.in_signal_stop = event == 0
+            if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
+                ptrace.get_regs(tid, out)
+                if out.rip == ip + 2:
+                    return signed64(out.rax)
+                if out.rip != ip:
+                    raise OperationFailed(
+                        f"thread {tid} of process {self.pid} stopped at {out.rip:#x} instead of after the injected "
+                        f"system call at {ip:#x}",
+                        pid=self.pid,
+                    )
+            if event == 0:
+                held.stash_signal()  # arrived meanwhile: suppressed now, re-delivered on release
+            ptrace.singlestep(tid, 0)
+
+    # -- memory and fds of the target --
+
+    def read(self, address: int, size: int) -> bytes:
+        return ptrace.process_vm_readv(self.pid, address, size)
+
+    def write(self, address: int, data: bytes) -> None:
+        ptrace.process_vm_writev(self.pid, address, data)
+
+    def getfd(self, remote_fd: int) -> int:
+        """A local copy of the target's fd `remote_fd` (pidfd_getfd, O_CLOEXEC); EBADF if it has none."""
+        return ptrace.pidfd_getfd(self.plan.pidfd, remote_fd)
+
+
+def typed_error(pid: int, exc: OSError, what: str) -> PssError:
+    """One OSError from the injection machinery as pss-dup's typed error."""
+    if exc.errno in (errno.ESRCH, errno.ECHILD):
+        return ProcessGone(f"process {pid} exited while pss-dup was working on it ({what})", pid=pid)
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return access.explain_denied(pid, what)
+    if exc.errno == errno.EMFILE:
+        return OperationFailed(
+            f"process {pid} has no free file descriptor (RLIMIT_NOFILE reached); it was left unchanged", pid=pid
+        )
+    return OperationFailed(f"could not {what} in process {pid}: {exc.strerror or exc}", pid=pid)
+
+
+# ---- operations ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What push_fd did: the fd number the target now holds, and how long its thread was stopped."""
+
+    fd: int
+    stopped_ms: float
+    warnings: tuple[str, ...] = ()
+
+
+def _run_injected(
+    pid: int, *, force: bool, timeout: float, what: str, steps: Callable[[Injector], T]
+) -> tuple[T, Injector]:
+    """Plan (before stopping anything), then seize, run `steps` on the tracer thread, restore; typed errors out."""
+    plan = plan_injection(pid, force=force)
+    injector = Injector(pid, timeout=timeout, force=force, plan=plan)
+
+    def whole() -> T:
+        with injector:
+            return steps(injector)
+
+    try:
+        with TracerSession() as session:
+            try:
+                return session.call(whole), injector
+            except OSError as exc:
+                raise typed_error(pid, exc, what) from None
+    finally:
+        plan.close()
+
+
+def push_fd(target_pid: int, local_fd: int, *, cloexec: bool, force: bool, timeout: float) -> PushResult:
+    """Give process `target_pid` its own copy of our fd `local_fd` (the same open file description).
+
+    Injected socketpair; we pull one end with pidfd_getfd and send the fd over it with SCM_RIGHTS; injected
+    recvmsg (MSG_DONTWAIT, MSG_CMSG_CLOEXEC unless inheritable) takes it in; both ends are closed in the target.
+    Works whatever the target's credentials: it never has to open or trace anything of ours.
+    """
+    new_fd, injector = _run_injected(
+        target_pid,
+        force=force,
+        timeout=timeout,
+        what="push a file descriptor",
+        steps=lambda inj: _push_steps(inj, local_fd, cloexec),
+    )
+    assert injector.stopped_ms is not None
+    return PushResult(fd=new_fd, stopped_ms=injector.stopped_ms, warnings=injector.warnings)
+
+
+def _push_steps(inj: Injector, local_fd: int, cloexec: bool) -> int:
+    base = inj.scratch
+    inj.write(base, push_block(base))
+    check(
+        inj.syscall(ptrace.SYS_socketpair, socket.AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, base + SV_OFFSET), "socketpair"
+    )
+    sv0, sv1 = struct.unpack("<ii", inj.read(base + SV_OFFSET, 8))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, fileno=inj.getfd(sv1)) as mine:
+            mine.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", local_fd))])
+        flags = MSG_DONTWAIT | (MSG_CMSG_CLOEXEC if cloexec else 0)
+        check(inj.syscall(ptrace.SYS_recvmsg, sv0, base + MSGHDR_OFFSET, flags), "recvmsg")
+        return parse_rights(inj.read(base, CONTROL_OFFSET + CONTROL_SIZE))
+    finally:
+        close_results = [inj.syscall(ptrace.SYS_close, sv0), inj.syscall(ptrace.SYS_close, sv1)]
+        for result in close_results:
+            check(result, "close")
+
+
+def push_block(base: int) -> bytes:
+    """msghdr + iovec + data byte + control buffer + room for sv[2], laid out at `base` in the target."""
+    msghdr = struct.pack(
+        "<QI4xQQQQi4x",
+        0,  # msg_name
+        0,  # msg_namelen
+        base + IOVEC_OFFSET,  # msg_iov
+        1,  # msg_iovlen
+        base + CONTROL_OFFSET,  # msg_control
+        CONTROL_SIZE,  # msg_controllen
+        0,  # msg_flags
+    )
+    iov = struct.pack("<QQ", base + BYTE_OFFSET, 1)
+    block = bytearray(PUSH_BLOCK_SIZE)
+    block[MSGHDR_OFFSET : MSGHDR_OFFSET + len(msghdr)] = msghdr
+    block[IOVEC_OFFSET : IOVEC_OFFSET + len(iov)] = iov
+    block[SV_OFFSET : SV_OFFSET + 8] = b"\xff" * 8
+    return bytes(block)
+
+
+def parse_rights(head: bytes) -> int:
+    """The fd from the SCM_RIGHTS message recvmsg left in scratch (`head` = the first 120 scratch bytes)."""
+    (msg_flags,) = struct.unpack_from("<i", head, MSG_FLAGS_OFFSET)
+    length, level, kind, fd = struct.unpack_from("<QiiI", head, CONTROL_OFFSET)
+    if msg_flags & MSG_CTRUNC or length != 20 or level != SOL_SOCKET or kind != SCM_RIGHTS:
+        raise OperationFailed(
+            f"the target's recvmsg returned no file descriptor (cmsg len {length}, level {level}, type {kind}, "
+            f"flags {msg_flags:#x})"
+        )
+    return int(fd)
+
+
+def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: bool, timeout: float) -> float:
+    """Close fd `fd` in process `pid`, but only after `verify` accepted it; returns the stop time in ms.
+
+    The thread is held while the fd is checked, so no other thread of *this* thread's making can swap it; other
+    threads keep running, so a program that closes and reuses the number at that instant can still race (see the
+    design notes, section 5.4).
+    """
+
+    def steps(inj: Injector) -> None:
+        try:
+            local = inj.getfd(fd)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+            raise
+        try:
+            verify(local)
+        finally:
+            os.close(local)
+        check(inj.syscall(ptrace.SYS_close, fd), f"close({fd})")
+
+    _, injector = _run_injected(pid, force=force, timeout=timeout, what=f"close fd {fd}", steps=steps)
+    assert injector.stopped_ms is not None
+    return injector.stopped_ms
+
+
+def get_remote_fd(pid: int, fd: int) -> int:
+    """A local copy (O_CLOEXEC) of fd `fd` of process `pid`, to read another process's snapshot; nothing stops."""
+    try:
+        pidfd = ptrace.pidfd_open(pid)
+    except ProcessLookupError:
+        raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
+    try:
+        return ptrace.pidfd_getfd(pidfd, fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+        raise typed_error(pid, exc, f"read fd {fd} of") from None
+    finally:
+        os.close(pidfd)
+
+
+# ---- dry runs ------------------------------------------------------------------------------------------------
+
+
+def _dry_plan(pid: int, force: bool) -> InjectionPlan:
+    plan = plan_injection(pid, force=force)
+    if not access.probe_attach(pid):
+        plan.close()
+        raise access.explain_denied(pid, "stop (PTRACE_SEIZE)")
+    return plan
+
+
+def _stop_action(plan: InjectionPlan) -> str:
+    site, where = plan.syscall_site()
+    at = f"{site:#x}, {where}" if site is not None else "none found yet"
+    doing = f"blocked in {plan.blocked_name}" if plan.blocked_name else f"state {plan.thread_state}"
+    return (
+        f"stop thread {plan.tid} ({plan.thread_name}, {doing}) of process {plan.pid} with PTRACE_SEIZE + "
+        f"PTRACE_INTERRUPT{' and PTRACE_O_SUSPEND_SECCOMP' if plan.suspend_seccomp else ''}; borrow its `syscall` "
+        f"instruction ({at}); scratch below the stack's red zone (or one mmapped page)"
+    )
+
+
+def dry_run_push(target_pid: int, *, force: bool) -> list[str]:
+    """Everything push_fd would check, checked; nothing stopped or changed. Returns the steps it would take."""
+    plan = _dry_plan(target_pid, force)
+    try:
+        return [
+            *[f"warning: {w}" for w in plan.warnings],
+            _stop_action(plan),
+            f"inject socketpair(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC) into process {target_pid}",
+            "take one end with pidfd_getfd and send the snapshot fd over it (SCM_RIGHTS)",
+            f"inject recvmsg(MSG_DONTWAIT|MSG_CMSG_CLOEXEC): process {target_pid} receives it as its lowest free fd",
+            "inject close() on both socket ends, put back the stack bytes and registers, detach",
+        ]
+    finally:
+        plan.close()
+
+
+def dry_run_close(pid: int, fd: int, *, force: bool) -> list[str]:
+    """Everything close_remote_fd would check (the fd exists, the process may be stopped), checked; nothing done."""
+    plan = _dry_plan(pid, force)
+    try:
+        try:
+            os.stat(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+        return [
+            *[f"warning: {w}" for w in plan.warnings],
+            _stop_action(plan),
+            f"check while it is held that fd {fd} is a pss-dup snapshot (pidfd_getfd)",
+            f"inject close({fd}), put back the registers, detach",
+        ]
+    finally:
+        plan.close()
