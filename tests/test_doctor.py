@@ -119,7 +119,9 @@ def test_jsonl_streams_one_record_per_check() -> None:
     lines = result.stdout.splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) > 20 and all(r["command"] == "doctor" and "check" in r for r in records)
-    assert result.returncode == (1 if any(r["result"] == "fail" for r in records) else 0) or result.returncode in (4, 5)
+    failed = [Check(r["section"], r["check"], Status.FAIL, "", code=ExitCode(r["error"]["code"])) for r in records
+              if r["result"] == "fail"]  # fmt: skip
+    assert result.returncode == exit_code(failed)
 
 
 def test_table_shows_every_check_with_its_result() -> None:
