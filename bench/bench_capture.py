@@ -33,7 +33,8 @@ print("ready", flush=True); sys.stdin.read()
 
 FDS_TARGET = """
 import os, resource, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 paths = [f"/proc/self/{n}" for n in ("stat", "status", "cmdline", "environ")]
 fds = [os.open(paths[i % len(paths)], os.O_RDONLY) for i in range(10000)]
 print("ready", flush=True); sys.stdin.read()

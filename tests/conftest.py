@@ -43,6 +43,9 @@ def reap(proc: subprocess.Popen[Any]) -> None:
         except ProcessLookupError:
             pass
     proc.wait(timeout=10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def start_target(*args: str, env: dict[str, str] | None = None) -> Target:

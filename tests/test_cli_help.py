@@ -151,11 +151,6 @@ class TestColour:
         result = run_env(*self.args, FORCE_COLOR="1", NO_COLOR="1")
         assert result.returncode == 0 and colour_codes(result.stdout) == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="common.make_console passes force_terminal=None for --color never, so FORCE_COLOR still makes rich "
-        "emit bold; fix: force_terminal=False when color == 'never'",
-    )
     def test_color_never_prints_no_escape_at_all_even_with_force_color(self) -> None:
         result = run_env(*self.args, "--color", "never", FORCE_COLOR="1")
         assert "\x1b[" not in result.stdout

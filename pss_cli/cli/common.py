@@ -70,19 +70,20 @@ class Ui:
 
 
 def make_console(color: str, *, stderr: bool) -> Console:
-    """A console per run (NO_COLOR is read when one is built). Piped output is never cut to 80 columns."""
+    """A console per run (NO_COLOR is read when one is built).
+
+    Piped output is never cut to fit a width: COLUMNS describes a terminal, and a pipe has none (some libraries
+    export COLUMNS=80 into every child process, which would otherwise fold every path in the report).
+    """
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    is_tty = stream.isatty()
-    width = None
-    if not is_tty and "COLUMNS" not in os.environ:
-        width = 100_000
+    width = None if stream.isatty() else 100_000
     return Console(
         stderr=stderr,
         highlight=False,
         no_color=True if color == "never" else None,
-        force_terminal=True if color == "always" else None,
+        force_terminal={"always": True, "never": False}.get(color),
         width=width,
         soft_wrap=False,
     )

@@ -55,7 +55,9 @@ def main() -> None:
     if extra_fds:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_NOFILE, (extra_fds + 1024, extra_fds + 1024))
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert hard >= extra_fds + 100, f"RLIMIT_NOFILE hard limit {hard} is too low for {extra_fds} fds"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         null = os.open(os.devnull, os.O_RDONLY)
         extra = [os.dup(null) for _ in range(extra_fds)]
         assert len(extra) == extra_fds

@@ -262,7 +262,7 @@ def _own_tids() -> list[int]:
 def _dumpable(pid: int, target_uids: list[int]) -> bool:
     """A non-dumpable process's /proc files belong to root (task_dump_owner), whatever user it runs as."""
     try:
-        owner = os.stat(f"/proc/{pid}").st_uid
+        owner = os.stat(f"/proc/{pid}/status").st_uid  # the /proc/PID directory itself keeps the real owner
     except OSError:
         return True
     return not (owner == 0 and target_uids and target_uids[1] != 0)
