@@ -389,6 +389,8 @@ class Doctor:
     # -- privileges -------------------------------------------------------------------------------------------
 
     def check_linux_privileges(self) -> None:
+        if sys.platform != "linux":  # mypy --platform win32 skips what follows
+            raise OSError(errno.ENOSYS, "Linux only")
         status = proc_status("self")
         cap_eff = int(status.get("CapEff", "0"), 16)
         has_ptrace = bool(cap_eff >> CAP_SYS_PTRACE & 1)
@@ -486,6 +488,8 @@ class Doctor:
     # -- kernel probes on our own child -----------------------------------------------------------------------
 
     def check_linux_kernel(self, child: Child) -> None:
+        if sys.platform != "linux":  # mypy --platform win32 skips what follows
+            raise OSError(errno.ENOSYS, "Linux only")
         release = platform.release()
         major, minor = kernel_version(release)
         if (major, minor) >= (5, 6):
@@ -539,6 +543,8 @@ class Doctor:
             )
 
     def probe_memfd(self) -> None:
+        if sys.platform != "linux":  # mypy --platform win32 skips what follows
+            raise OSError(errno.ENOSYS, "Linux only")
         noexec = True
         with self.probe("memfd_create with seals", "a 3.17+ kernel (memfd_create, F_ADD_SEALS)") as detail:
             try:
@@ -634,6 +640,8 @@ class Doctor:
 
     def probe_ptrace(self, lib: ctypes.CDLL, pid: int, *, options: int) -> str:
         """Seize, interrupt, read the stop with PTRACE_GET_SYSCALL_INFO, detach. The child runs on untouched."""
+        if sys.platform != "linux":  # mypy --platform win32 skips what follows
+            raise OSError(errno.ENOSYS, "Linux only")
         if lib.ptrace(PTRACE_SEIZE, pid, None, ctypes.c_void_p(options)) != 0:
             raise os_error("PTRACE_SEIZE")
         stopped = False
