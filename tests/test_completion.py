@@ -254,3 +254,18 @@ def test_bad_pid_and_handle_arguments_are_usage_errors() -> None:
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_committed_bash_script_completes_a_snapshot_fd_in_real_bash(holder: Holder) -> None:
+    """bash sources completions/pss-dup.bash and runs its completion function as TAB would."""
+    script = (
+        f"source {ROOT / 'completions' / 'pss-dup.bash'}\n"
+        f"COMP_WORDS=(pss-dup free {holder.pid} ''); COMP_CWORD=3\n"
+        "_pss_dup_completion pss-dup\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    env = {**os.environ, "PATH": f"{Path(PSS_DUP).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(holder.snapshot_fd)]
