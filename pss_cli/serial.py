@@ -54,6 +54,11 @@ def to_dict(obj: object) -> dict[str, Any]:
     return _encode_dataclass(obj)
 
 
+def to_json(value: object) -> Any:
+    """Any model value (a dataclass, an enum or flag, a tuple, bytes) as JSON-ready data, by to_dict's rules."""
+    return _encode(value)
+
+
 def _is_dataclass_instance(obj: object) -> bool:
     return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
 

@@ -6,6 +6,7 @@ documented exit code (errors.ExitCode), and Ctrl-C exits 130 after the lower lay
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
@@ -70,4 +71,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         # The reader went away (`| head`): quiet exit, and no second error when Python flushes stdout at exit.
         sys.stdout = None
         sys.exit(ExitCode.OK)
+    except Exception as exc:
+        # A bug of ours, not the user's input: still one line and a documented code; PSS_DUP_DEBUG shows where.
+        if os.environ.get("PSS_DUP_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (set PSS_DUP_DEBUG=1 for details, and please report it)",
+             ExitCode.FAILED)  # fmt: skip
     sys.exit(result if isinstance(result, int) else ExitCode.OK)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pss_cli.errors import PssError
 from pss_cli.model import DuplicateResult, FreeResult, Snapshot
 from pss_cli.render.jsonout import emit, error_record
-from pss_cli.serial import to_dict
+from pss_cli.serial import to_dict, to_json
 
 if TYPE_CHECKING:
     from pss_cli.cli.common import Ui
@@ -52,7 +52,7 @@ def duplicated(ui: Ui, result: DuplicateResult, snap: Snapshot | None, source_ha
                 "inherit": result.inherit,
                 "access": [to_dict(a) for a in result.access if a.role == "target"],
             },
-            "captured": to_dict(snap.flags) if snap else None,
+            "captured": to_json(snap.flags) if snap else None,
             "timings": {
                 "capture_ms": capture_ms,
                 "source_stopped_ms": source_stopped,

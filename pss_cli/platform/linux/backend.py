@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pss_cli.errors import AccessDenied, NoSuchProcess, ProcessGone, PssError
 from pss_cli.model import (
@@ -26,7 +27,8 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform import LocalSnapshot
-from pss_cli.platform.linux import access, elfcore, memfd, procfs
+from pss_cli.platform.linux import access, elfcore, inject, memfd, procfs
+from pss_cli.platform.linux.freeze import FrozenProcess
 
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
@@ -116,8 +118,6 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
         stopped_ms: float | None = None
         handles_ms = va_ms = None
         if flags & FREEZE_FLAGS:
-            from pss_cli.platform.linux.freeze import FrozenProcess
-
             with FrozenProcess(
                 pid,
                 timeout=timeout,
@@ -167,11 +167,10 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
     return LinuxSnapshot(model, auxv)
 
 
-def thread_entries(proc: procfs.ProcDir, frozen: object, before: dict[int, ThreadEntry]) -> Iterator[ThreadEntry]:
+def thread_entries(
+    proc: procfs.ProcDir, frozen: FrozenProcess, before: dict[int, ThreadEntry]
+) -> Iterator[ThreadEntry]:
     """Threads that were frozen, with the state they had before the freeze and the registers read during it."""
-    from pss_cli.platform.linux.freeze import FrozenProcess
-
-    assert isinstance(frozen, FrozenProcess)
     for tid in frozen.tids:
         entry = before.get(tid)
         if entry is None:  # born during the freeze: read it now, if it still lives
@@ -185,6 +184,11 @@ def thread_entries(proc: procfs.ProcDir, frozen: object, before: dict[int, Threa
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
         yield entry
+
+
+def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
+    """The check made on a local copy of another process's fd before it is handed on, closed or read."""
+    return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
 
 
 class LinuxBackend:
@@ -208,8 +212,6 @@ class LinuxBackend:
         force: bool,
         timeout: float,
     ) -> DuplicateResult:
-        from pss_cli.platform.linux import inject
-
         access.require_supported_arch()
         access_used = [AccessUse(pid=target_pid, role="target", names=PUSH_ACCESS)]
         actions: list[str] = []
@@ -230,7 +232,7 @@ class LinuxBackend:
                 with os_errors(source_pid, "read the snapshot handle"):
                     local_fd = inject.get_remote_fd(source_pid, source_handle)
                 owned = True
-                memfd.verify_snapshot_fd(local_fd)
+                snapshot_check(source_pid, source_handle)(local_fd)
                 actions.append(f"checked fd {source_handle} of process {source_pid}: a sealed pss-dup snapshot")
             if dry_run:
                 with os_errors(target_pid, "duplicate"):
@@ -256,7 +258,11 @@ class LinuxBackend:
             if close_source and source_handle is not None:
                 with os_errors(source_pid, "close the source handle"):
                     inject.close_remote_fd(
-                        source_pid, source_handle, verify=memfd.verify_snapshot_fd, force=force, timeout=timeout
+                        source_pid,
+                        source_handle,
+                        verify=snapshot_check(source_pid, source_handle),
+                        force=force,
+                        timeout=timeout,
                     )
                 closed = True
                 actions.append(f"closed fd {source_handle} in process {source_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
@@ -277,15 +283,13 @@ class LinuxBackend:
                 os.close(local_fd)
 
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
-        from pss_cli.platform.linux import inject
-
         access.require_supported_arch()
         used = (AccessUse(pid=pid, role="holder", names=PUSH_ACCESS),)
         with os_errors(pid, "free"):
             if dry_run:
                 local = inject.get_remote_fd(pid, handle)
                 try:
-                    memfd.verify_snapshot_fd(local)
+                    snapshot_check(pid, handle)(local)
                 finally:
                     os.close(local)
                 actions = (
@@ -293,7 +297,9 @@ class LinuxBackend:
                     *inject.dry_run_close(pid, handle, force=force),
                 )
                 return FreeResult(pid=pid, handle=handle, access=used, dry_run=True, stopped_ms=None, actions=actions)
-            stopped = inject.close_remote_fd(pid, handle, verify=memfd.verify_snapshot_fd, force=force, timeout=timeout)
+            stopped = inject.close_remote_fd(
+                pid, handle, verify=snapshot_check(pid, handle), force=force, timeout=timeout
+            )
         return FreeResult(
             pid=pid,
             handle=handle,
@@ -304,14 +310,12 @@ class LinuxBackend:
         )
 
     def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
-        from pss_cli.platform.linux import inject
-
         if pid == os.getpid():
             return self.open_snapshot(handle)
         with os_errors(pid, "read the snapshot handle"):
             local = inject.get_remote_fd(pid, handle)
         try:
-            return memfd.read_snapshot_fd(local)
+            return memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
         finally:
             os.close(local)
 

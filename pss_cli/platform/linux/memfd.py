@@ -91,69 +91,71 @@ def _memfd_create(name: str) -> int:
         raise OperationFailed(f"memfd_create failed: {exc.strerror}") from exc
 
 
-def verify_snapshot_fd(fd: int) -> None:
+def verify_snapshot_fd(fd: int, *, label: str | None = None) -> None:
     """BadSnapshot unless `fd` is a sealed memfd whose content starts as a pss-dup core of a known version.
 
     Cheap: fstat, the /proc/self/fd link, F_GET_SEALS, and the ELF and note headers. This is the check made
     before a snapshot that some process holds is handed on or closed.
     """
-    size = _sealed_memfd_size(fd)
-    with _ReadOnlyMapping(fd, size) as mapping:
+    label = label or f"fd {fd}"
+    size = _sealed_memfd_size(fd, label)
+    with _ReadOnlyMapping(fd, size, label) as mapping:
         try:
             elfcore.read_version(mapping)
         except BadSnapshot as exc:
-            raise BadSnapshot(f"fd {fd}: {exc}") from None
+            raise BadSnapshot(f"{label}: {exc}") from None
 
 
-def read_snapshot_fd(fd: int) -> Snapshot:
+def read_snapshot_fd(fd: int, *, label: str | None = None) -> Snapshot:
     """The model from a snapshot fd (the receiver side): checked as by verify_snapshot_fd, mapped, parsed."""
-    return read_core_fd(fd).snapshot
+    return read_core_fd(fd, label=label).snapshot
 
 
-def read_core_fd(fd: int) -> elfcore.ParsedCore:
+def read_core_fd(fd: int, *, label: str | None = None) -> elfcore.ParsedCore:
     """Everything the core in a snapshot fd holds (model, raw register notes, auxv, PT_LOAD table)."""
-    size = _sealed_memfd_size(fd)
-    with _ReadOnlyMapping(fd, size) as mapping:
+    label = label or f"fd {fd}"
+    size = _sealed_memfd_size(fd, label)
+    with _ReadOnlyMapping(fd, size, label) as mapping:
         try:
             return elfcore.read_core(mapping)
         except BadSnapshot as exc:
-            raise BadSnapshot(f"fd {fd}: {exc}") from None
+            raise BadSnapshot(f"{label}: {exc}") from None
 
 
-def _sealed_memfd_size(fd: int) -> int:
+def _sealed_memfd_size(fd: int, label: str) -> int:
     """The size of `fd` after checking that it is a memfd with every snapshot seal, so mapping it is safe."""
     try:
         st = os.fstat(fd)
     except OSError as exc:
-        raise BadSnapshot(f"fd {fd} is not an open file descriptor ({exc.strerror})") from None
+        raise BadSnapshot(f"{label} is not an open file descriptor ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BadSnapshot(f"fd {fd} is not a pss-dup snapshot: not a regular file (a {_kind(st.st_mode)})")
+        raise BadSnapshot(f"{label} is not a pss-dup snapshot: not a regular file (a {_kind(st.st_mode)})")
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         target = None  # no /proc: the seal check below still refuses ordinary files
     if target is not None and not target.startswith("/memfd:"):
-        raise BadSnapshot(f"fd {fd} is not a pss-dup snapshot: not a memfd ({target[:200]!r})")
+        raise BadSnapshot(f"{label} is not a pss-dup snapshot: not a memfd ({target[:200]!r})")
     try:
         seals = fcntl.fcntl(fd, F_GET_SEALS)
     except OSError:
-        raise BadSnapshot(f"fd {fd} is not a pss-dup snapshot: the file cannot carry seals") from None
+        raise BadSnapshot(f"{label} is not a pss-dup snapshot: the file cannot carry seals") from None
     missing = SNAPSHOT_SEALS & ~seals
     if missing:
-        raise BadSnapshot(f"fd {fd} is not a pss-dup snapshot: not sealed (missing seals {_seal_names(missing)})")
+        raise BadSnapshot(f"{label} is not a pss-dup snapshot: not sealed (missing seals {_seal_names(missing)})")
     if st.st_size < elfcore.EHDR.size:
-        raise BadSnapshot(f"fd {fd} is not a pss-dup snapshot: {st.st_size} bytes is too short for an ELF core")
+        raise BadSnapshot(f"{label} is not a pss-dup snapshot: {st.st_size} bytes is too short for an ELF core")
     return st.st_size
 
 
 class _ReadOnlyMapping:
     """A read-only private mapping of a sealed memfd, always unmapped."""
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, label: str) -> None:
         try:
             self.mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
         except OSError as exc:
-            raise BadSnapshot(f"fd {fd}: cannot map the snapshot ({exc.strerror})") from None
+            raise BadSnapshot(f"{label}: cannot map the snapshot ({exc.strerror})") from None
 
     def __enter__(self) -> mmap.mmap:
         return self.mapping
