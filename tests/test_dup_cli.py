@@ -1,0 +1,166 @@
+"""`pss-dup dup`, `inspect` and `free` end to end: real processes, the installed command, and the receiver reading
+the snapshot from inside with the library API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import TARGETS, Target, proc_status, reap, run_cli
+
+NOBODY = 65534
+
+
+class Receiver:
+    def __init__(self, *prefix: str) -> None:
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, str(TARGETS / "receiver.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(TARGETS.parent),
+        )
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def open(self, fd: int) -> dict[str, Any]:
+        """Asks the receiver to open fd with pss_cli.open_snapshot, from inside, and returns its answer."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{fd}\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def fds(self) -> set[int]:
+        return {int(n) for n in os.listdir(f"/proc/{self.pid}/fd")}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        reap(r.proc)
+
+
+def dup_json(*args: str) -> dict[str, Any]:
+    result = run_cli("dup", *args, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    record: dict[str, Any] = json.loads(result.stdout)["results"][0]
+    return record
+
+
+def test_dup_gives_the_target_a_snapshot_it_reads_from_inside(target: Target, receiver: Receiver) -> None:
+    record = dup_json(str(target.pid), str(receiver.pid))
+    assert record["target"]["pid"] == receiver.pid
+    fd = record["target"]["handle"]
+    assert os.readlink(f"/proc/{receiver.pid}/fd/{fd}") == "/memfd:pss-snapshot (deleted)"
+    seen = receiver.open(fd)
+    assert seen["ok"], seen
+    assert seen["pid"] == target.pid and seen["threads"] >= 4 and seen["handles"] >= 5
+    assert seen["inheritable"] is False
+    assert record["timings"]["target_stopped_ms"] > 0 and record["timings"]["source_stopped_ms"] > 0
+    assert {a["role"] for a in record["source"]["access"] + record["target"]["access"]} == {"source", "target"}
+    for pid in (target.pid, receiver.pid):
+        assert proc_status(pid)["TracerPid"] == "0"
+    assert target.echo("after-dup") == "echo:after-dup"
+
+
+def test_inherit_leaves_the_fd_without_close_on_exec(target: Target, receiver: Receiver) -> None:
+    record = dup_json(str(target.pid), str(receiver.pid), "--inherit", "--flags", "0")
+    assert receiver.open(record["target"]["handle"])["inheritable"] is True
+
+
+def test_inspect_reports_the_snapshot_another_process_holds(target: Target, receiver: Receiver) -> None:
+    fd = dup_json(str(target.pid), str(receiver.pid))["target"]["handle"]
+    result = run_cli("inspect", str(receiver.pid), str(fd), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    snap = json.loads(result.stdout)["results"][0]["snapshot"]
+    assert snap["process"]["pid"] == target.pid
+    assert snap["process"]["environ"]["PSS_TEST_MARKER"] == "marker-value-42"
+    table = run_cli("inspect", str(receiver.pid), str(fd))
+    assert table.returncode == 0 and "pss-worker-0" in table.stdout
+
+
+def test_handle_hands_on_and_close_source_closes_it(target: Target, receiver: Receiver) -> None:
+    fd = dup_json(str(target.pid), str(receiver.pid))["target"]["handle"]
+    other = Receiver()
+    try:
+        record = dup_json(str(receiver.pid), str(other.pid), "--handle", str(fd), "--close-source")
+        assert record["source"]["closed"] is True
+        assert fd not in receiver.fds()
+        seen = other.open(record["target"]["handle"])
+        assert seen["ok"] and seen["pid"] == target.pid
+    finally:
+        reap(other.proc)
+
+
+def test_handle_that_is_not_a_snapshot_is_refused_untouched(target: Target, receiver: Receiver) -> None:
+    result = run_cli("dup", str(target.pid), str(receiver.pid), "--handle", str(target.info["file_fd"]))
+    assert result.returncode == 8
+    assert f"fd {target.info['file_fd']} of process {target.pid} is not a pss-dup snapshot" in result.stderr
+    before = receiver.fds()
+    result = run_cli("free", str(target.pid), str(target.info["pipe"][0]))
+    assert result.returncode == 8
+    assert target.info["pipe"][0] in {int(n) for n in os.listdir(f"/proc/{target.pid}/fd")}
+    assert receiver.fds() == before
+
+
+def test_free_closes_the_snapshot_and_nothing_else(target: Target, receiver: Receiver) -> None:
+    before = receiver.fds()
+    fd = dup_json(str(target.pid), str(receiver.pid), "--flags", "0")["target"]["handle"]
+    assert receiver.fds() == before | {fd}
+    dry = run_cli("free", str(receiver.pid), str(fd), "--dry-run", "-o", "json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["results"][0]["dry_run"] is True
+    assert fd in receiver.fds()
+    result = run_cli("free", str(receiver.pid), str(fd), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    assert receiver.fds() == before
+    assert receiver.open(fd)["ok"] is False
+
+
+def test_dry_run_dup_changes_nothing(target: Target, receiver: Receiver) -> None:
+    before = receiver.fds()
+    result = run_cli("dup", str(target.pid), str(receiver.pid), "--dry-run", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)["results"][0]
+    assert record["dry_run"] is True and record["target"]["handle"] is None
+    assert any("socketpair" in a or "PTRACE_SEIZE" in a for a in record["actions"])
+    assert receiver.fds() == before
+
+
+def test_target_running_as_nobody_receives_and_reads_the_snapshot(target: Target) -> None:
+    nobody = Receiver("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+    try:
+        record = dup_json(str(target.pid), str(nobody.pid))
+        seen = nobody.open(record["target"]["handle"])
+        assert seen["ok"] and seen["pid"] == target.pid
+    finally:
+        reap(nobody.proc)
+
+
+def test_dup_into_a_process_that_does_not_exist_exits_3(target: Target) -> None:
+    result = run_cli("dup", str(target.pid), str(2**22 + 777))
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+
+
+def test_close_source_without_handle_is_a_usage_error(target: Target, receiver: Receiver) -> None:
+    result = run_cli("dup", str(target.pid), str(receiver.pid), "--close-source")
+    assert result.returncode == 2 and "--handle" in result.stderr
+
+
+def test_receiver_api_refuses_an_fd_that_is_not_a_snapshot(receiver: Receiver) -> None:
+    seen = receiver.open(0)
+    assert seen == {"ok": False, "error": seen["error"], "code": 8}
+    assert "not a pss-dup snapshot" in seen["error"]
