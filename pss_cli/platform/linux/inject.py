@@ -147,6 +147,8 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
     try:
         chosen, name, state, warnings = choose_thread(pid, pidfd, force=force, tid=tid)
+        if chosen != pid:
+            pidfd = swap_for_thread_pidfd(pidfd, chosen)
         suspend = False
         if access.seccomp_mode(pid) == access.SECCOMP_MODE_FILTER:
             if not access.has_capability(access.CAP_SYS_ADMIN) or access.seccomp_mode(os.getpid()) != 0:
@@ -157,10 +159,10 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
                     pid=pid,
                 )
             suspend = True
-        maps = read_maps(pid)
+        maps = read_maps(pid, chosen)
         blocked_pc, blocked_name = blocked_site(pid, chosen)
-        vdso = find_syscall_insn(pid, maps, "[vdso]")
-        libc = None if vdso is not None else find_syscall_insn(pid, maps, "libc")
+        vdso = find_syscall_insn(chosen, maps, "[vdso]")
+        libc = None if vdso is not None else find_syscall_insn(chosen, maps, "libc")
         return InjectionPlan(
             pid=pid,
             tid=chosen,
@@ -174,7 +176,7 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
             blocked_name=blocked_name,
             vdso_insn=vdso,
             libc_insn=libc,
-            go_runtime=is_go_program(pid),
+            go_runtime=is_go_program(pid, chosen),
         )
     except FileNotFoundError:
         os.close(pidfd)
@@ -230,6 +232,31 @@ def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tupl
     return (*fallback, (hazards[0],))
 
 
+def swap_for_thread_pidfd(pidfd: int, tid: int) -> int:
+    """A pidfd for thread `tid` instead of the process: once the leader has exited, only a live thread's pidfd
+    reaches the fd table (PIDFD_THREAD, 6.9+; older kernels keep the process pidfd)."""
+    try:
+        thread_pidfd = ptrace.pidfd_open(tid, ptrace.PIDFD_THREAD)
+    except OSError:
+        return pidfd
+    os.close(pidfd)
+    return thread_pidfd
+
+
+def open_fd_table(pid: int) -> int:
+    """A pidfd through which pidfd_getfd reaches the process's fds, even when its group leader has exited."""
+    pidfd = ptrace.pidfd_open(pid)
+    try:
+        if access.read_stat(pid)[1][0] not in "ZX":
+            return pidfd
+        for name in os.listdir(f"/proc/{pid}/task"):
+            if int(name) != pid and access.read_stat(pid, int(name))[1][0] not in "ZX":
+                return swap_for_thread_pidfd(pidfd, int(name))
+    except (OSError, IndexError):
+        pass
+    return pidfd
+
+
 def shares_fd_table(pid: int, tid: int) -> bool:
     try:
         return ptrace.kcmp_files(pid, tid)
@@ -237,8 +264,9 @@ def shares_fd_table(pid: int, tid: int) -> bool:
         return False
 
 
-def read_maps(pid: int) -> tuple[Mapping, ...]:
-    with open(f"/proc/{pid}/maps", "rb") as f:
+def read_maps(pid: int, tid: int) -> tuple[Mapping, ...]:
+    """The memory map, through the chosen thread (a group leader that has exited shows an empty one)."""
+    with open(f"/proc/{pid}/task/{tid}/maps", "rb") as f:
         raw = f.read()
     result = []
     for line in raw.decode("utf-8", "surrogateescape").splitlines():
@@ -257,7 +285,7 @@ def blocked_site(pid: int, tid: int) -> tuple[int | None, str | None]:
         return None, None
     nr, _args, _sp, pc = blocked
     try:
-        if ptrace.process_vm_readv(pid, pc - 2, 2) != SYSCALL_INSN:
+        if ptrace.process_vm_readv(tid, pc - 2, 2) != SYSCALL_INSN:
             return None, None
     except OSError:
         return None, None
@@ -266,9 +294,10 @@ def blocked_site(pid: int, tid: int) -> tuple[int | None, str | None]:
     return pc, syscall_name(nr)
 
 
-def find_syscall_insn(pid: int, maps: tuple[Mapping, ...], which: str) -> int | None:
+def find_syscall_insn(tid: int, maps: tuple[Mapping, ...], which: str) -> int | None:
     """The address of a `0f 05` byte pair in the [vdso] (or libc's code): the CPU decodes it as `syscall` when rip
-    points there, whatever instruction it belongs to."""
+    points there, whatever instruction it belongs to. Memory is read through the thread (`tid`): a group leader
+    that has exited has no memory of its own any more."""
     for m in maps:
         if "x" not in m.perms or not m.perms.startswith("r"):
             continue
@@ -280,7 +309,7 @@ def find_syscall_insn(pid: int, maps: tuple[Mapping, ...], which: str) -> int | 
         while offset < m.end:
             size = min(64 * 1024, m.end - offset)
             try:
-                chunk = ptrace.process_vm_readv(pid, offset, size)
+                chunk = ptrace.process_vm_readv(tid, offset, size)
             except OSError:
                 break
             found = chunk.find(SYSCALL_INSN)
@@ -290,10 +319,10 @@ def find_syscall_insn(pid: int, maps: tuple[Mapping, ...], which: str) -> int | 
     return None
 
 
-def is_go_program(pid: int) -> bool:
+def is_go_program(pid: int, tid: int) -> bool:
     """Go runs goroutines on small heap-allocated stacks: the memory below rsp may belong to someone else."""
     try:
-        with open(f"/proc/{pid}/exe", "rb") as f:
+        with open(f"/proc/{pid}/task/{tid}/exe", "rb") as f:
             header = f.read(64)
             if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
                 return False
@@ -434,14 +463,14 @@ class Injector:
             if plan.blocked_pc == rip:
                 return rip - 2
             try:
-                if ptrace.process_vm_readv(self.pid, rip - 2, 2) == SYSCALL_INSN:
+                if ptrace.process_vm_readv(self.tid, rip - 2, 2) == SYSCALL_INSN:
                     return rip - 2
             except OSError:
                 pass
         if plan.vdso_insn is not None:
             return plan.vdso_insn
         if plan.libc_insn is None:
-            plan.libc_insn = find_syscall_insn(self.pid, plan.maps, "libc")
+            plan.libc_insn = find_syscall_insn(self.tid, plan.maps, "libc")
         if plan.libc_insn is not None:
             return plan.libc_insn
         raise NotSupported(
@@ -453,7 +482,7 @@ class Injector:
         start = (rsp - RED_ZONE - SCRATCH_SIZE) & ~15
         if self.plan.stack_scratch_ok(start, rsp):
             try:
-                self._scratch_saved = ptrace.process_vm_readv(self.pid, start, SCRATCH_SIZE)
+                self._scratch_saved = ptrace.process_vm_readv(self.tid, start, SCRATCH_SIZE)
             except OSError:
                 pass
             else:
@@ -469,7 +498,7 @@ class Injector:
     def _restore_memory(self) -> None:
         if self._scratch_saved is not None:
             saved, self._scratch_saved = self._scratch_saved, None
-            ptrace.process_vm_writev(self.pid, self.scratch, saved)
+            ptrace.process_vm_writev(self.tid, self.scratch, saved)
         if self._scratch_mapped:
             self._scratch_mapped = False
             check(self.syscall(ptrace.SYS_munmap, self.scratch, PAGE_SIZE), "munmap")
@@ -526,10 +555,10 @@ class Injector:
     # -- memory and fds of the target --
 
     def read(self, address: int, size: int) -> bytes:
-        return ptrace.process_vm_readv(self.pid, address, size)
+        return ptrace.process_vm_readv(self.tid, address, size)
 
     def write(self, address: int, data: bytes) -> None:
-        ptrace.process_vm_writev(self.pid, address, data)
+        ptrace.process_vm_writev(self.tid, address, data)
 
     def getfd(self, remote_fd: int) -> int:
         """A local copy of the target's fd `remote_fd` (pidfd_getfd, O_CLOEXEC); EBADF if it has none."""
@@ -680,7 +709,7 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
 def get_remote_fd(pid: int, fd: int) -> int:
     """A local copy (O_CLOEXEC) of fd `fd` of process `pid`, to read another process's snapshot; nothing stops."""
     try:
-        pidfd = ptrace.pidfd_open(pid)
+        pidfd = open_fd_table(pid)
     except ProcessLookupError:
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
     try:

@@ -273,9 +273,13 @@ def peek_exited(tid: int) -> bool:
 # ---- pidfds, other processes' memory, signals ----------------------------------------------------------------
 
 
-def pidfd_open(pid: int) -> int:
+#: pidfd_open flag (6.9+): a pidfd for one thread, whose fd table pidfd_getfd then reads.
+PIDFD_THREAD: Final = os.O_EXCL
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
     """pidfd_open (5.3+); no access check beyond seeing the pid."""
-    return os.pidfd_open(pid)
+    return os.pidfd_open(pid, flags)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
