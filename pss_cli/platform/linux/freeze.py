@@ -517,6 +517,12 @@ class FrozenProcess:
         if exc_type is None and self.exited and not self._alive():
             raise ProcessGone(f"process {self.pid} exited while it was frozen", pid=self.pid)
 
+    def call(self, job: Callable[[], T]) -> T:
+        """Run `job` on the tracer thread that holds every frozen thread, where ptrace requests for them must be
+        made (the VA clone injects into one of them). Only between entry and exit."""
+        assert self._session is not None, "FrozenProcess.call outside the freeze"
+        return self._session.call(job)
+
     # -- on the tracer thread --
 
     def _list_tasks(self) -> list[int]:
