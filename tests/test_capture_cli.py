@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -242,26 +243,67 @@ def test_process_exiting_during_capture_is_reported_not_crashed() -> None:
     assert 3 in codes
 
 
-def test_ctrl_c_during_capture_restores_the_process_and_exits_130() -> None:
-    # 15,000 fds make the frozen part of the capture long enough to interrupt it for sure.
-    t = start_target("20", "15000")
+VFORK_PARENT = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/wait.h>
+int main(void) {
+    printf("ready\n");
+    fflush(stdout);
+    pid_t child = vfork();
+    if (child == 0) { sleep(60); _exit(0); }
+    waitpid(child, 0, 0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def vfork_parent(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A process whose only thread waits in vfork: no ptrace stop can reach it until its child exits."""
+    source = tmp_path / "vfork.c"
+    source.write_text(VFORK_PARENT)
+    subprocess.run(["gcc", "-O0", "-o", str(tmp_path / "vfork"), str(source)], check=True)
+    proc = subprocess.Popen([str(tmp_path / "vfork")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout and proc.stdout.readline().strip() == "ready"
+    children: list[str] = []
+    deadline = time.monotonic() + 5
+    while not children and time.monotonic() < deadline:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     try:
-        cli = subprocess.Popen([PSS_DUP, "capture", str(t.pid), "-o", "json"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-        deadline = time.monotonic() + 20
-        while proc_status(t.pid)["TracerPid"] == "0" and time.monotonic() < deadline:
-            time.sleep(0.001)
-        tracer = proc_status(t.pid)["TracerPid"]
-        assert tracer != "0" and os.path.exists(f"/proc/{cli.pid}/task/{tracer}"), "the capture never froze the target"
-        cli.send_signal(signal.SIGINT)
-        _, err = cli.communicate(timeout=30)
-        assert cli.returncode == 130, err
-        assert "Traceback" not in err and "interrupted" in err
-        status = proc_status(t.pid)
-        assert status["TracerPid"] == "0" and status["State"][0] in "SR"
-        assert t.echo("after-interrupt") == "echo:after-interrupt"
+        yield proc
     finally:
-        reap(t.proc)
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+        reap(proc)
+
+
+def test_timeout_while_freezing_restores_the_process_and_exits_124(vfork_parent: subprocess.Popen[str]) -> None:
+    started = time.monotonic()
+    result = run_cli("capture", str(vfork_parent.pid), "--timeout", "1")
+    assert result.returncode == 124, result.stderr
+    assert time.monotonic() - started < 10
+    assert result.stderr.count("\n") == 1
+    status = proc_status(vfork_parent.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] != "t"
+
+
+def test_ctrl_c_during_capture_restores_the_process_and_exits_130(vfork_parent: subprocess.Popen[str]) -> None:
+    cli = subprocess.Popen([PSS_DUP, "capture", str(vfork_parent.pid), "--timeout", "30"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while proc_status(vfork_parent.pid)["TracerPid"] == "0" and time.monotonic() < deadline:
+        time.sleep(0.005)
+    tracer = proc_status(vfork_parent.pid)["TracerPid"]
+    assert tracer != "0" and os.path.exists(f"/proc/{cli.pid}/task/{tracer}"), "the capture never seized the target"
+    interrupted = time.monotonic()
+    cli.send_signal(signal.SIGINT)
+    _, err = cli.communicate(timeout=30)
+    assert cli.returncode == 130, err
+    assert time.monotonic() - interrupted < 5, "Ctrl-C waited for the freeze timeout"
+    assert "Traceback" not in err and "interrupted" in err
+    status = proc_status(vfork_parent.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] != "t"
 
 
 def test_python_m_entry_point_works(sleeper: subprocess.Popen[bytes]) -> None:

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import click
 
+from pss_cli._version import __version__
 from pss_cli.errors import EXIT_CODE_HELP, ExitCode, PssError
 
 EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(
@@ -23,7 +24,7 @@ EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog=EXIT_CODES_EPILOG,
 )
-@click.version_option(package_name="pss-dup", prog_name="pss-dup")
+@click.version_option(__version__, prog_name="pss-dup")
 def cli() -> None:
     """Capture a snapshot of a running process, hand it to another process, and report what happened.
 

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from pss_cli._version import __version__
 from pss_cli.errors import PssError
 from pss_cli.model import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from pss_cli.cli.common import Ui
-
-
-def tool_version() -> str:
-    try:
-        return version("pss-dup")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def error_record(exc: PssError) -> dict[str, Any]:
@@ -48,7 +41,7 @@ def emit(ui: Ui, records: list[dict[str, Any]]) -> None:
     document = {
         "schema_version": SCHEMA_VERSION,
         "tool": "pss-dup",
-        "version": tool_version(),
+        "version": __version__,
         "command": ui.command,
         "ok": all(r.get("status") == "ok" for r in records),
         "results": records,

@@ -100,8 +100,9 @@ def open_proc(pid: int) -> procfs.ProcDir:
 def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
     """PssCaptureSnapshot on Linux.
 
-    What does not depend on the frozen instant (command line, environment, auxv, each thread's scheduler state)
-    is read before the freeze, so the process is stopped only for registers, the fd table and the memory map.
+    Everything that can be read while the process runs is read first (command line, environment, auxv, each
+    thread's scheduler state, the fd table, the memory map); the freeze then reads registers and re-checks the
+    fd table and the memory map, reading again only what changed, so the process is stopped as briefly as possible.
     """
     access.require_supported_arch()
     started = time.perf_counter()
@@ -117,6 +118,21 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
         threads: tuple[ThreadEntry, ...] | None = None
         stopped_ms: float | None = None
         handles_ms = va_ms = None
+        # The fd table and the memory map are read in full while the process runs, then checked again while it
+        # is frozen: only what changed in between is read under the freeze.
+        reader = procfs.HandleReader(
+            proc,
+            names=bool(flags & CaptureFlags.HANDLE_NAME_INFORMATION),
+            basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
+            type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
+        )
+        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION)
+        t = time.perf_counter()
+        handles_before = reader.read_all() if flags & CaptureFlags.HANDLES else {}
+        handles_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.HANDLES else None
+        t = time.perf_counter()
+        va_before = procfs.read_va_space(proc, section_info=section_info) if flags & CaptureFlags.VA_SPACE else ()
+        va_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.VA_SPACE else None
         if flags & FREEZE_FLAGS:
             with FrozenProcess(
                 pid,
@@ -126,20 +142,10 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
                 want_xstate=bool(flags & CaptureFlags.THREAD_CONTEXT_EXTENDED),
             ) as frozen:
                 if flags & CaptureFlags.HANDLES:
-                    t = time.perf_counter()
-                    handles = procfs.read_handles(
-                        proc,
-                        names=bool(flags & CaptureFlags.HANDLE_NAME_INFORMATION),
-                        basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
-                        type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
-                    )
-                    handles_ms = (time.perf_counter() - t) * 1000
+                    handles = reader.refresh(handles_before)
                 if flags & CaptureFlags.VA_SPACE:
-                    t = time.perf_counter()
-                    va_space = procfs.read_va_space(
-                        proc, section_info=bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION)
-                    )
-                    va_ms = (time.perf_counter() - t) * 1000
+                    unchanged = procfs.map_keys(proc) == procfs.region_keys(va_before)
+                    va_space = va_before if unchanged else procfs.read_va_space(proc, section_info=section_info)
             stopped_ms = frozen.stopped_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))

@@ -78,6 +78,20 @@ class ProcDir:
         finally:
             os.close(fd)
 
+    def read_small(self, name: str) -> bytes:
+        """A file that fits in one page (stat, fdinfo): one read instead of a loop."""
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        try:
+            data = os.read(fd, 4096)
+            while len(data) % 4096 == 0 and data:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+            return data
+        finally:
+            os.close(fd)
+
     def read_text(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
 
@@ -437,31 +451,66 @@ def format_inet(field: str) -> str:
     return f"{text}:{int(port, 16)}"
 
 
-def read_handles(proc: ProcDir, *, names: bool, basic: bool, type_specific: bool) -> tuple[HandleEntry, ...]:
-    """The fd table. `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
-    entries = []
+@dataclass
+class HandleReader:
+    """Reads fd table entries; `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
+
+    proc: ProcDir
+    names: bool
+    basic: bool
+    type_specific: bool
     sockets: dict[int, SocketInfo] | None = None
-    for name in proc.listdir("fd"):
-        fd = int(name)
+
+    def read_all(self) -> dict[int, HandleEntry]:
+        entries = {}
+        for name in self.proc.listdir("fd"):
+            entry = self.read(int(name))
+            if entry is not None:
+                entries[entry.handle] = entry
+        return entries
+
+    def refresh(self, before: dict[int, HandleEntry]) -> tuple[HandleEntry, ...]:
+        """The table now, reusing entries read earlier for fd numbers that are still open.
+
+        Called while the process is frozen, after a full read while it ran: only fds opened in between are read
+        again, so the frozen part costs one directory listing. An fd closed and reopened under the same number in
+        between keeps its earlier entry; that window is the capture's own duration.
+        """
+        entries = []
+        for name in self.proc.listdir("fd"):
+            fd = int(name)
+            entry = before.get(fd) or self.read(fd)
+            if entry is not None:
+                entries.append(entry)
+        entries.sort(key=lambda e: e.handle)
+        return tuple(entries)
+
+    def read(self, fd: int) -> HandleEntry | None:
+        """One entry, or None when the fd was closed while we read it."""
+        proc = self.proc
         try:
             target = proc.readlink(f"fd/{fd}")
-            try:
-                st: os.stat_result | None = os.stat(f"fd/{fd}", dir_fd=proc.fd)
-            except OSError:
-                st = None
-            info, repeated = parse_fdinfo(proc.read(f"fdinfo/{fd}")) if basic or type_specific else ({}, [])
+            st = None
+            if target.startswith("/"):  # only a path needs stat to tell a file from a directory, FIFO or device
+                try:
+                    st = os.stat(f"fd/{fd}", dir_fd=proc.fd)
+                except OSError:
+                    st = None
+            info, repeated = (
+                parse_fdinfo(proc.read_small(f"fdinfo/{fd}")) if self.basic or self.type_specific else ({}, [])
+            )
         except FileNotFoundError:
-            continue  # closed while we read; the table is a snapshot only while the process is frozen
+            return None
         kind, link_name, inode = classify_link(target, st.st_mode if st else None)
         flags = HandleFlags.HAVE_TYPE
         open_flags = int(info["flags"], 8) if "flags" in info else None
         extra: list[tuple[str, str | int]] = []
-        if type_specific:
+        if self.type_specific:
             flags |= HandleFlags.HAVE_TYPE_SPECIFIC_INFORMATION
             if kind is HandleType.SOCKET and inode is not None:
-                if sockets is None:
-                    sockets = read_sockets(proc)
-                sock = sockets.get(inode)
+                if self.sockets is None:
+                    self.sockets = read_sockets(proc)
+                sock = self.sockets.get(inode)
                 if sock:
                     extra.append(("family", sock.family))
                     extra.extend(sock.detail)
@@ -470,28 +519,26 @@ def read_handles(proc: ProcDir, *, names: bool, basic: bool, type_specific: bool
                 if seals is not None:
                     extra.append(("seals", seal_names(seals)))
             extra.extend(type_specific_fields(kind, info, repeated))
-        if basic:
+        if self.basic:
             flags |= HandleFlags.HAVE_BASIC_INFORMATION
-        if names:
+        if self.names:
             flags |= HandleFlags.HAVE_NAME
-        entries.append(
-            HandleEntry(
-                handle=fd,
-                type=kind,
-                type_name=target.split(":", 1)[0] if ":" in target and not target.startswith("/") else kind.value,
-                name=decode(os.fsencode(link_name)) if names and link_name is not None else None,
-                flags=flags,
-                close_on_exec=bool(open_flags & O_CLOEXEC) if open_flags is not None else None,
-                open_flags=open_flags if basic else None,
-                position=int(info["pos"]) if basic and "pos" in info else None,
-                inode=inode if inode is not None else (st.st_ino if st else None),
-                device=st.st_dev if st else None,
-                mount_id=int(info["mnt_id"]) if basic and "mnt_id" in info else None,
-                type_specific=tuple(extra),
-            )
+        if inode is None and "ino" in info:
+            inode = int(info["ino"])
+        return HandleEntry(
+            handle=fd,
+            type=kind,
+            type_name=target.split(":", 1)[0] if ":" in target and not target.startswith("/") else kind.value,
+            name=decode(os.fsencode(link_name)) if self.names and link_name is not None else None,
+            flags=flags,
+            close_on_exec=bool(open_flags & O_CLOEXEC) if open_flags is not None else None,
+            open_flags=open_flags if self.basic else None,
+            position=int(info["pos"]) if self.basic and "pos" in info else None,
+            inode=inode if inode is not None else (st.st_ino if st else None),
+            device=st.st_dev if st else None,
+            mount_id=int(info["mnt_id"]) if self.basic and "mnt_id" in info else None,
+            type_specific=tuple(extra),
         )
-    entries.sort(key=lambda e: e.handle)
-    return tuple(entries)
 
 
 def type_specific_fields(
@@ -537,6 +584,19 @@ def protection_of(perms: str, file_backed: bool) -> MemoryProtection:
     if w:
         return MemoryProtection.WRITECOPY if cow else MemoryProtection.READWRITE
     return MemoryProtection.READONLY if r else MemoryProtection.NOACCESS
+
+
+def map_keys(proc: ProcDir) -> list[tuple[int, int, str, str | None]]:
+    """(start, end, perms, path) of every mapping, from /proc/PID/maps: cheap, no page-table walk."""
+    keys = []
+    for line in proc.read_text("maps").splitlines():
+        start, end, perms, _, _, _, path = parse_maps_line(line)
+        keys.append((start, end, perms, path))
+    return keys
+
+
+def region_keys(regions: Iterable[VaRegion]) -> list[tuple[int, int, str, str | None]]:
+    return [(r.base, r.end, r.perms, r.mapped_file) for r in regions]
 
 
 def read_va_space(proc: ProcDir, *, section_info: bool) -> tuple[VaRegion, ...]:
