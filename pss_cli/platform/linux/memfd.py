@@ -67,6 +67,21 @@ def create_sealed(
     return fd
 
 
+def create_unsealed(name: str = MEMFD_NAME) -> int:
+    """A new, empty, not yet sealed snapshot memfd (close-on-exec), for writers that fill it with pwrite: letting
+    the write allocate the shmem pages is cheaper than faulting in a mapping for gigabytes of memory. Seal it
+    with `seal` once written."""
+    return _memfd_create(name)
+
+
+def seal(fd: int) -> None:
+    """Add every snapshot seal: from here on nobody can change, grow or shrink the memfd."""
+    try:
+        fcntl.fcntl(fd, F_ADD_SEALS, SNAPSHOT_SEALS)
+    except OSError as exc:
+        raise OperationFailed(f"could not seal the snapshot memfd: {exc.strerror}") from exc
+
+
 def _map_for_writing(fd: int, size: int, *, prefault: bool) -> mmap.mmap:
     try:
         os.ftruncate(fd, size)
