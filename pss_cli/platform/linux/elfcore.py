@@ -157,13 +157,19 @@ def segments_from_va_space(snapshot: Snapshot) -> tuple[LoadSegment, ...]:
 
 
 def plan_core(
-    snapshot: Snapshot, auxv: bytes | None = None, segments: Sequence[LoadSegment] | None = None
+    snapshot: Snapshot,
+    auxv: bytes | None = None,
+    segments: Sequence[LoadSegment] | None = None,
+    *,
+    data_offset: int = 0,
 ) -> CoreLayout:
     """Lay out the core: render headers and notes, and place every PT_LOAD (page-aligned file offsets).
 
     `segments` None means one empty PT_LOAD per VA region (segments_from_va_space); pass your own to carry
-    memory. `auxv` is the raw /proc/PID/auxv (NT_AUXV, which gdb needs to find shared libraries). Raises
-    ValueError for values that cannot be laid out (a tid outside i32, a segment outside the 64-bit space).
+    memory. `auxv` is the raw /proc/PID/auxv (NT_AUXV, which gdb needs to find shared libraries). `data_offset`
+    places the memory no earlier than that offset, so that memory written before the model was complete (a copy
+    made while the process was frozen) keeps its place whatever the notes' final size. Raises ValueError for
+    values that cannot be laid out (a tid outside i32, a segment outside the 64-bit space).
     """
     segs = segments_from_va_space(snapshot) if segments is None else tuple(segments)
     for seg in segs:
@@ -177,7 +183,7 @@ def plan_core(
     notes_offset = (shoff + SHDR.size) if extended else phoff + phnum * PHDR.size
     notes_end = notes_offset + len(notes)
 
-    cursor = _align(notes_end, ELF_EXEC_PAGESIZE) if any(s.filesz for s in segs) else notes_end
+    cursor = _align(max(notes_end, data_offset), ELF_EXEC_PAGESIZE) if any(s.filesz for s in segs) else notes_end
     placed = []
     for seg in segs:
         placed.append(PlacedSegment(seg, cursor))
