@@ -6,6 +6,11 @@ and injecting), elfcore.py and memfd.py (the snapshot container). OS errors are 
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 import contextlib
 import dataclasses
 import functools

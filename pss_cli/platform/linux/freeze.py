@@ -17,6 +17,11 @@ Three kernel rules shape this module:
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 import _thread
 import contextlib
 import ctypes

@@ -14,6 +14,11 @@ that check everything those would need without stopping anything.
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 import ctypes
 import errno
 import os

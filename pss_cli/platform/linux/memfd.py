@@ -7,6 +7,11 @@ change, or that the file shrinks under the mapping (SIGBUS), while it reads them
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 import errno
 import fcntl
 import mmap

@@ -7,6 +7,11 @@ module as OSError; the backend translates them once.
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 import os
 import stat
 from collections.abc import Iterable, Iterator

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
 X86_64_SYSCALLS: dict[int, str] = {
     0: "read",
     1: "write",
