@@ -118,7 +118,7 @@ def test_threads_born_during_the_freeze_are_caught(c_target: Callable[..., Targe
             time.sleep(0.005)  # a thread that escaped would spawn (or be born) now
             again = tids(target.pid)
             states = {state(target.pid, t) for t in again if os.path.exists(f"/proc/{target.pid}/task/{t}")}
-        assert listed == again == set(frozen.tids), (listed ^ set(frozen.tids))
+        assert listed == again == set(frozen.tids), listed ^ set(frozen.tids)
         assert states == {"t"}
     assert_untraced(target.pid)
     ping(target)
@@ -242,7 +242,7 @@ def test_non_dumpable_target_is_explained(spawn: Callable[..., Target]) -> None:
     )
     target = spawn(["/usr/bin/python3", "-c", script], user=65534, group=65534, extra_groups=[])
     assert target.line() == "ready"
-    assert os.stat(f"/proc/{target.pid}").st_uid == 0  # what a non-dumpable process looks like from outside
+    assert os.stat(f"/proc/{target.pid}/status").st_uid == 0  # what a non-dumpable process looks like from outside
     code = (
         "from pss_cli.platform.linux.freeze import FrozenProcess\nfrom pss_cli.errors import PssError\n"
         f"try:\n    FrozenProcess({target.pid}, timeout=5, want_regs=True, want_fp=False, want_xstate=False)"

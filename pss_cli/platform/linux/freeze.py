@@ -235,12 +235,16 @@ def poll_status(tid: int, *, peek_exit: bool) -> int:
     return status
 
 
-def pause_for_stop(deadline: float) -> bool:
-    """Sleep until a SIGCHLD (a tracee stopped or exited) or a short slice passes; False once past the deadline."""
+def pause_for_stop(deadline: float, *, interruptible: bool = True) -> bool:
+    """Sleep until a SIGCHLD (a tracee stopped or exited) or a short slice passes; False once past the deadline.
+
+    `interruptible=False` while a thread runs an injected system call: it has our registers then, and giving up
+    before it stops again would leave it running with them. Such a call takes microseconds; Ctrl-C waits for it.
+    """
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return False
-    if _STOP_REQUESTS & signal.sigpending():
+    if interruptible and _STOP_REQUESTS & signal.sigpending():
         # Ctrl-C (or SIGTERM/SIGHUP) while a thread will not stop: give up now, not at the deadline. The caller
         # lets go of every thread; the signal itself is delivered once the tool's mask is restored.
         raise Interrupted("interrupted while waiting for a thread to stop; every thread was let go")
@@ -287,8 +291,19 @@ def _parent_of(pid: int) -> int:
         return 0
 
 
+PF_EXITING: Final = 0x00000004
+
+
 def _seize_refused(pid: int, tid: int, what: str) -> Exception:
-    """The typed error for EPERM from PTRACE_SEIZE: someone else traces the thread, or the rules deny us."""
+    """The typed error for EPERM from PTRACE_SEIZE: the thread is exiting, someone else traces it, or the rules
+    deny us."""
+    try:
+        _comm, fields = access.read_stat(pid, tid)
+        exiting = fields[0] in "ZX" or bool(int(fields[6]) & PF_EXITING)
+    except (OSError, IndexError, ValueError):
+        exiting = True
+    if exiting:  # the kernel refuses to attach to a task on its way out (exit_state, PF_EXITING)
+        return ProcessGone(f"process {pid} exited while pss-dup was stopping it", pid=pid)
     try:
         tracer = access.tracer_of(pid, tid)
     except OSError:
@@ -366,8 +381,11 @@ class SeizedThread:
         self.stopped = True
         self.note_stop(status)
 
-    def wait(self, deadline: float) -> int:
-        """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline."""
+    def wait(self, deadline: float, *, interruptible: bool = True) -> int:
+        """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline.
+
+        Interrupted on Ctrl-C/SIGTERM/SIGHUP while waiting, unless `interruptible` is False (see pause_for_stop).
+        """
         while True:
             status = poll_status(self.tid, peek_exit=self._peek_exit)
             if status >= 0:
@@ -376,7 +394,7 @@ class SeizedThread:
                 self.gone = True
                 self.stopped = False
                 raise ProcessGone(f"process {self.pid} exited while pss-dup held thread {self.tid}", pid=self.pid)
-            if not pause_for_stop(deadline):
+            if not pause_for_stop(deadline, interruptible=interruptible):
                 raise Timeout(
                     f"thread {self.tid} {describe_stuck_thread(self.pid, self.tid)} of process {self.pid} did not "
                     f"stop within {self.timeout:g} s; pss-dup let go of it",

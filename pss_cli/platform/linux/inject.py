@@ -540,7 +540,7 @@ class Injector:
         held, tid, ip, out = self._held, self.tid, self.syscall_ip, self._out
         assert held is not None
         while True:
-            status = held.wait(deadline)
+            status = held.wait(deadline, interruptible=False)
             event = ptrace.stop_event(status)
             held.in_signal_stop = event == 0
             if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
