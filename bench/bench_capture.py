@@ -72,14 +72,16 @@ def timed(func: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-def capture_runs(pid: int, flags: CaptureFlags, runs: int) -> tuple[list[float], list[float]]:
-    totals, stopped = [], []
+def capture_runs(pid: int, flags: CaptureFlags, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """Total capture time, time stopped, and the time spent on the fd table alone (0 when not captured)."""
+    totals, stopped, handles = [], [], []
     for _ in range(runs):
         t = time.perf_counter()
         snap = pss_cli.capture(pid, flags, timeout=30)
         totals.append((time.perf_counter() - t) * 1000)
         stopped.append(snap.performance.stopped_ms or 0.0)
-    return totals, stopped
+        handles.append(snap.performance.handles_ms or 0.0)
+    return totals, stopped, handles
 
 
 def line(label: str, values: list[float]) -> str:
@@ -97,14 +99,25 @@ def case(
     proc = start(code)
     try:
         p = psutil.Process(proc.pid)
-        totals, stopped = capture_runs(proc.pid, flags, runs)
-        peer = timed(lambda: peer_call(p), runs)
+        peer: list[float] = []
+        totals: list[float] = []
+        stopped: list[float] = []
+        handles: list[float] = []
+        for _ in range(runs):  # interleaved, so that machine noise falls on both sides alike
+            t, s, h = capture_runs(proc.pid, flags, 1)
+            totals += t
+            stopped += s
+            handles += h
+            peer += timed(lambda: peer_call(p), 1)
         print(f"{title}  (pid {proc.pid}, flags {flags!r})")
         print(line("pss-dup capture, total", totals))
         print(line("pss-dup capture, target stopped", stopped))
+        if flags & CaptureFlags.HANDLES:
+            print(line("pss-dup capture, fd table part", handles))
         print(line(f"psutil {psutil_label}", peer))
-        ratio = statistics.median(totals) / statistics.median(peer)
-        print(f"  ratio capture/psutil: {ratio:.2f}")
+        print(f"  ratio capture total/psutil: {statistics.median(totals) / statistics.median(peer):.2f}")
+        if flags & CaptureFlags.HANDLES:
+            print(f"  ratio fd table part/psutil: {statistics.median(handles) / statistics.median(peer):.2f}")
     finally:
         stop(proc)
 

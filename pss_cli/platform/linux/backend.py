@@ -32,7 +32,7 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform import LocalSnapshot
-from pss_cli.platform.linux import access, elfcore, inject, memfd, procfs
+from pss_cli.platform.linux import access, elfcore, inject, memfd, memory, procfs, vaclone
 from pss_cli.platform.linux.freeze import FrozenProcess
 
 #: What a capture asks of the kernel, for the report's access column.
@@ -64,12 +64,17 @@ def os_errors(pid: int, what: str) -> Iterator[None]:
 
 
 class LinuxSnapshot:
-    """A snapshot this process holds: the model, and the sealed memfd built from it on first use."""
+    """A snapshot this process holds: the model, and the sealed memfd built from it on first use.
 
-    def __init__(self, model: Snapshot, auxv: bytes | None) -> None:
+    With memory (PSS_CAPTURE_VA_CLONE) `memory` holds its source (the VA clone, or the copy made while frozen):
+    building the memfd copies the memory in and ends the clone; `write_core` writes a core file instead.
+    """
+
+    def __init__(self, model: Snapshot, auxv: bytes | None, memory: vaclone.MemoryGrab | None = None) -> None:
         self._model = model
         self._auxv = auxv
         self._fd: int | None = None
+        self._memory = memory
 
     @property
     def model(self) -> Snapshot:
@@ -77,14 +82,33 @@ class LinuxSnapshot:
 
     def handle(self) -> int:
         if self._fd is None:
-            layout = elfcore.plan_core(self._model, self._auxv)
-            self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
+            if self._memory is not None:
+                with os_errors(self._model.process.pid, "copy the memory"):
+                    self._fd = self._memory.build_snapshot(self._model, self._auxv)
+                self._model = self._memory.finished(self._model)
+            else:
+                layout = elfcore.plan_core(self._model, self._auxv)
+                self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
         return self._fd
 
+    def write_core(self, fd: int) -> Snapshot:
+        """Write the snapshot as a core file into `fd` (an empty output file); the model as finally reported."""
+        if self._memory is None:
+            memory.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
+            return self._model
+        with os_errors(self._model.process.pid, "copy the memory"):
+            self._memory.write_file(fd, self._model, self._auxv)
+        self._model = self._memory.finished(self._model)
+        return self._model
+
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        try:
+            if self._memory is not None:
+                self._memory.release()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> LinuxSnapshot:
         return self
@@ -102,7 +126,14 @@ def open_proc(pid: int) -> procfs.ProcDir:
         raise access.explain_denied(pid, "open /proc") from None
 
 
-def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
+def capture(
+    pid: int,
+    flags: CaptureFlags,
+    *,
+    timeout: float,
+    clone_method: str = vaclone.METHOD_CLONE,
+    progress: memory.Progress | None = None,
+) -> LinuxSnapshot:
     """PssCaptureSnapshot on Linux.
 
     Everything that can be read while the process runs is read first (command line, environment, auxv, each
@@ -112,9 +143,12 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
     access.require_supported_arch()
     started = time.perf_counter()
     captured_at = time.time()
-    with open_proc(pid) as proc, os_errors(pid, "capture"):
+    grab: vaclone.MemoryGrab | None = None
+    with open_proc(pid) as proc, os_errors(pid, "capture"), _released_on_error(lambda: grab):
         access.check_traceable(pid)
-        info = procfs.read_process_info(proc)
+        if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
+            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress)
+        info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
         before = {tid: procfs.read_thread(proc, tid) for tid in procfs.list_tids(proc)} if want_threads else {}
@@ -131,14 +165,14 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
             basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
             type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
         )
-        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION)
+        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and grab is None
         t = time.perf_counter()
         handles_before = reader.read_all() if flags & CaptureFlags.HANDLES else {}
         handles_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.HANDLES else None
         t = time.perf_counter()
         va_before = procfs.read_va_space(proc, section_info=section_info) if flags & CaptureFlags.VA_SPACE else ()
         va_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.VA_SPACE else None
-        if flags & FREEZE_FLAGS:
+        if flags & FREEZE_FLAGS or grab is not None:
             with FrozenProcess(
                 pid,
                 timeout=timeout,
@@ -151,6 +185,8 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
                 if flags & CaptureFlags.VA_SPACE:
                     unchanged = procfs.map_keys(proc) == procfs.region_keys(va_before)
                     va_space = va_before if unchanged else procfs.read_va_space(proc, section_info=section_info)
+                if grab is not None:
+                    grab.during_freeze(frozen, va_space)
             stopped_ms = frozen.stopped_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
@@ -175,7 +211,23 @@ def capture(pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
             va_space_ms=va_ms,
         ),
     )
-    return LinuxSnapshot(model, auxv)
+    if grab is not None:
+        with os_errors(pid, "capture"), _released_on_error(lambda: grab):
+            model = grab.after_thaw(model)
+    return LinuxSnapshot(model, auxv, grab)
+
+
+@contextlib.contextmanager
+def _released_on_error(grab: Callable[[], vaclone.MemoryGrab | None]) -> Iterator[None]:
+    """A capture that fails after the VA clone was made kills and reaps the clone before the error goes up."""
+    try:
+        yield
+    except BaseException:
+        held = grab()
+        if held is not None:
+            with contextlib.suppress(Exception):
+                held.release()
+        raise
 
 
 def thread_entries(

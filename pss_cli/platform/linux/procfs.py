@@ -12,7 +12,10 @@ import sys
 # Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
 assert sys.platform == "linux"
 
+import functools
+import itertools
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -166,7 +169,7 @@ def read_stat(proc: ProcDir) -> tuple[str, list[bytes]]:
     return split_stat(proc.read("stat"))
 
 
-def read_process_info(proc: ProcDir, *, with_environ: bool = True) -> ProcessInfo:
+def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles: bool = True) -> ProcessInfo:
     """PSS_PROCESS_INFORMATION for a Linux process. Raises OSError when /proc says no."""
     comm, fields = read_stat(proc)
     status = parse_status(proc.read("status"))
@@ -197,7 +200,7 @@ def read_process_info(proc: ProcDir, *, with_environ: bool = True) -> ProcessInf
         exit_status=None,
         affinity=affinity(proc.pid),
         thread_count=int(fields[17]),
-        handle_count=count_fds(proc),
+        handle_count=count_fds(proc) if count_handles else None,
         virtual_size=status_kib(status, "VmSize"),
         peak_virtual_size=status_kib(status, "VmPeak"),
         working_set_size=status_kib(status, "VmRSS"),
@@ -332,6 +335,8 @@ SEAL_NAMES = ((0x1, "SEAL"), (0x2, "SHRINK"), (0x4, "GROW"), (0x8, "WRITE"), (0x
 
 def classify_link(target: str, mode: int | None) -> tuple[HandleType, str | None, int | None]:
     """(type, name, inode) for a /proc/PID/fd link target such as `socket:[123]` or `/memfd:x (deleted)`."""
+    if target.startswith("/"):
+        return classify_path(target, mode)
     for prefix, kind in (("socket:[", HandleType.SOCKET), ("pipe:[", HandleType.PIPE)):
         if target.startswith(prefix) and target.endswith("]"):
             return kind, target, int(target[len(prefix) : -1])
@@ -340,8 +345,12 @@ def classify_link(target: str, mode: int | None) -> tuple[HandleType, str | None
         return kind, target, None
     if target.startswith("pidfd:"):
         return HandleType.PIDFD, target, None
-    if target.startswith("/memfd:") and mode is not None and stat.S_ISREG(mode):
-        return HandleType.MEMFD, target, None
+    return HandleType.UNKNOWN, target, None
+
+
+def classify_path(target: str, mode: int | None) -> tuple[HandleType, str | None, int | None]:
+    if mode is not None and stat.S_ISREG(mode):
+        return (HandleType.MEMFD if target.startswith("/memfd:") else HandleType.FILE), target, None
     if mode is None:
         return HandleType.UNKNOWN, target, None
     if stat.S_ISDIR(mode):
@@ -359,13 +368,14 @@ def parse_fdinfo(raw: bytes) -> tuple[dict[str, str], list[str]]:
     """fdinfo's `key: value` lines, plus the repeated per-target lines (epoll `tfd:`, inotify `inotify wd:`)."""
     fields: dict[str, str] = {}
     repeated: list[str] = []
-    for line in raw.decode("utf-8", "backslashreplace").splitlines():
-        if line.startswith(("tfd:", "inotify ", "fanotify ")):
-            repeated.append(line)
-            continue
+    for line in raw.decode("utf-8", "backslashreplace").split("\n"):
         key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
+        if not sep:
+            continue
+        if key == "tfd" or key.startswith(("inotify ", "fanotify ")):
+            repeated.append(line)
+        else:
+            fields[key] = value.lstrip()
     return fields, repeated
 
 
@@ -465,6 +475,15 @@ class HandleReader:
     basic: bool
     type_specific: bool
     sockets: dict[int, SocketInfo] | None = None
+    flags: HandleFlags = HandleFlags.HAVE_TYPE
+
+    def __post_init__(self) -> None:
+        if self.names:
+            self.flags |= HandleFlags.HAVE_NAME
+        if self.basic:
+            self.flags |= HandleFlags.HAVE_BASIC_INFORMATION
+        if self.type_specific:
+            self.flags |= HandleFlags.HAVE_TYPE_SPECIFIC_INFORMATION
 
     def read_all(self) -> dict[int, HandleEntry]:
         entries = {}
@@ -491,59 +510,65 @@ class HandleReader:
         return tuple(entries)
 
     def read(self, fd: int) -> HandleEntry | None:
-        """One entry, or None when the fd was closed while we read it."""
-        proc = self.proc
+        """One entry, or None when the fd was closed while we read it. Runs once per fd: kept lean."""
+        dir_fd = self.proc.fd
+        link = f"fd/{fd}"
         try:
-            target = proc.readlink(f"fd/{fd}")
+            target = os.readlink(link, dir_fd=dir_fd)
+            is_path = target.startswith("/")
             st = None
-            if target.startswith("/"):  # only a path needs stat to tell a file from a directory, FIFO or device
+            if is_path:  # only a path needs stat to tell a file from a directory, FIFO or device
                 try:
-                    st = os.stat(f"fd/{fd}", dir_fd=proc.fd)
+                    st = os.stat(link, dir_fd=dir_fd)
                 except OSError:
                     st = None
-            info, repeated = (
-                parse_fdinfo(proc.read_small(f"fdinfo/{fd}")) if self.basic or self.type_specific else ({}, [])
-            )
+            if self.basic or self.type_specific:
+                info, repeated = parse_fdinfo(self.proc.read_small(f"fdinfo/{fd}"))
+            else:
+                info, repeated = {}, []
         except FileNotFoundError:
             return None
         kind, link_name, inode = classify_link(target, st.st_mode if st else None)
-        flags = HandleFlags.HAVE_TYPE
         open_flags = int(info["flags"], 8) if "flags" in info else None
-        extra: list[tuple[str, str | int]] = []
-        if self.type_specific:
-            flags |= HandleFlags.HAVE_TYPE_SPECIFIC_INFORMATION
-            if kind is HandleType.SOCKET and inode is not None:
-                if self.sockets is None:
-                    self.sockets = read_sockets(proc)
-                sock = self.sockets.get(inode)
-                if sock:
-                    extra.append(("family", sock.family))
-                    extra.extend(sock.detail)
-            elif kind is HandleType.MEMFD:
-                seals = memfd_seals(proc, fd)
-                if seals is not None:
-                    extra.append(("seals", seal_names(seals)))
-            extra.extend(type_specific_fields(kind, info, repeated))
-        if self.basic:
-            flags |= HandleFlags.HAVE_BASIC_INFORMATION
-        if self.names:
-            flags |= HandleFlags.HAVE_NAME
+        extra: tuple[tuple[str, str | int], ...] = ()
+        if self.type_specific and kind is not HandleType.FILE:
+            extra = tuple(self.type_specific_info(fd, kind, inode, info, repeated))
         if inode is None and "ino" in info:
             inode = int(info["ino"])
+        name = None
+        if self.names and link_name is not None:
+            name = link_name if link_name.isascii() else decode(os.fsencode(link_name))
+        basic = self.basic
         return HandleEntry(
             handle=fd,
             type=kind,
-            type_name=target.split(":", 1)[0] if ":" in target and not target.startswith("/") else kind.value,
-            name=decode(os.fsencode(link_name)) if self.names and link_name is not None else None,
-            flags=flags,
+            type_name=kind.value if is_path or ":" not in target else target.split(":", 1)[0],
+            name=name,
+            flags=self.flags,
             close_on_exec=bool(open_flags & O_CLOEXEC) if open_flags is not None else None,
-            open_flags=open_flags if self.basic else None,
-            position=int(info["pos"]) if self.basic and "pos" in info else None,
+            open_flags=open_flags if basic else None,
+            position=int(info["pos"]) if basic and "pos" in info else None,
             inode=inode if inode is not None else (st.st_ino if st else None),
             device=st.st_dev if st else None,
-            mount_id=int(info["mnt_id"]) if self.basic and "mnt_id" in info else None,
-            type_specific=tuple(extra),
+            mount_id=int(info["mnt_id"]) if basic and "mnt_id" in info else None,
+            type_specific=extra,
         )
+
+    def type_specific_info(
+        self, fd: int, kind: HandleType, inode: int | None, info: dict[str, str], repeated: list[str]
+    ) -> Iterator[tuple[str, str | int]]:
+        if kind is HandleType.SOCKET and inode is not None:
+            if self.sockets is None:
+                self.sockets = read_sockets(self.proc)
+            sock = self.sockets.get(inode)
+            if sock:
+                yield "family", sock.family
+                yield from sock.detail
+        elif kind is HandleType.MEMFD:
+            seals = memfd_seals(self.proc, fd)
+            if seals is not None:
+                yield "seals", seal_names(seals)
+        yield from type_specific_fields(kind, info, repeated)
 
 
 def type_specific_fields(
@@ -578,6 +603,7 @@ def parse_maps_line(line: str) -> tuple[int, int, str, int, str, int, str | None
     return int(start, 16), int(end, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]), path
 
 
+@functools.cache
 def protection_of(perms: str, file_backed: bool) -> MemoryProtection:
     """Linux `rwxp` as a PAGE_* value; a private writable file mapping is copy-on-write, as on Windows."""
     r, w, x, private = perms[0] == "r", perms[1] == "w", perms[2] == "x", perms[3] == "p"
@@ -604,23 +630,43 @@ def region_keys(regions: Iterable[VaRegion]) -> list[tuple[int, int, str, str | 
     return [(r.base, r.end, r.perms, r.mapped_file) for r in regions]
 
 
+#: The smaps lines a VaRegion keeps, each a size in kB.
+SMAPS_SIZES = frozenset({"Rss", "Pss", "Anonymous", "Swap", "Locked"})
+SMAPS_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ", re.M)
+
+
 def read_va_space(proc: ProcDir, *, section_info: bool) -> tuple[VaRegion, ...]:
-    """The VA space from maps, or from smaps (Rss, Pss, Anonymous, Swap, Locked, VmFlags) with section info."""
+    """The VA space from maps, or from smaps (Rss, Pss, Anonymous, Swap, Locked, VmFlags) with section info.
+
+    smaps of a large process is megabytes of text; only the lines a region keeps are looked at twice.
+    """
     text = proc.read_text("smaps" if section_info else "maps")
-    raw: list[tuple[tuple[int, int, str, int, str, int, str | None], dict[str, str]]] = []
-    for line in text.splitlines():
-        head = line.split(maxsplit=1)[0] if line else ""
-        if "-" in head and ":" not in head:
-            raw.append((parse_maps_line(line), {}))
-        elif raw:
-            key, _, value = line.partition(":")
-            raw[-1][1][key] = value.strip()
-    images = {path for (_, _, perms, _, _, inode, path), _ in raw if path and inode and perms[2] == "x"}
-    return tuple(make_region(fields, smaps, images) for fields, smaps in raw)
+    raw: list[tuple[tuple[int, int, str, int, str, int, str | None], dict[str, int], str | None]] = []
+    if not section_info:
+        raw = [(parse_maps_line(line), {}, None) for line in text.splitlines()]
+    else:
+        starts = [m.start() for m in SMAPS_HEADER.finditer(text)]
+        starts.append(len(text))
+        for begin, end in itertools.pairwise(starts):
+            lines = text[begin:end].split("\n")
+            sizes: dict[str, int] = {}
+            vm_flags = None
+            for line in lines[1:]:
+                key, _, value = line.partition(":")
+                if key in SMAPS_SIZES:
+                    sizes[key] = int(value.split(None, 1)[0]) * 1024
+                elif key == "VmFlags":
+                    vm_flags = value
+            raw.append((parse_maps_line(lines[0]), sizes, vm_flags))
+    images = {path for (_, _, perms, _, _, inode, path), _, _ in raw if path and inode and perms[2] == "x"}
+    return tuple(make_region(fields, sizes, vm_flags, images) for fields, sizes, vm_flags in raw)
 
 
 def make_region(
-    fields: tuple[int, int, str, int, str, int, str | None], smaps: dict[str, str], images: Iterable[str]
+    fields: tuple[int, int, str, int, str, int, str | None],
+    sizes: dict[str, int],
+    vm_flags: str | None,
+    images: Iterable[str],
 ) -> VaRegion:
     start, end, perms, offset, dev, inode, path = fields
     file_backed = bool(inode)
@@ -630,11 +676,6 @@ def make_region(
         kind = MemoryType.MAPPED
     else:
         kind = MemoryType.PRIVATE
-
-    def kib(key: str) -> int | None:
-        value = smaps.get(key)
-        return int(value.split()[0]) * 1024 if value else None
-
     return VaRegion(
         base=start,
         size=end - start,
@@ -646,11 +687,11 @@ def make_region(
         offset=offset if file_backed else None,
         device=dev if file_backed else None,
         inode=inode if file_backed else None,
-        rss=kib("Rss"),
-        pss=kib("Pss"),
-        anonymous=kib("Anonymous"),
-        swap=kib("Swap"),
-        locked=kib("Locked"),
-        vm_flags=tuple(smaps["VmFlags"].split()) if "VmFlags" in smaps else None,
+        rss=sizes.get("Rss"),
+        pss=sizes.get("Pss"),
+        anonymous=sizes.get("Anonymous"),
+        swap=sizes.get("Swap"),
+        locked=sizes.get("Locked"),
+        vm_flags=tuple(vm_flags.split()) if vm_flags is not None else None,
         allocation_base=start,
     )
