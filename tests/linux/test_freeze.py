@@ -149,9 +149,8 @@ def test_uninterruptible_thread_times_out_and_is_let_go(c_target: Callable[..., 
     wait_until(lambda: state(target.pid) == "D", what="the vfork parent to wait in D")
     threads_before = own_threads()
     started = time.monotonic()
-    with pytest.raises(Timeout) as caught:
-        with freeze(target.pid, timeout=0.3):
-            pass
+    with pytest.raises(Timeout) as caught, freeze(target.pid, timeout=0.3):
+        pass
     assert time.monotonic() - started < 2.0
     message = str(caught.value)
     assert f"thread {target.pid}" in message and "state D" in message and "0.3 s" in message
@@ -165,21 +164,19 @@ def test_uninterruptible_thread_times_out_and_is_let_go(c_target: Callable[..., 
 def test_process_exiting_during_the_freeze_is_process_gone(c_target: Callable[..., Target]) -> None:
     target = c_target("threads", "4")
     threads_before = own_threads()
-    with pytest.raises(ProcessGone):
-        with freeze(target.pid):
-            os.kill(target.pid, signal.SIGKILL)
-            time.sleep(0.05)
+    with pytest.raises(ProcessGone), freeze(target.pid):
+        os.kill(target.pid, signal.SIGKILL)
+        time.sleep(0.05)
     assert own_threads() == threads_before
     assert target.proc.wait(timeout=5) == -signal.SIGKILL
 
 
 def test_ctrl_c_during_a_freeze_thaws_first_then_raises(c_target: Callable[..., Target]) -> None:
     target = c_target("threads", "2")
-    with pytest.raises(KeyboardInterrupt):
-        with freeze(target.pid):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)  # held back: nothing may interrupt us while the target is stopped
-            assert {state(target.pid, t) for t in tids(target.pid)} == {"t"}
+    with pytest.raises(KeyboardInterrupt), freeze(target.pid):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # held back: nothing may interrupt us while the target is stopped
+        assert {state(target.pid, t) for t in tids(target.pid)} == {"t"}
     assert_untraced(target.pid)
     ping(target)
 

@@ -250,6 +250,38 @@ def test_epoll_waiter_is_refused_without_force(blocker: Callable[..., Target], m
     assert_holds_payload(target, pushed.fd)
 
 
+@pytest.mark.parametrize(
+    ("mode", "nr"), [("semop", 65), ("sigtimedwait", 128), ("recv-timeout", 45), ("epoll", SYS_epoll_wait)]
+)
+def test_calls_that_a_stop_fails_with_eintr_are_refused(
+    blocker: Callable[..., Target], memfd: int, mode: str, nr: int
+) -> None:
+    """Each refusal is checked against reality: forced, the call does come back with EINTR."""
+    target = blocker(mode)
+    wait_blocked(target.pid, {nr})
+    with pytest.raises(Refused, match="EINTR"):
+        push(target.pid, memfd)
+    assert blocked_still(target, nr)
+    pushed = push(target.pid, memfd, force=True)
+    assert len(pushed.warnings) == 1
+    woke = target.event("woke")
+    assert woke["ret"] == -1 and woke["errno"] == errno.EINTR
+
+
+def test_inotify_read_restarts_and_is_not_refused(blocker: Callable[..., Target], memfd: int, tmp_path: Path) -> None:
+    """signal(7) lists inotify reads as EINTR-prone only up to Linux 3.7; today they restart."""
+    target = blocker("inotify", str(tmp_path))
+    wait_blocked(target.pid, {SYS_read})
+    pushed = push(target.pid, memfd)
+    assert pushed.warnings == ()
+    time.sleep(0.05)
+    assert blocked_still(target, SYS_read)
+    (tmp_path / "created").touch()
+    woke = target.event("woke")
+    assert woke["ret"] > 0 and woke["errno"] == 0
+    assert_holds_payload(target, pushed.fd)
+
+
 def test_epoll_main_thread_is_spared_when_another_thread_can_take_the_injection(
     blocker: Callable[..., Target], memfd: int
 ) -> None:

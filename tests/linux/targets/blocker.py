@@ -6,9 +6,10 @@ away by CPython (PEP 475). Reports are JSON lines on stdout; commands are lines 
     python blocker.py MODE [ARG] [--threads N] [--spin] [--exit-after S] [--seccomp-kill-socketpair]
 
 MODE is what the main thread blocks in first: read (stdin), nanosleep S, nanosleep-abs S, futex S, event S,
-poll, accept PATH, epoll. After that call returns it reports {"event": "woke", ...} and serves commands with raw
-read(2) on stdin: `check FD` (read the fd's bytes, seals and close-on-exec flag from inside), `fds`, `echo X`,
-`exit`. Every read in that loop that fails is reported, so an EINTR leaked by a ptrace stop is visible.
+poll, accept PATH, epoll, semop, sigtimedwait, recv-timeout (SO_RCVTIMEO), inotify DIR. After that call returns
+it reports {"event": "woke", ...} and serves commands with raw read(2) on stdin: `check FD` (read the fd's bytes,
+seals and close-on-exec flag from inside), `fds`, `echo X`, `exit`. Every read in that loop that fails is
+reported, so an EINTR leaked by a ptrace stop is visible.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -85,6 +87,29 @@ def block(mode: str, arg: str | None) -> dict[str, object]:
         epoll.register(0, select.EPOLLIN)
         events = (ctypes.c_uint8 * 12)()
         ret = libc.syscall(SYS_epoll_wait, epoll.fileno(), events, 1, -1)
+    elif mode == "semop":
+        SYS_semget, SYS_semop, IPC_PRIVATE, IPC_RMID = 64, 65, 0, 0
+        semid = libc.syscall(SYS_semget, IPC_PRIVATE, 1, 0o600)
+        op = (ctypes.c_short * 3)(0, -1, 0)  # sem_num 0, sem_op -1 (blocks: the value is 0), sem_flg 0
+        ret = libc.syscall(SYS_semop, semid, op, 1)
+        err = ctypes.get_errno()
+        libc.semctl(semid, 0, IPC_RMID)
+        return {"ret": ret, "errno": err if ret == -1 else 0, "elapsed": time.monotonic() - started}
+    elif mode == "sigtimedwait":
+        SYS_rt_sigtimedwait = 128
+        mask = ctypes.c_uint64(1 << (10 - 1))  # SIGUSR1, blocked below
+        libc.syscall(14, 0, ctypes.byref(mask), None, 8)  # rt_sigprocmask(SIG_BLOCK)
+        ret = libc.syscall(SYS_rt_sigtimedwait, ctypes.byref(mask), None, None, 8)
+    elif mode == "recv-timeout":
+        left, _right = socket.socketpair()  # the peer stays open: recv must block
+        left.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@qq", 60, 0))
+        buffer = ctypes.create_string_buffer(16)
+        ret = libc.recv(left.fileno(), buffer, 16, 0)
+    elif mode == "inotify":
+        fd = libc.inotify_init()
+        libc.inotify_add_watch(fd, (arg or "/tmp").encode(), 0x100)  # IN_CREATE
+        buffer = ctypes.create_string_buffer(4096)
+        ret = libc.read(fd, buffer, 4096)
     else:
         raise SystemExit(f"unknown mode {mode}")
     err = ctypes.get_errno() if ret == -1 else 0
