@@ -600,13 +600,13 @@ def _run_injected(
 ) -> tuple[T, Injector]:
     """Plan (before stopping anything), then seize, run `steps` on the tracer thread, restore; typed errors out."""
     plan = plan_injection(pid, force=force)
-    injector = Injector(pid, timeout=timeout, force=force, plan=plan)
-
-    def whole() -> T:
-        with injector:
-            return steps(injector)
-
     try:
+        injector = Injector(pid, timeout=timeout, force=force, plan=plan)
+
+        def whole() -> T:
+            with injector:
+                return steps(injector)
+
         with TracerSession() as session:
             try:
                 return session.call(whole), injector
@@ -642,8 +642,7 @@ def _push_steps(inj: Injector, local_fd: int, cloexec: bool) -> int:
     )
     sv0, sv1 = struct.unpack("<ii", inj.read(base + SV_OFFSET, 8))
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, fileno=inj.getfd(sv1)) as mine:
-            mine.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", local_fd))])
+        send_fd(inj.getfd(sv1), local_fd)
         flags = MSG_DONTWAIT | (MSG_CMSG_CLOEXEC if cloexec else 0)
         check(inj.syscall(ptrace.SYS_recvmsg, sv0, base + MSGHDR_OFFSET, flags), "recvmsg")
         return parse_rights(inj.read(base, CONTROL_OFFSET + CONTROL_SIZE))
@@ -651,6 +650,17 @@ def _push_steps(inj: Injector, local_fd: int, cloexec: bool) -> int:
         close_results = [inj.syscall(ptrace.SYS_close, sv0), inj.syscall(ptrace.SYS_close, sv1)]
         for result in close_results:
             check(result, "close")
+
+
+def send_fd(sock_fd: int, local_fd: int) -> None:
+    """Send `local_fd` over our end of the target's socketpair (SCM_RIGHTS), then close that end, whatever happens."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0, fileno=sock_fd)
+    except BaseException:
+        os.close(sock_fd)
+        raise
+    with sock:
+        sock.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", local_fd))])
 
 
 def push_block(base: int) -> bytes:
