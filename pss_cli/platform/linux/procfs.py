@@ -12,6 +12,7 @@ import sys
 # Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
 assert sys.platform == "linux"
 
+import contextlib
 import functools
 import itertools
 import os
@@ -86,20 +87,6 @@ class ProcDir:
         finally:
             os.close(fd)
 
-    def read_small(self, name: str) -> bytes:
-        """A file that fits in one page (stat, fdinfo): one read instead of a loop."""
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-        try:
-            data = os.read(fd, 4096)
-            while len(data) % 4096 == 0 and data:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                data += chunk
-            return data
-        finally:
-            os.close(fd)
-
     def read_text(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
 
@@ -112,6 +99,21 @@ class ProcDir:
             return os.listdir(fd)
         finally:
             os.close(fd)
+
+
+def read_small(dir_fd: int, name: str) -> bytes:
+    """A file that usually fits in one read (stat, fdinfo): one read instead of a loop, then a loop if not."""
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        data = os.read(fd, 8192)
+        if len(data) == 8192:
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
 
 
 def decode(raw: bytes) -> str:
@@ -364,18 +366,26 @@ def classify_path(target: str, mode: int | None) -> tuple[HandleType, str | None
     return HandleType.FILE, target, None
 
 
+FDINFO_LINE = re.compile(r"^([^:\n]+):[ \t]*(.*)$", re.M)
+REPEATED_FDINFO = ("tfd", "inotify ", "fanotify ")
+
+
 def parse_fdinfo(raw: bytes) -> tuple[dict[str, str], list[str]]:
-    """fdinfo's `key: value` lines, plus the repeated per-target lines (epoll `tfd:`, inotify `inotify wd:`)."""
+    """fdinfo's `key: value` lines, plus the repeated per-target lines (epoll `tfd:`, inotify `inotify wd:`).
+
+    One regex pass in C: this runs once per fd, and a process may hold hundreds of thousands.
+    """
+    text = raw.decode("utf-8", "backslashreplace")
+    pairs = FDINFO_LINE.findall(text)
+    if not any(marker in text for marker in REPEATED_FDINFO):
+        return dict(pairs), []
     fields: dict[str, str] = {}
     repeated: list[str] = []
-    for line in raw.decode("utf-8", "backslashreplace").split("\n"):
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        if key == "tfd" or key.startswith(("inotify ", "fanotify ")):
-            repeated.append(line)
+    for key, value in pairs:
+        if key.startswith(REPEATED_FDINFO):
+            repeated.append(f"{key}:{value}")
         else:
-            fields[key] = value.lstrip()
+            fields[key] = value
     return fields, repeated
 
 
@@ -476,6 +486,8 @@ class HandleReader:
     type_specific: bool
     sockets: dict[int, SocketInfo] | None = None
     flags: HandleFlags = HandleFlags.HAVE_TYPE
+    fd_dir: int = -1
+    fdinfo_dir: int = -1
 
     def __post_init__(self) -> None:
         if self.names:
@@ -487,11 +499,26 @@ class HandleReader:
 
     def read_all(self) -> dict[int, HandleEntry]:
         entries = {}
-        for name in self.proc.listdir("fd"):
-            entry = self.read(int(name))
-            if entry is not None:
-                entries[entry.handle] = entry
+        with self.opened():
+            for name in os.listdir(self.fd_dir):
+                entry = self.read(int(name))
+                if entry is not None:
+                    entries[entry.handle] = entry
         return entries
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[None]:
+        """Hold /proc/PID/fd and /proc/PID/fdinfo open, so each per-fd call resolves one path component only."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        self.fd_dir = os.open("fd", flags, dir_fd=self.proc.fd)
+        try:
+            self.fdinfo_dir = os.open("fdinfo", flags, dir_fd=self.proc.fd)
+            try:
+                yield
+            finally:
+                os.close(self.fdinfo_dir)
+        finally:
+            os.close(self.fd_dir)
 
     def refresh(self, before: dict[int, HandleEntry]) -> tuple[HandleEntry, ...]:
         """The table now, reusing entries read earlier for fd numbers that are still open.
@@ -501,18 +528,19 @@ class HandleReader:
         between keeps its earlier entry; that window is the capture's own duration.
         """
         entries = []
-        for name in self.proc.listdir("fd"):
-            fd = int(name)
-            entry = before.get(fd) or self.read(fd)
-            if entry is not None:
-                entries.append(entry)
+        with self.opened():
+            for name in os.listdir(self.fd_dir):
+                fd = int(name)
+                entry = before.get(fd) or self.read(fd)
+                if entry is not None:
+                    entries.append(entry)
         entries.sort(key=lambda e: e.handle)
         return tuple(entries)
 
     def read(self, fd: int) -> HandleEntry | None:
         """One entry, or None when the fd was closed while we read it. Runs once per fd: kept lean."""
-        dir_fd = self.proc.fd
-        link = f"fd/{fd}"
+        dir_fd = self.fd_dir
+        link = str(fd)
         try:
             target = os.readlink(link, dir_fd=dir_fd)
             is_path = target.startswith("/")
@@ -523,12 +551,18 @@ class HandleReader:
                 except OSError:
                     st = None
             if self.basic or self.type_specific:
-                info, repeated = parse_fdinfo(self.proc.read_small(f"fdinfo/{fd}"))
+                info, repeated = parse_fdinfo(read_small(self.fdinfo_dir, link))
             else:
                 info, repeated = {}, []
         except FileNotFoundError:
             return None
-        kind, link_name, inode = classify_link(target, st.st_mode if st else None)
+        kind: HandleType
+        link_name: str | None
+        inode: int | None
+        if st is not None and stat.S_ISREG(st.st_mode) and not target.startswith("/memfd:"):
+            kind, link_name, inode = HandleType.FILE, target, None  # the common case, without the full ladder
+        else:
+            kind, link_name, inode = classify_link(target, st.st_mode if st else None)
         open_flags = int(info["flags"], 8) if "flags" in info else None
         extra: tuple[tuple[str, str | int], ...] = ()
         if self.type_specific and kind is not HandleType.FILE:
