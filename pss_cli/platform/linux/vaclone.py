@@ -1,0 +1,653 @@
+"""PSS_CAPTURE_VA_CLONE on Linux: a copy-on-write clone of the frozen process, and the memory sources built on it.
+
+The clone is made by an injected `clone(flags=0)` in one thread of a process that FrozenProcess holds: exit signal 0
+(no SIGCHLD, invisible to a plain wait()), no CLONE_VM (a copy-on-write copy of the whole address space), no
+CLONE_FILES (its own copy of the fd table). The seized threads carry PTRACE_O_TRACECLONE, so the child is attached
+to the same tracer at birth and starts in a ptrace-stop, before it has run one instruction. It is parked at once:
+its fds closed (close_range, so pipes still see EOF and flocks are released), a session of its own (no terminal
+signals), comm "pss-vaclone", PR_SET_PDEATHSIG(SIGKILL), every signal blocked, and `pause()` at a `syscall`
+instruction the process already has; then it is let go. The source thaws right after: it was stopped for the
+freeze and the clone's page-table copy, not for a copy of its memory.
+
+Memory is then read from the clone while the source runs on. Afterwards the clone is killed through a pidfd held
+since its birth, and reaped by an injected `wait4(pid, NULL, __WALL|WNOHANG)` in the source, so no zombie is left
+in the source and no SIGCHLD reaches it. (The double-fork variant would leave the clone to init; on hosts whose
+pid 1 does not reap orphans, as here, that is a zombie for good.)
+
+`CopyMemory` is the other method (`--clone-method copy`): the memory is copied while the process stays frozen, for
+processes where injection is refused. It writes the memory into the snapshot memfd during the freeze at an offset
+reserved for the headers, which are written once the model is complete.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
+assert sys.platform == "linux"
+
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from pss_cli.errors import OperationFailed, ProcessGone, PssError, Refused, Timeout
+from pss_cli.model import MemoryCapture, Snapshot, VaRegion
+from pss_cli.platform.linux import elfcore, memfd, memory, procfs, ptrace
+from pss_cli.platform.linux.freeze import FrozenProcess, pause_for_stop, poll_status
+
+SYS_pause: Final = 34
+SYS_clone: Final = 56
+SYS_wait4: Final = 61
+SYS_setsid: Final = 112
+SYS_prctl: Final = 157
+SYS_close_range: Final = 436
+PR_SET_PDEATHSIG: Final = 1
+PR_SET_NAME: Final = 15
+CLONE_NAME: Final = b"pss-vaclone\0"
+MASK64: Final = (1 << 64) - 1
+RED_ZONE: Final = 128
+#: Return values of a system call that a signal interrupted before it did anything.
+RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
+#: Every signal blocked (the kernel leaves SIGKILL and SIGSTOP out by itself).
+ALL_SIGNALS: Final = MASK64
+
+METHOD_CLONE: Final = "clone"
+METHOD_COPY: Final = "copy"
+CLONE_METHODS: Final = (METHOD_CLONE, METHOD_COPY)
+
+
+def check(result: int, what: str) -> int:
+    if -4095 <= result < 0:
+        raise OSError(-result, f"{what}: {os.strerror(-result)}")
+    return result
+
+
+def signed64(value: int) -> int:
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+# ---- system calls in a task this tracer already holds ---------------------------------------------------------
+
+
+class HeldTask:
+    """Run system calls in a task that the current tracer thread already holds in a ptrace-stop.
+
+    inject.Injector seizes a thread of its own; here the thread is one of a FrozenProcess's (or the clone, attached
+    at birth), so the same single-step primitive runs on the freeze's tracer thread. Signals that arrive meanwhile
+    are kept in `stashed` for the caller to hand back; PTRACE_EVENT_CLONE/FORK/VFORK stops are stepped over.
+    """
+
+    def __init__(self, pid: int, tid: int, syscall_ip: int, deadline: float, *, peek_exit: bool = False) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.syscall_ip = syscall_ip
+        self.deadline = deadline
+        self.peek_exit = peek_exit
+        self.saved = ptrace.user_regs_struct()
+        self._work = ptrace.user_regs_struct()
+        self._out = ptrace.user_regs_struct()
+        self.stashed: list[int] = []
+        ptrace.get_regs(tid, self.saved)
+
+    def syscall(self, nr: int, *args: int) -> int:
+        work = self._work
+        ctypes.memmove(ctypes.addressof(work), ctypes.addressof(self.saved), ptrace.USER_REGS_SIZE)
+        padded = (*args, 0, 0, 0, 0, 0, 0)
+        work.rip, work.rax, work.orig_rax = self.syscall_ip, nr, MASK64
+        work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
+        work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
+        work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
+        result = 0
+        for _attempt in range(5):
+            ptrace.set_regs(self.tid, work)
+            ptrace.singlestep(self.tid, 0)
+            result = self._result()
+            if result not in RESTART_CODES:
+                break
+        return result
+
+    def _result(self) -> int:
+        ip, out = self.syscall_ip, self._out
+        while True:
+            status = wait_stop(self.pid, self.tid, self.deadline, peek_exit=self.peek_exit)
+            event = ptrace.stop_event(status)
+            if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
+                ptrace.get_regs(self.tid, out)
+                if out.rip == ip + 2:
+                    return signed64(out.rax)
+                if out.rip != ip:
+                    raise OperationFailed(
+                        f"thread {self.tid} of process {self.pid} stopped at {out.rip:#x} instead of after the "
+                        f"injected system call at {ip:#x}",
+                        pid=self.pid,
+                    )
+            elif event == 0:
+                self.stashed.append(os.WSTOPSIG(status))  # suppressed now; the caller re-sends it
+            ptrace.singlestep(self.tid, 0)
+
+    def restore(self) -> None:
+        """Put the original registers back; the task stays in its (signal-path) stop."""
+        ptrace.set_regs(self.tid, self.saved)
+
+
+def wait_stop(pid: int, tid: int, deadline: float, *, peek_exit: bool = False) -> int:
+    """The next ptrace-stop status of `tid` (on the tracer thread); ProcessGone or Timeout otherwise."""
+    while True:
+        status = poll_status(tid, peek_exit=peek_exit)
+        if status >= 0:
+            return status
+        if status == -2:
+            raise ProcessGone(f"process {pid} exited while pss-dup held its thread {tid}", pid=pid)
+        if not pause_for_stop(deadline):
+            raise Timeout(f"thread {tid} of process {pid} did not stop in time; pss-dup let go of it", pid=pid)
+
+
+# ---- the clone ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClonePlan:
+    """What the clone needs, read before the freeze so that the stop stays short."""
+
+    pid: int
+    tid: int
+    syscall_ip: int
+    suspend_seccomp: bool
+    #: Where the child's comm can be written for PR_SET_NAME: below the red zone of the borrowed thread's stack.
+    scratch_ok: Callable[[int, int], bool]
+    warnings: tuple[str, ...]
+
+
+def plan_clone(pid: int) -> ClonePlan:
+    """Choose the thread and the `syscall` instruction for the clone (inject.plan_injection's choice)."""
+    from pss_cli.platform.linux import inject
+
+    plan = inject.plan_injection(pid, force=True)
+    try:
+        site = plan.vdso_insn if plan.vdso_insn is not None else plan.libc_insn
+        if site is None:
+            site = inject.find_syscall_insn(pid, plan.maps, "libc")
+        if site is None:
+            raise Refused(
+                f"process {pid} has no `syscall` instruction to borrow for the VA clone; use --clone-method copy",
+                pid=pid,
+            )
+        return ClonePlan(
+            pid=pid,
+            tid=plan.tid,
+            syscall_ip=site,
+            suspend_seccomp=plan.suspend_seccomp,
+            scratch_ok=plan.stack_scratch_ok,
+            warnings=tuple(w for w in plan.warnings if "EINTR" not in w),
+        )
+    finally:
+        plan.close()
+
+
+@dataclasses.dataclass
+class VaClone:
+    """A parked clone: its pid, a pidfd held since its birth, and what making it cost."""
+
+    source_pid: int
+    pid: int
+    pidfd: int
+    clone_ms: float
+    park_ms: float
+    source_tid: int
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Signals that reached the borrowed thread during the injection; re-sent once the process is thawed.
+    stashed: list[int] = dataclasses.field(default_factory=list)
+    alive: bool = True
+
+    def resend_stashed(self) -> None:
+        for signo in self.stashed:
+            with contextlib.suppress(OSError):
+                ptrace.tgkill(self.source_pid, self.source_tid, signo)
+        self.stashed.clear()
+
+    def kill_and_reap(self, *, timeout: float) -> None:
+        """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source."""
+        if not self.alive:
+            return
+        self.alive = False
+        try:
+            with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            _wait_exit(self.pidfd, timeout)
+        finally:
+            os.close(self.pidfd)
+        reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+
+
+def _wait_exit(pidfd: int, timeout: float) -> None:
+    """A pidfd polls readable once its process has exited (is a zombie); a 1 GiB clone takes a while to unmap."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while not poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        if time.monotonic() >= deadline:
+            raise Timeout(f"the VA clone did not exit within {timeout:g} s of SIGKILL")
+
+
+def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> None:
+    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there."""
+    from pss_cli.platform.linux import inject
+    from pss_cli.platform.linux.freeze import TracerSession
+
+    try:
+        plan = inject.plan_injection(source_pid, force=True)
+    except ProcessGone:
+        return  # the source is gone; its children went to init (or the nearest subreaper)
+    injector = inject.Injector(source_pid, timeout=timeout, force=True, plan=plan)
+    result = 0
+
+    def steps() -> int:
+        with injector:
+            got = 0
+            for _ in range(200):
+                got = injector.syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
+                if got != 0:
+                    break
+                time.sleep(0.005)  # exited (pidfd said so) but not yet a zombie for wait: rare, brief
+            return got
+
+    try:
+        with TracerSession() as session:
+            result = session.call(steps)
+    except ProcessGone:
+        return
+    except OSError as exc:
+        raise inject.typed_error(source_pid, exc, "reap the VA clone") from None
+    finally:
+        plan.close()
+    if result == -errno.ECHILD:
+        warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
+    elif result != child:
+        warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+
+
+def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
+    """Inject the clone into the frozen process and park the child; on failure nothing is left behind."""
+    deadline = time.monotonic() + frozen.timeout
+    if plan.tid not in frozen.tids:
+        raise ProcessGone(f"thread {plan.tid} of process {plan.pid} exited during the freeze", pid=plan.pid)
+    return frozen.call(lambda: _clone_on_tracer(frozen, plan, deadline))
+
+
+def _clone_on_tracer(frozen: FrozenProcess, plan: ClonePlan, deadline: float) -> VaClone:
+    pid, tid = plan.pid, plan.tid
+    options = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK
+    if plan.suspend_seccomp:
+        options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
+    peek = tid == pid and _parent_of(pid) == os.getpid()
+    ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options)
+    try:
+        task = HeldTask(pid, tid, plan.syscall_ip, deadline, peek_exit=peek)
+        try:
+            return _clone_and_park(task, plan, deadline)
+        finally:
+            task.restore()
+    finally:
+        ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, ptrace.PTRACE_O_TRACECLONE)
+
+
+def _clone_and_park(task: HeldTask, plan: ClonePlan, deadline: float) -> VaClone:
+    child = 0
+    try:
+        started = time.perf_counter()
+        child = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
+        clone_ms = (time.perf_counter() - started) * 1000
+        pidfd = ptrace.pidfd_open(child)
+        try:
+            started = time.perf_counter()
+            warnings = _park(child, plan, deadline)
+            park_ms = (time.perf_counter() - started) * 1000
+        except BaseException:
+            os.close(pidfd)
+            raise
+    except BaseException:
+        if child > 0:
+            _discard_child(task, child)
+        raise
+    return VaClone(plan.pid, child, pidfd, clone_ms, park_ms, plan.tid, [*plan.warnings, *warnings], task.stashed)
+
+
+def _park(child: int, plan: ClonePlan, deadline: float) -> list[str]:
+    """The child sits in its first ptrace-stop: drop its fds, detach it from the terminal, name it, block every
+    signal, point it at pause(), let it go."""
+    status = wait_stop(child, child, deadline)
+    if ptrace.stop_event(status) != ptrace.PTRACE_EVENT_STOP:
+        raise OperationFailed(f"the VA clone {child} did not start in a ptrace-stop (status {status:#x})")
+    options = ptrace.PTRACE_O_EXITKILL  # should pss-dup die now, the clone dies too rather than run the program
+    if plan.suspend_seccomp:
+        options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
+    ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, child, 0, options)
+    task = HeldTask(child, child, plan.syscall_ip, deadline)
+    if task.saved.rax != 0:
+        raise OperationFailed(f"the VA clone {child} does not look like a fresh clone (rax={task.saved.rax:#x})")
+    warnings: list[str] = []
+    closed = task.syscall(SYS_close_range, 0, 0xFFFFFFFF, 0)
+    if closed < 0:
+        warnings.append(f"the VA clone could not close its fds (close_range: {os.strerror(-closed)})")
+    task.syscall(SYS_setsid)
+    rsp = task.saved.rsp
+    scratch = (rsp - RED_ZONE - 32) & ~15
+    if plan.scratch_ok(scratch, rsp):
+        with contextlib.suppress(OSError):
+            original = ptrace.process_vm_readv(child, scratch, len(CLONE_NAME))
+            ptrace.process_vm_writev(child, scratch, CLONE_NAME)
+            task.syscall(SYS_prctl, PR_SET_NAME, scratch)
+            ptrace.process_vm_writev(child, scratch, original)  # the clone's image stays the source's, byte for byte
+    task.syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
+    ptrace.set_sigmask(child, ALL_SIGNALS)
+    park = task.saved
+    park.rip, park.rax, park.orig_rax = plan.syscall_ip, SYS_pause, MASK64
+    park.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
+    ptrace.set_regs(child, park)
+    ptrace.detach(child, 0)
+    return warnings
+
+
+def _discard_child(task: HeldTask, child: int) -> None:
+    """A clone that could not be parked: kill it, collect it as its tracer, reap it in the (still frozen) source."""
+    with contextlib.suppress(OSError):
+        os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(OSError, PssError):
+        while True:
+            got, _ = os.waitpid(child, ptrace.__WALL)
+            if got == child:
+                break
+    with contextlib.suppress(OSError, PssError):
+        task.syscall(SYS_wait4, child, 0, ptrace.__WALL, 0)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# ---- memory sources --------------------------------------------------------------------------------------------
+
+
+class MemoryGrab:
+    """Where a snapshot's memory comes from, through the steps of a capture.
+
+    `during_freeze` runs inside FrozenProcess; `after_thaw` fills the model (regions' `dumped`, `memory`);
+    `build_snapshot` makes the sealed memfd; `write_file` writes the core into an output file; `release` ends
+    whatever the grab still holds (the clone). Every path ends in `release`.
+    """
+
+    method: str = ""
+
+    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+        self.pid = pid
+        self.timeout = timeout
+        self.progress = progress
+        self.plan: memory.MemoryPlan | None = None
+        self.stats: memory.CopyStats | None = None
+        self.warnings: list[str] = []
+
+    def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
+        raise NotImplementedError
+
+    def after_thaw(self, model: Snapshot) -> Snapshot:
+        raise NotImplementedError
+
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
+        raise NotImplementedError
+
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        pass
+
+    def finished(self, model: Snapshot) -> Snapshot:
+        """The model once the memory is copied: warnings about unreadable pages or the clone's reaping added."""
+        extra = tuple(w for w in self.warnings if w not in model.warnings)
+        return dataclasses.replace(model, warnings=(*model.warnings, *extra)) if extra else model
+
+    @property
+    def segments(self) -> tuple[elfcore.LoadSegment, ...]:
+        assert self.plan is not None
+        return self.plan.segments
+
+    def _finish_model(self, model: Snapshot, regions: Sequence[VaRegion], clone_pid: int | None) -> Snapshot:
+        plan = self.plan
+        assert plan is not None
+        capture = MemoryCapture(
+            method=self.method, bytes_captured=plan.total, regions=plan.regions_dumped, clone_pid=clone_pid
+        )
+        va_space = model.va_space
+        if va_space is not None:
+            dumped = {(r.base, r.size): d for r, d in zip(regions, plan.dumped, strict=True)}
+            va_space = tuple(dataclasses.replace(r, dumped=dumped.get((r.base, r.size), 0)) for r in va_space)
+        return dataclasses.replace(model, va_space=va_space, memory=capture, warnings=(*model.warnings, *self.warnings))
+
+    def _note_failures(self, stats: memory.CopyStats) -> None:
+        self.stats = stats
+        if stats.failed_pages:
+            self.warnings.append(f"{stats.failed_pages} pages could not be read and are zero in the core")
+
+
+class CloneMemory(MemoryGrab):
+    """The default: a VA clone made during the freeze; memory is read from it after the thaw."""
+
+    method = "va-clone"
+
+    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+        super().__init__(pid, timeout=timeout, progress=progress)
+        self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
+        self.clone: VaClone | None = None
+        self.regions: tuple[VaRegion, ...] = ()
+
+    def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
+        self.clone = make_clone(frozen, self.clone_plan)
+
+    def after_thaw(self, model: Snapshot) -> Snapshot:
+        clone = self.clone
+        assert clone is not None
+        clone.resend_stashed()
+        self.warnings.extend(clone.warnings)
+        regions = clone_regions(clone.pid, model.va_space)
+        self.plan = memory.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
+        self.regions = regions
+        if model.va_space is not None:
+            model = dataclasses.replace(model, va_space=_with_figures(model.va_space, regions, model))
+        performance = dataclasses.replace(model.performance, va_clone_ms=clone.clone_ms)
+        return self._finish_model(dataclasses.replace(model, performance=performance), regions, clone.pid)
+
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
+        layout = elfcore.plan_core(model, auxv, self.segments)
+        fd = memfd.create_unsealed()
+        try:
+            self._note_failures(memory.write_core_fd(fd, layout, self._clone_pid(), progress=self.progress))
+            memfd.seal(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            self.release()
+        return fd
+
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+        layout = elfcore.plan_core(model, auxv, self.segments)
+        try:
+            stats = memory.write_core_fd(fd, layout, self._clone_pid(), progress=self.progress)
+        finally:
+            self.release()
+        self._note_failures(stats)
+        return stats
+
+    def _clone_pid(self) -> int:
+        assert self.clone is not None and self.clone.alive
+        return self.clone.pid
+
+    def release(self) -> None:
+        clone = self.clone
+        if clone is not None and clone.alive:
+            clone.kill_and_reap(timeout=self.timeout)
+            self.warnings.extend(w for w in clone.warnings if w not in self.warnings)
+
+
+class CopyMemory(MemoryGrab):
+    """`--clone-method copy`: the memory is copied while the process is frozen, into the snapshot memfd itself."""
+
+    method = "frozen-copy"
+
+    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+        super().__init__(pid, timeout=timeout, progress=progress)
+        self.fd: int | None = None
+        self.data_offset = 0
+        self.regions: tuple[VaRegion, ...] = ()
+
+    def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
+        regions = tuple(va_space or ())
+        if not regions or regions[0].vm_flags is None:
+            with procfs.ProcDir(self.pid) as proc:
+                regions = procfs.read_va_space(proc, section_info=True)
+        self.regions = regions
+        self.plan = memory.plan_memory(regions, self.pid)
+        self.data_offset = reserve_for_head(frozen, regions, self.plan)
+        self.fd = memfd.create_unsealed()
+        pieces = []
+        offset = self.data_offset
+        for seg in self.plan.segments:
+            if seg.filesz:
+                pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
+                offset += seg.filesz
+        os.ftruncate(self.fd, offset)
+        sink = memory.FdSink(self.fd)
+        try:
+            self._note_failures(memory.copy_pieces(self.pid, pieces, sink, progress=self.progress))
+        finally:
+            sink.close()
+
+    def after_thaw(self, model: Snapshot) -> Snapshot:
+        return self._finish_model(model, self.regions, None)
+
+    def _layout(self, model: Snapshot, auxv: bytes | None) -> elfcore.CoreLayout:
+        layout = elfcore.plan_core(model, auxv, self.segments, data_offset=self.data_offset)
+        first = next((p.offset for p in layout.loads if p.segment.filesz), self.data_offset)
+        if first != self.data_offset:
+            raise OperationFailed(
+                f"the snapshot's headers ({len(layout.head)} bytes) outgrew the room reserved for them "
+                f"({self.data_offset} bytes); capture again"
+            )
+        return layout
+
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
+        fd, self.fd = self.fd, None
+        assert fd is not None
+        try:
+            layout = self._layout(model, auxv)
+            os.ftruncate(fd, layout.size)
+            os.pwrite(fd, layout.head, 0)
+            memfd.seal(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+        source = self.build_snapshot(model, auxv)
+        try:
+            started = time.perf_counter()
+            memory.copy_file(source, fd)
+            assert self.stats is not None
+            return dataclasses.replace(self.stats, seconds=self.stats.seconds + time.perf_counter() - started)
+        finally:
+            os.close(source)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: memory.MemoryPlan) -> int:
+    """Room for the ELF headers and notes, written after the thaw once the model is complete: a generous bound
+    (unused room is a hole in the memfd and costs nothing)."""
+    threads = len(frozen.tids)
+    xstate = max((len(r.xstate or b"") for r in frozen.regs.values()), default=0)
+    try:
+        environ = os.stat(f"/proc/{frozen.pid}/environ").st_size or 64 * 1024
+    except OSError:
+        environ = 64 * 1024
+    try:
+        handles = len(os.listdir(f"/proc/{frozen.pid}/fd"))
+    except OSError:
+        handles = 1024
+    estimate = (
+        64
+        + elfcore.PHDR.size * (len(plan.segments) + 2)
+        + threads * (2 * xstate + 8 * 1024)
+        + handles * 2 * 1024
+        + len(regions) * 3 * 1024
+        + 4 * environ
+    )
+    return _page_align(2 * estimate + (1 << 20))
+
+
+def _page_align(value: int) -> int:
+    return (value + memory.PAGE_SIZE - 1) // memory.PAGE_SIZE * memory.PAGE_SIZE
+
+
+def clone_regions(clone_pid: int, source: Sequence[VaRegion] | None) -> tuple[VaRegion, ...]:
+    """The clone's memory map with smaps figures, read after the thaw (so the source's stop does not pay the page
+    walk). Regions the source had and the clone lacks (MADV_DONTFORK) are kept from the source's map."""
+    try:
+        with procfs.ProcDir(clone_pid) as proc:
+            mine = procfs.read_va_space(proc, section_info=True)
+    except FileNotFoundError:
+        raise ProcessGone(f"the VA clone {clone_pid} disappeared before its memory was read") from None
+    if not source:
+        return mine
+    by_key = {(r.base, r.size): r for r in mine}
+    return tuple(by_key.get((r.base, r.size), r) for r in source)
+
+
+def _with_figures(va_space: Sequence[VaRegion], regions: Sequence[VaRegion], model: Snapshot) -> tuple[VaRegion, ...]:
+    """The model's regions, with the clone's smaps figures when the capture asked for section information."""
+    from pss_cli.model import CaptureFlags
+
+    if not model.flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION:
+        return tuple(va_space)
+    by_key = {(r.base, r.size): r for r in regions}
+    out = []
+    for r in va_space:
+        figures = by_key.get((r.base, r.size))
+        if figures is None or figures.vm_flags is None:
+            out.append(r)
+        else:
+            out.append(
+                dataclasses.replace(
+                    r,
+                    rss=figures.rss,
+                    pss=figures.pss,
+                    anonymous=figures.anonymous,
+                    swap=figures.swap,
+                    locked=figures.locked,
+                    vm_flags=figures.vm_flags,
+                )
+            )
+    return tuple(out)
+
+
+def grab_for(method: str, pid: int, *, timeout: float, progress: memory.Progress | None = None) -> MemoryGrab:
+    """The memory source for a capture with PSS_CAPTURE_VA_CLONE."""
+    if method == METHOD_CLONE:
+        return CloneMemory(pid, timeout=timeout, progress=progress)
+    if method == METHOD_COPY:
+        return CopyMemory(pid, timeout=timeout, progress=progress)
+    raise ValueError(f"unknown clone method {method!r}")
