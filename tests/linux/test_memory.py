@@ -1,0 +1,470 @@
+"""Which pages a snapshot holds and how they are copied: the kernel's core rules, pagemap, the copy engine, the VA
+clone and the frozen copy, against a C target (compiled here) that lays out every kind of mapping."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pss_cli.errors import OutputExists
+from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+
+if sys.platform == "linux":
+    from pss_cli.platform.linux import backend, elfcore, memfd, memory, procfs, vaclone
+
+PAGE = 4096
+GCC = shutil.which("gcc")
+
+LAYOUT_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Every page holds one 8-byte value repeated: (tag << 32) | page index, so any byte tells where it came from. */
+static void fill(unsigned char *p, int pages, uint64_t tag) {
+    for (int i = 0; i < pages; i++) {
+        uint64_t v = (tag << 32) | (uint64_t)i;
+        for (int j = 0; j < 4096 / 8; j++) memcpy(p + (size_t)i * 4096 + j * 8, &v, 8);
+    }
+}
+
+static void *anon(size_t size, int flags) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { perror("mmap"); exit(1); }
+    return p;
+}
+
+int main(int argc, char **argv) {
+    size_t sparse_size = 64u << 20;
+    unsigned char *sparse = anon(sparse_size, MAP_PRIVATE | MAP_NORESERVE);
+    int touched[] = {0, 100, 5000};
+    for (int k = 0; k < 3; k++) fill(sparse + (size_t)touched[k] * 4096, 1, 0x5A00 + k);
+
+    unsigned char *dontdump = anon(2 * 4096, MAP_PRIVATE);
+    fill(dontdump, 2, 0xDD);
+    madvise(dontdump, 2 * 4096, MADV_DONTDUMP);
+
+    unsigned char *protnone = anon(2 * 4096, MAP_PRIVATE);
+    fill(protnone, 2, 0x9E);
+    mprotect(protnone, 2 * 4096, PROT_NONE);
+
+    unsigned char *shared = anon(4 * 4096, MAP_SHARED);
+    fill(shared, 4, 0x5E);
+
+    unsigned char *dontfork = anon(2 * 4096, MAP_PRIVATE);
+    fill(dontfork, 2, 0xDF);
+    madvise(dontfork, 2 * 4096, MADV_DONTFORK);
+
+    unsigned char *wipe = anon(2 * 4096, MAP_PRIVATE);
+    fill(wipe, 2, 0x3F);
+    madvise(wipe, 2 * 4096, MADV_WIPEONFORK);
+
+    unsigned char *gap = anon(3 * 4096, MAP_PRIVATE);
+    fill(gap, 3, 0x6A);
+    munmap(gap + 4096, 4096);
+
+    int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ftruncate(fd, 4 * 4096);
+    unsigned char *file = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    fill(file, 4, 0xF1);
+
+    printf("{\"sparse\": %lu, \"touched\": [0, 100, 5000], \"dontdump\": %lu, \"protnone\": %lu, \"shared\": %lu, "
+           "\"dontfork\": %lu, \"wipe\": %lu, \"gap\": %lu, \"file\": %lu}\n",
+           (unsigned long)sparse, (unsigned long)dontdump, (unsigned long)protnone, (unsigned long)shared,
+           (unsigned long)dontfork, (unsigned long)wipe, (unsigned long)gap, (unsigned long)file);
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        /* "touch": rewrite the sparse pages, so a snapshot taken before must still hold the old values */
+        for (int k = 0; k < 3; k++) fill(sparse + (size_t)touched[k] * 4096, 1, 0x7700 + k);
+        printf("touched\n");
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def page_value(tag: int, index: int) -> bytes:
+    return ((tag << 32) | index).to_bytes(8, "little") * (PAGE // 8)
+
+
+class Layout:
+    """The running C target and the addresses it reported."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], where: dict[str, Any]) -> None:
+        self.proc = proc
+        self.where = where
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def touch(self) -> None:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(b"touch\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == b"touched\n"
+
+
+@pytest.fixture(scope="module")
+def layout_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if GCC is None:
+        pytest.skip("gcc is not installed")
+    work = tmp_path_factory.mktemp("layout")
+    source = work / "layout.c"
+    source.write_text(LAYOUT_C)
+    exe = work / "layout"
+    subprocess.run([GCC, "-O0", "-g", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
+@pytest.fixture
+def layout(layout_exe: Path, tmp_path: Path) -> Iterator[Layout]:
+    proc = subprocess.Popen([str(layout_exe), str(tmp_path / "mapped.bin")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout
+        yield Layout(proc, json.loads(proc.stdout.readline()))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                stream.close()
+
+
+class Core:
+    """A snapshot's core, read back from its sealed memfd: the model and the bytes at an address."""
+
+    def __init__(self, fd: int) -> None:
+        self.parsed = memfd.read_core_fd(fd)
+        size = os.fstat(fd).st_size
+        with mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
+            self.data = bytes(m)
+
+    def segment_at(self, address: int) -> elfcore.PlacedSegment:
+        for p in self.parsed.loads:
+            if p.segment.vaddr <= address < p.segment.vaddr + p.segment.memsz:
+                return p
+        raise AssertionError(f"no PT_LOAD covers {address:#x}")
+
+    def read(self, address: int, size: int = PAGE) -> bytes | None:
+        """The bytes the core holds at `address`, or None if the core has no file bytes there."""
+        p = self.segment_at(address)
+        inside = address - p.segment.vaddr
+        if inside + size > p.segment.filesz:
+            return None
+        return self.data[p.offset + inside : p.offset + inside + size]
+
+    def region(self, address: int) -> VaRegion:
+        for r in self.parsed.snapshot.va_space or ():
+            if r.base <= address < r.end:
+                return r
+        raise AssertionError(f"no region at {address:#x}")
+
+
+def snapshot_core(pid: int, method: str) -> Core:
+    flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION | CaptureFlags.VA_CLONE
+    with backend.capture(pid, flags, timeout=10, clone_method=method) as snap:
+        return Core(snap.handle())
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+METHODS = ["clone", "copy"]
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+
+
+def region(perms: str = "rw-p", path: str | None = None, **fields: Any) -> VaRegion:
+    return VaRegion(
+        base=0x10000,
+        size=4 * PAGE,
+        perms=perms,
+        protection=MemoryProtection.READWRITE,
+        state=MemoryState.COMMIT,
+        type=MemoryType.PRIVATE,
+        mapped_file=path,
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "extent"),
+    [
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "dd")), memory.Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "io")), memory.Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "pf")), memory.Extent.NONE),
+        (region("r--p", "[vvar]", anonymous=0, vm_flags=()), memory.Extent.NONE),
+        (region("r--p", "[vvar_vclock]", anonymous=0, vm_flags=()), memory.Extent.NONE),
+        (region("--xp", "[vsyscall]", anonymous=0, vm_flags=()), memory.Extent.NONE),
+        (region("r-xp", "[vdso]", anonymous=0, vm_flags=()), memory.Extent.WHOLE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr")), memory.Extent.WHOLE),
+        (region(anonymous=0, swap=PAGE, vm_flags=("rd", "wr")), memory.Extent.WHOLE),
+        (region(anonymous=0, vm_flags=("rd", "wr")), memory.Extent.NONE),
+        (region("r--p", "/usr/lib/libc.so.6", inode=5, offset=0, anonymous=0, vm_flags=()), memory.Extent.HEADER),
+        (region("r-xp", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=0, vm_flags=()), memory.Extent.NONE),
+        (region("rw-p", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=PAGE, vm_flags=()), memory.Extent.WHOLE),
+        (region("rw-s", "/tmp/data.bin", inode=5, offset=0, rss=PAGE, vm_flags=()), memory.Extent.NONE),
+        (region("rw-s", "/dev/zero (deleted)", inode=5, offset=0, vm_flags=()), memory.Extent.WHOLE),
+        (region("rw-s", "/memfd:buffers (deleted)", inode=5, offset=0, vm_flags=()), memory.Extent.WHOLE),
+        (region("rw-s", "/SYSV00000000 (deleted)", inode=5, offset=0, vm_flags=("ht",)), memory.Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "ht")), memory.Extent.WHOLE),
+    ],
+)
+def test_dump_rules_follow_the_kernel_core_filter(case: VaRegion, extent: memory.Extent) -> None:
+    assert memory.dump_rule(case, clone=False).extent is extent
+
+
+def test_dontfork_and_wipeonfork_regions_are_left_out_of_a_clone_only() -> None:
+    for flag in ("dc", "wf"):
+        case = region(anonymous=PAGE, vm_flags=("rd", "wr", flag))
+        assert memory.dump_rule(case, clone=True).extent is memory.Extent.NONE
+        assert memory.dump_rule(case, clone=False).extent is memory.Extent.WHOLE
+
+
+# ------------------------------------------------------------------------------------- real address spaces
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sparse_reservation_holds_only_its_touched_pages_with_pt_loads_around_holes(
+    layout: Layout, method: str
+) -> None:
+    core = snapshot_core(layout.pid, method)
+    base = layout.where["sparse"]
+    for k, index in enumerate(layout.where["touched"]):
+        assert core.read(base + index * PAGE) == page_value(0x5A00 + k, 0)
+    assert core.read(base + 50 * PAGE) is None  # a hole: a PT_LOAD with no file bytes
+    inside = [p for p in core.parsed.loads if base <= p.segment.vaddr < base + (64 << 20)]
+    assert sum(p.segment.filesz for p in inside) == 3 * PAGE
+    assert sum(p.segment.memsz for p in inside) == 64 << 20  # the holes are still in the address-space map
+    assert core.region(base).dumped == 3 * PAGE
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dontdump_is_honoured_and_prot_none_pages_with_data_are_dumped(layout: Layout, method: str) -> None:
+    core = snapshot_core(layout.pid, method)
+    assert core.read(layout.where["dontdump"]) is None
+    assert core.region(layout.where["dontdump"]).dumped == 0
+    protnone = layout.where["protnone"]
+    assert core.read(protnone) == page_value(0x9E, 0)  # read with FOLL_FORCE through /proc/PID/mem
+    assert core.read(protnone + PAGE) == page_value(0x9E, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_anonymous_shared_memory_is_dumped_and_a_shared_file_mapping_is_not(layout: Layout, method: str) -> None:
+    core = snapshot_core(layout.pid, method)
+    for i in range(4):
+        assert core.read(layout.where["shared"] + i * PAGE) == page_value(0x5E, i)
+    assert core.read(layout.where["file"]) is None
+    assert core.region(layout.where["file"]).dumped == 0
+
+
+def test_elf_header_pages_of_file_mappings_are_dumped(layout: Layout) -> None:
+    core = snapshot_core(layout.pid, "clone")
+    regions = core.parsed.snapshot.va_space or ()
+    libc = [r for r in regions if r.mapped_file and "libc.so" in r.mapped_file and r.offset == 0]
+    assert libc, "the target maps libc"
+    header = core.read(libc[0].base, 4)
+    assert header == b"\x7fELF"
+    assert libc[0].dumped == PAGE
+    text = [r for r in regions if r.mapped_file and "libc.so" in r.mapped_file and "x" in r.perms]
+    assert text and text[0].dumped == 0  # code stays in the file
+
+
+def test_clone_leaves_out_dontfork_and_wipeonfork_and_the_frozen_copy_keeps_them(layout: Layout) -> None:
+    cloned = snapshot_core(layout.pid, "clone")
+    copied = snapshot_core(layout.pid, "copy")
+    for name, tag in (("dontfork", 0xDF), ("wipe", 0x3F)):
+        address = layout.where[name]
+        assert cloned.read(address) is None
+        assert copied.read(address) == page_value(tag, 0)
+
+
+def test_clone_snapshot_keeps_the_memory_of_the_capture_instant(layout: Layout) -> None:
+    """The source rewrites its pages after the capture; the snapshot, copied from the clone later, has the old ones."""
+    flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION | CaptureFlags.VA_CLONE
+    with backend.capture(layout.pid, flags, timeout=10) as snap:
+        layout.touch()  # the source runs between the clone and the copy
+        core = Core(snap.handle())
+    base = layout.where["sparse"]
+    assert core.read(base) == page_value(0x5A00, 0)
+    with open(f"/proc/{layout.pid}/mem", "rb") as mem:
+        mem.seek(base)
+        assert mem.read(8) == page_value(0x7700, 0)[:8]
+
+
+def test_capture_with_va_clone_reports_method_size_stop_time_and_leaves_no_child(layout: Layout) -> None:
+    flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION | CaptureFlags.VA_CLONE
+    with backend.capture(layout.pid, flags, timeout=10) as snap:
+        model = snap.model
+        assert model.memory is not None and model.memory.method == "va-clone"
+        clone = model.memory.clone_pid
+        assert clone is not None and children_of(layout.pid) == [clone]
+        with open(f"/proc/{clone}/comm") as f:
+            assert f.read().strip() == "pss-vaclone"
+        assert os.listdir(f"/proc/{clone}/fd") == []
+        snap.handle()
+        assert not os.path.exists(f"/proc/{clone}")
+    assert model.memory.bytes_captured == sum(r.dumped or 0 for r in model.va_space or ())
+    assert model.performance.stopped_ms is not None and model.performance.va_clone_ms is not None
+    assert children_of(layout.pid) == []
+
+
+def test_a_snapshot_closed_unbuilt_kills_and_reaps_its_clone(layout: Layout) -> None:
+    flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE
+    with backend.capture(layout.pid, flags, timeout=10) as snap:
+        clone = snap.model.memory.clone_pid if snap.model.memory else None
+        assert clone is not None and os.path.exists(f"/proc/{clone}")
+    assert not os.path.exists(f"/proc/{clone}")
+    assert children_of(layout.pid) == []
+
+
+# ----------------------------------------------------------------------------------------- pagemap, engine
+
+
+def test_pagemap_scan_and_plain_pagemap_reads_find_the_same_pages(layout: Layout) -> None:
+    base = layout.where["sparse"]
+    with memory.PageScanner(layout.pid) as scanner:
+        scanned = scanner.runs(base, base + (64 << 20))
+        scanner.use_scan = False
+        read = scanner.runs(base, base + (64 << 20))
+    expected = [(base + i * PAGE, base + (i + 1) * PAGE) for i in layout.where["touched"]]
+    assert read == expected
+    assert scanned == expected
+
+
+@pytest.mark.parametrize("reader", [memory.READ_PROC_MEM, memory.READ_PROCESS_VM])
+def test_copy_engine_zeroes_an_unreadable_page_and_goes_on(layout: Layout, tmp_path: Path, reader: str) -> None:
+    shared, gap = layout.where["shared"], layout.where["gap"]  # gap: three pages, the middle one unmapped
+    # One-page bounce buffers, three of them in rotation: by the time the unmapped page is read, its buffer still
+    # holds a page of `shared` from an earlier batch, which must not end up in the core.
+    pieces = [memory.Piece(shared, 3 * PAGE, 0), memory.Piece(gap, 3 * PAGE, 3 * PAGE)]
+    with open(tmp_path / "out", "w+b") as out:
+        sink = memory.FdSink(out.fileno(), bounce=PAGE)
+        stats = memory.copy_pieces(layout.pid, pieces, sink, reader=reader)
+        sink.close()
+        out.seek(0)
+        data = out.read()
+    assert stats.failed_pages == 1 and stats.bytes == 6 * PAGE
+    assert [data[i * PAGE : (i + 1) * PAGE] for i in range(6)] == [
+        page_value(0x5E, 0),
+        page_value(0x5E, 1),
+        page_value(0x5E, 2),
+        page_value(0x6A, 0),
+        bytes(PAGE),
+        page_value(0x6A, 2),
+    ]
+
+
+def test_progress_is_reported_up_to_every_byte(layout: Layout) -> None:
+    seen: list[tuple[int, int]] = []
+    flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE
+    with backend.capture(layout.pid, flags, timeout=10, progress=lambda d, t: seen.append((d, t))) as snap:
+        snap.handle()
+        total = snap.model.memory.bytes_captured if snap.model.memory else -1
+    assert seen and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_mapped_sink_writes_the_same_core_as_the_pwrite_sink(layout: Layout, tmp_path: Path) -> None:
+    with procfs.ProcDir(layout.pid) as proc:
+        regions = procfs.read_va_space(proc, section_info=True)
+        info = procfs.read_process_info(proc)
+    plan = memory.plan_memory(regions, layout.pid)
+    from pss_cli.model import Performance, Snapshot
+
+    model = Snapshot(CaptureFlags.VA_SPACE, "linux", "x86_64", 0.0, info, None, None, tuple(regions),
+                     Performance(0.0, None))  # fmt: skip
+    layout_ = elfcore.plan_core(model, None, plan.segments)
+    with open(tmp_path / "a", "w+b") as a:
+        memory.write_core_fd(a.fileno(), layout_, layout.pid)
+        a.seek(0)
+        by_fd = a.read()
+    box: list[memory.CopyStats] = []
+    fd = memfd.create_sealed(
+        layout_, lambda m: box.append(memory.write_core_mapped(m, layout_, layout.pid)), prefault=True
+    )
+    try:
+        with mmap.mmap(fd, layout_.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
+            assert bytes(m) == by_fd
+    finally:
+        os.close(fd)
+
+
+# -------------------------------------------------------------------------------------------- output files
+
+
+def test_core_file_is_created_0600_and_never_replaces_a_file_without_force(tmp_path: Path) -> None:
+    path = tmp_path / "x.core"
+    with memory.CoreFile(path, force=False) as out:
+        os.write(out.fd, b"first")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(OutputExists), memory.CoreFile(path, force=False):
+        pass
+    assert path.read_bytes() == b"first"
+    with memory.CoreFile(path, force=True) as out:
+        os.write(out.fd, b"second")
+    assert path.read_bytes() == b"second" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
+
+
+def test_a_failed_dump_leaves_neither_a_partial_file_nor_a_damaged_old_one(tmp_path: Path) -> None:
+    path = tmp_path / "x.core"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), memory.CoreFile(path, force=True) as out:
+        os.write(out.fd, b"half")
+        raise RuntimeError("copy failed")
+    assert path.read_bytes() == b"old"
+    new = tmp_path / "new.core"
+    with pytest.raises(RuntimeError), memory.CoreFile(new, force=False):
+        raise RuntimeError("copy failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
+
+
+def test_a_held_snapshot_is_copied_to_a_file_across_filesystems(layout: Layout, tmp_path: Path) -> None:
+    """memfd (shmem) to the test directory: copy_file_range gives EXDEV across filesystems; sendfile takes over."""
+    with backend.capture(layout.pid, CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE, timeout=10) as snap:
+        fd = snap.handle()
+        with open(tmp_path / "held.core", "w+b") as out:
+            copied = memory.copy_file(fd, out.fileno())
+            out.seek(0)
+            assert copied == os.fstat(fd).st_size
+            with mmap.mmap(fd, copied, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
+                assert out.read() == bytes(m)
+
+
+def test_clone_method_names_are_the_cli_choices() -> None:
+    from pss_cli.cli.dump import CLONE_METHODS
+
+    assert set(CLONE_METHODS) == set(vaclone.CLONE_METHODS)
