@@ -484,6 +484,8 @@ def test_dry_runs_check_everything_and_touch_nothing(blocker: Callable[..., Targ
     target = blocker("read")
     wait_blocked(target.pid, {SYS_read})
     pushed = push(target.pid, memfd)
+    time.sleep(0.05)  # the released thread goes back to sleep in read(2): that is a context switch, not ours to count
+    wait_blocked(target.pid, {SYS_read})
     switches = status_field(target.pid, "voluntary_ctxt_switches")
     fds = fd_count(target.pid)
     actions = inject.dry_run_push(target.pid, force=False)
