@@ -33,7 +33,7 @@ def cli() -> None:
 
 
 def register_commands() -> None:
-    from pss_cli.cli import capture, completion, doctor, ps, snapshots
+    from pss_cli.cli import capture, completion, doctor, dump, ps, snapshots
 
     cli.add_command(capture.capture)
     cli.add_command(snapshots.dup)
@@ -42,6 +42,7 @@ def register_commands() -> None:
     cli.add_command(ps.ps)
     cli.add_command(completion.completion)
     cli.add_command(doctor.doctor)
+    cli.add_command(dump.dump)
 
 
 register_commands()

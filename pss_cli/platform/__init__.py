@@ -7,12 +7,17 @@ The public API (pss_cli/__init__.py) and the CLI never branch on the platform: t
 from __future__ import annotations
 
 import functools
+import os
 import platform as _platform
 import sys
+from collections.abc import Callable
 from typing import Protocol
 
 from pss_cli.errors import NotSupported
 from pss_cli.model import CaptureFlags, DuplicateResult, FreeResult, Snapshot
+
+#: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
+ProgressCallback = Callable[[int, int], None]
 
 
 class LocalSnapshot(Protocol):
@@ -63,6 +68,29 @@ class Backend(Protocol):
 
     def open_snapshot(self, handle: int) -> Snapshot:
         """Read a snapshot that this process holds (the receiver side)."""
+        ...
+
+    def dump(
+        self,
+        pid: int,
+        path: str | os.PathLike[str],
+        *,
+        force: bool,
+        timeout: float,
+        clone_method: str = "clone",
+        progress: ProgressCallback | None = None,
+    ) -> Snapshot:
+        """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
+
+        The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
+        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        """
+        ...
+
+    def dump_held(
+        self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
+    ) -> Snapshot:
+        """Write out the snapshot that process `pid` already holds as `handle`, as `dump` writes its files."""
         ...
 
 

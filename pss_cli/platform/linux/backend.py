@@ -13,12 +13,13 @@ assert sys.platform == "linux"
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import time
 from collections.abc import Callable, Iterator
 
-from pss_cli.errors import AccessDenied, NoSuchProcess, ProcessGone, PssError
+from pss_cli.errors import AccessDenied, NoSuchProcess, OperationFailed, ProcessGone, PssError, UsageError
 from pss_cli.model import (
     AccessUse,
     CaptureFlags,
@@ -249,6 +250,34 @@ def thread_entries(
         yield entry
 
 
+#: What `dump` captures: everything, memory included (ProcDump -ma with -r).
+DUMP_FLAGS = (
+    CaptureFlags.THREADS
+    | CaptureFlags.THREAD_CONTEXT
+    | CaptureFlags.THREAD_CONTEXT_EXTENDED
+    | CaptureFlags.HANDLES
+    | CaptureFlags.HANDLE_NAME_INFORMATION
+    | CaptureFlags.HANDLE_BASIC_INFORMATION
+    | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
+    | CaptureFlags.VA_SPACE
+    | CaptureFlags.VA_SPACE_SECTION_INFORMATION
+    | CaptureFlags.VA_CLONE
+)
+
+
+@contextlib.contextmanager
+def _write_errors(pid: int, path: str) -> Iterator[None]:
+    """A failed write of the output file (ENOSPC, EIO, EFBIG) as a typed error."""
+    try:
+        yield
+    except PssError:
+        raise
+    except OSError as exc:
+        if exc.filename is None and exc.errno not in (errno.ESRCH, errno.ENOENT, errno.EPERM, errno.EACCES):
+            raise OperationFailed(f"writing {path} failed: {exc.strerror}", pid=pid) from exc
+        raise
+
+
 def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
     """The check made on a local copy of another process's fd before it is handed on, closed or read."""
     return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
@@ -261,6 +290,41 @@ class LinuxBackend:
 
     def capture(self, pid: int, flags: CaptureFlags, *, timeout: float) -> LinuxSnapshot:
         return capture(pid, flags, timeout=timeout)
+
+    def dump(
+        self,
+        pid: int,
+        path: str | os.PathLike[str],
+        *,
+        force: bool,
+        timeout: float,
+        clone_method: str = vaclone.METHOD_CLONE,
+        progress: memory.Progress | None = None,
+    ) -> Snapshot:
+        """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
+        if clone_method not in vaclone.CLONE_METHODS:
+            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(vaclone.CLONE_METHODS)}")
+        with memory.CoreFile(path, force=force, pid=pid) as out:
+            snap = capture(pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress)
+            with snap, _write_errors(pid, os.fspath(path)):
+                return snap.write_core(out.fd)
+
+    def dump_held(
+        self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
+    ) -> Snapshot:
+        """Write the snapshot that `pid` holds as fd `handle` into a core file; nothing is stopped."""
+        if pid == os.getpid():
+            local = os.dup(handle)
+        else:
+            with os_errors(pid, "read the snapshot handle"):
+                local = inject.get_remote_fd(pid, handle)
+        try:
+            model = memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
+            with memory.CoreFile(path, force=force, pid=pid) as out, _write_errors(pid, os.fspath(path)):
+                memory.copy_file(local, out.fd)
+            return model
+        finally:
+            os.close(local)
 
     def duplicate(
         self,

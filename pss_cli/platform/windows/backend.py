@@ -453,10 +453,17 @@ class WindowsBackend:
         *,
         force: bool,
         timeout: float,
+        clone_method: str = "clone",
+        progress: Callable[[int, int], None] | None = None,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
-        while the clone is made. An existing file is never replaced unless `force`; a failed dump leaves none."""
+        while the clone is made. An existing file is never replaced unless `force`; a failed dump leaves none.
+        `progress` is not called (MiniDumpWriteDump reports none)."""
+        if clone_method != "clone":
+            raise errors.NotSupported(
+                f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
+            )
         target = Path(path)
         if force:
             fd, partial = _create_beside(target)
@@ -486,6 +493,12 @@ class WindowsBackend:
         memory = MemoryCapture(method="va-clone+minidump", bytes_captured=size, regions=regions, clone_pid=clone_pid)
         return _replace_memory(model, memory)
 
+    def dump_held(
+        self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
+    ) -> Snapshot:
+        """Not yet on Windows (see _dump_held_unsupported)."""
+        raise _dump_held_unsupported(pid)
+
     def _write_minidump(self, snap: WindowsSnapshot, pid: int, file_handle: int, dump_type: int) -> None:
         layout = self.abi
 
@@ -506,6 +519,13 @@ class WindowsBackend:
             if code & _FACILITY_WIN32_MASK == _FACILITY_WIN32_PREFIX:
                 code &= 0xFFFF
             raise error_for(self.k, code, "MiniDumpWriteDump", pid=pid)
+
+
+def _dump_held_unsupported(pid: int) -> errors.NotSupported:
+    return errors.NotSupported(
+        "dump --from is not supported on Windows yet: a minidump needs the process handle, not only the snapshot",
+        pid=pid,
+    )
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:
