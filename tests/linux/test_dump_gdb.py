@@ -1,0 +1,328 @@
+"""`pss-dup dump` end to end: gdb reads the cores (threads, locals, globals, heap, libpython frames), a snapshot with
+memory handed to another process opens in gdb through /proc/TARGET/fd/N, and the source runs on unharmed: its memory
+checks out, no zombie is left, no SIGCHLD reached it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PSS_DUP
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="Linux only"),
+    pytest.mark.skipif(shutil.which("gdb") is None or shutil.which("gcc") is None, reason="needs gdb and gcc"),
+]
+
+THREADS_C = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+long known_global = 0x5eed1234;
+long *heap_value;
+static pthread_barrier_t ready;
+static volatile sig_atomic_t sigchld_seen;
+/* A worker keeps rewriting this buffer and checking it, during and after the dump. */
+#define WORDS (1 << 20)
+static unsigned long *buffer;
+static volatile unsigned long generations, errors;
+
+static void on_sigchld(int signo) { (void)signo; sigchld_seen++; }
+
+__attribute__((noinline)) static void park(void) { for (;;) pause(); }
+
+__attribute__((noinline)) static void *park_alpha(void *arg) {
+    volatile long alpha_local = 4242;
+    (void)arg; pthread_barrier_wait(&ready); park(); return (void *)alpha_local;
+}
+__attribute__((noinline)) static void *park_beta(void *arg) {
+    volatile long beta_local = 777001;
+    (void)arg; pthread_barrier_wait(&ready); park(); return (void *)beta_local;
+}
+__attribute__((noinline)) static void *park_gamma(void *arg) {
+    volatile long gamma_local = -31337;
+    (void)arg; pthread_barrier_wait(&ready); park(); return (void *)gamma_local;
+}
+static void *rewrite_memory(void *arg) {
+    (void)arg;
+    pthread_barrier_wait(&ready);
+    for (unsigned long g = 1;; g++) {
+        for (long i = 0; i < WORDS; i++) buffer[i] = g * 2654435761u + (unsigned long)i;
+        for (long i = 0; i < WORDS; i++) if (buffer[i] != g * 2654435761u + (unsigned long)i) errors++;
+        generations = g;
+        usleep(2000);
+    }
+    return NULL;
+}
+
+int main(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGCHLD, &sa, NULL);
+    heap_value = malloc(sizeof *heap_value);
+    *heap_value = 987654321;
+    buffer = malloc(WORDS * sizeof *buffer);
+    pthread_barrier_init(&ready, NULL, 5);
+    pthread_t t[4];
+    pthread_create(&t[0], NULL, park_alpha, NULL);
+    pthread_create(&t[1], NULL, park_beta, NULL);
+    pthread_create(&t[2], NULL, park_gamma, NULL);
+    pthread_create(&t[3], NULL, rewrite_memory, NULL);
+    pthread_barrier_wait(&ready);
+    printf("ready\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        unsigned long before = generations;
+        while (generations < before + 3) usleep(1000);   /* it is still rewriting its memory */
+        printf("{\"sigchld\": %d, \"generations\": %lu, \"errors\": %lu}\n", (int)sigchld_seen, generations, errors);
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+PYTHON_TARGET = r"""
+import threading, time, sys
+def sleeper():
+    while True:
+        time.sleep(0.05)
+def waiter(event):
+    event.wait()
+def spinner():
+    n = 0
+    while True:
+        n += sum(range(100))
+        time.sleep(0.001)
+event = threading.Event()
+threads = [threading.Thread(target=sleeper, daemon=True), threading.Thread(target=waiter, args=(event,), daemon=True),
+           threading.Thread(target=spinner, daemon=True)]
+for t in threads:
+    t.start()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+class CTarget:
+    def __init__(self, exe: Path) -> None:
+        self.exe = exe
+        self.proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout and self.proc.stdout.readline() == "ready\n"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def report(self) -> dict[str, Any]:
+        """The target's own account: SIGCHLDs it got, and whether its memory kept checking out after the dump."""
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("report\n")
+        self.proc.stdin.flush()
+        return dict(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture(scope="module")
+def threads_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("gdbtarget")
+    source = work / "parked.c"
+    source.write_text(THREADS_C)
+    exe = work / "parked"
+    subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
+@pytest.fixture
+def c_target(threads_exe: Path) -> Iterator[CTarget]:
+    target = CTarget(threads_exe)
+    try:
+        yield target
+    finally:
+        target.close()
+
+
+def dump(*args: str, cwd: Path | None = None) -> dict[str, Any]:
+    result = subprocess.run([PSS_DUP, "dump", *args, "-o", "json"], capture_output=True, text=True, timeout=120,
+                            cwd=cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress bar, no warnings, when stderr is not a terminal
+    record: dict[str, Any] = json.loads(result.stdout)["results"][0]
+    return record
+
+
+def gdb(exe: str | Path, core: str | Path, *commands: str) -> str:
+    argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
+    for command in commands:
+        argv += ["-ex", command]
+    result = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=120)
+    return result.stdout + result.stderr
+
+
+def thread_sections(bt: str) -> list[str]:
+    """`thread apply all bt` output split per thread."""
+    parts = re.split(r"\n(?=Thread \d+ )", "\n" + bt)
+    return [p for p in parts if p.startswith("Thread ")]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+@pytest.mark.parametrize("method", ["clone", "copy"])
+def test_gdb_names_every_thread_function_and_reads_locals_globals_and_heap(
+    c_target: CTarget, tmp_path: Path, method: str
+) -> None:
+    core = tmp_path / "parked.core"
+    record = dump(str(c_target.pid), str(core), "--clone-method", method)
+    assert record["memory"]["method"] == ("va-clone" if method == "clone" else "frozen-copy")
+    assert record["memory"]["bytes_captured"] > 8 << 20  # the 8 MiB buffer at least
+    assert record["size"] == core.stat().st_size
+    out = gdb(c_target.exe, core, "thread apply all bt full", "print known_global", "print *heap_value")
+    sections = thread_sections(out)
+    assert len(sections) == 5, out
+    for function, local in (("park_alpha", "alpha_local = 4242"), ("park_beta", "beta_local = 777001"),
+                            ("park_gamma", "gamma_local = -31337")):  # fmt: skip
+        [section] = [s for s in sections if function in s]
+        assert local in section
+    assert any("rewrite_memory" in s for s in sections)
+    assert any(re.search(r"\bmain \(\)", s) for s in sections)
+    assert re.search(r"\$1 = 1592594996\b", out), out  # 0x5eed1234
+    assert re.search(r"\$2 = 987654321\b", out), out
+
+
+def test_source_runs_on_with_its_memory_intact_no_zombie_and_no_sigchld(c_target: CTarget, tmp_path: Path) -> None:
+    before = c_target.report()
+    record = dump(str(c_target.pid), str(tmp_path / "a.core"))
+    assert record["timings"]["stopped_ms"] > 0
+    clone = record["memory"]["clone_pid"]
+    assert clone and not os.path.exists(f"/proc/{clone}")
+    assert children_of(c_target.pid) == []
+    after = c_target.report()
+    assert after["sigchld"] == 0
+    assert after["errors"] == 0
+    assert after["generations"] > before["generations"]
+    with open(f"/proc/{c_target.pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    assert status["TracerPid"].strip() == "0"
+
+
+def test_python_threads_all_show_libpython_frames(tmp_path: Path) -> None:
+    python = os.path.realpath(sys.executable)
+    proc = subprocess.Popen([python, "-c", PYTHON_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout and proc.stdout.readline() == "ready\n"
+        time.sleep(0.2)
+        core = tmp_path / "python.core"
+        dump(str(proc.pid), str(core))
+        out = gdb(python, core, "thread apply all bt")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                stream.close()
+    sections = thread_sections(out)
+    assert len(sections) == 4, out
+    for section in sections:
+        # Frames of libpython (CPython's own functions: _PyEval_EvalFrameDefault, PyThread_acquire_lock_timed, ...)
+        assert re.search(r" in _?Py[A-Za-z_]+ \(", section), section
+
+
+def test_snapshot_with_memory_pushed_into_another_process_opens_in_gdb(c_target: CTarget, tmp_path: Path) -> None:
+    holder = subprocess.Popen(["sleep", "300"])
+    try:
+        result = subprocess.run([PSS_DUP, "dup", str(c_target.pid), str(holder.pid), "--everything", "-o", "json"],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        fd = json.loads(result.stdout)["results"][0]["target"]["handle"]
+        out = gdb(c_target.exe, f"/proc/{holder.pid}/fd/{fd}", "thread apply all bt", "print *heap_value")
+        assert all(name in out for name in ("park_alpha", "park_beta", "park_gamma")), out
+        assert "987654321" in out
+        # ... and `dump --from` writes the same snapshot out as a file.
+        written = tmp_path / "held.core"
+        record = dump("--from", str(holder.pid), "--handle", str(fd), str(written))
+        assert record["source"] == {"pid": holder.pid, "handle": fd}
+        assert written.stat().st_size == os.stat(f"/proc/{holder.pid}/fd/{fd}").st_size
+        assert "park_beta" in gdb(c_target.exe, written, "thread apply all bt")
+        assert children_of(c_target.pid) == []
+        assert c_target.report()["sigchld"] == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_dump_file_rules_default_name_0600_and_no_overwrite_without_force(c_target: CTarget, tmp_path: Path) -> None:
+    record = dump(str(c_target.pid), cwd=tmp_path)
+    [made] = list(tmp_path.iterdir())
+    assert re.fullmatch(rf"parked_{c_target.pid}_\d{{6}}_\d{{6}}\.core", made.name)
+    assert record["file"] == str(made)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    size = made.stat().st_size
+    again = subprocess.run([PSS_DUP, "dump", str(c_target.pid), str(made)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 9 and "--force" in again.stderr
+    assert made.stat().st_size == size
+    dump(str(c_target.pid), str(made), "--force")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [made.name]
+
+
+def test_progress_bar_is_drawn_only_on_a_terminal(c_target: CTarget, tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TTY_INTERACTIVE")}
+    try:
+        proc = subprocess.Popen([PSS_DUP, "dump", str(c_target.pid), str(tmp_path / "tty.core"), "-o", "json"],
+                                stdout=subprocess.PIPE, stderr=follower, env=env)  # fmt: skip
+        os.close(follower)
+        follower = -1
+        output, _ = proc.communicate(timeout=120)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0
+    assert b"copying memory" in drawn
+    assert json.loads(output)["ok"] is True
