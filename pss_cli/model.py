@@ -324,6 +324,10 @@ class MemoryCapture:
     bytes_captured: int
     regions: int
     clone_pid: int | None = None
+    #: How long copying the memory took (after the process was let go, with the VA clone), once it is done.
+    copy_ms: float | None = None
+    #: Pages that could not be read and are zero in the snapshot.
+    failed_pages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,11 @@ def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
                "frozen-copy": "copied while the process was frozen"}.get(memory.method, memory.method)  # fmt: skip
         grid.add_row("memory", Text.assemble(size_text(memory.bytes_captured), f" in {memory.regions} regions"))
         grid.add_row("method", Text(how))
+        if memory.copy_ms:
+            rate = memory.bytes_captured / (memory.copy_ms / 1000) / 1e9
+            grid.add_row("copied in", f"{memory.copy_ms / 1000:.2f} s ({rate:.2f} GB/s)")
+        if memory.failed_pages:
+            grid.add_row("unreadable pages", f"{memory.failed_pages} (zero in the core)")
     if holder is not None:
         grid.add_row("from", Text(f"fd {handle} of process {holder}"))
     else:

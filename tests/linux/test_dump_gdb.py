@@ -211,6 +211,7 @@ def test_gdb_names_every_thread_function_and_reads_locals_globals_and_heap(
     record = dump(str(c_target.pid), str(core), "--clone-method", method)
     assert record["memory"]["method"] == ("va-clone" if method == "clone" else "frozen-copy")
     assert record["memory"]["bytes_captured"] > 8 << 20  # the 8 MiB buffer at least
+    assert record["memory"]["copy_ms"] > 0 and record["memory"]["failed_pages"] == 0
     assert record["size"] == core.stat().st_size
     out = gdb(c_target.exe, core, "thread apply all bt full", "print known_global", "print *heap_value")
     sections = thread_sections(out)

@@ -413,8 +413,13 @@ class MemoryGrab:
         pass
 
     def finished(self, model: Snapshot) -> Snapshot:
-        """The model once the memory is copied: warnings about unreadable pages or the clone's reaping added."""
+        """The model once the memory is copied: its copy time, unreadable pages, and any warnings added."""
         extra = tuple(w for w in self.warnings if w not in model.warnings)
+        if self.stats is not None and model.memory is not None:
+            done = dataclasses.replace(
+                model.memory, copy_ms=self.stats.seconds * 1000, failed_pages=self.stats.failed_pages
+            )
+            model = dataclasses.replace(model, memory=done)
         return dataclasses.replace(model, warnings=(*model.warnings, *extra)) if extra else model
 
     @property
