@@ -232,6 +232,38 @@ def test_signals_arriving_during_injection_are_delivered_once_each(c_target: Cal
     assert not [line for line in target.seen if "read-error" in str(line)]
 
 
+def test_injector_runs_single_calls_from_the_callers_thread(c_target: Callable[..., Target]) -> None:
+    target = c_target("threads", "1")
+    with inject.Injector(target.pid, timeout=5) as inj:
+        assert inj.tid == target.pid
+        assert inj.syscall(39) == target.pid  # getpid, run by the target
+        with pytest.raises(OSError) as caught:
+            inject.check(inj.syscall(3, 12345), "close")  # close(12345): -EBADF
+        assert caught.value.errno == errno.EBADF
+        assert inj.read(inj.syscall_ip, 2) == b"\x0f\x05"
+    assert inj.stopped_ms is not None
+    assert_untraced(target.pid)
+    target.send("ping")
+    assert target.expect("pong")
+
+
+def test_thread_on_a_heap_stack_gets_a_mapped_scratch_page(c_target: Callable[..., Target]) -> None:
+    """No guard page below the stack: the memory under its rsp may be someone else's, so a page is mmapped."""
+    target = c_target("ownstack")
+    worker = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
+    with open(f"/proc/{target.pid}/maps") as f:
+        maps_before = f.read()
+    with inject.Injector(target.pid, timeout=5, tid=worker) as inj:
+        with open(f"/proc/{target.pid}/maps") as f:
+            during = f.read()
+        assert f"{inj.scratch:08x}-" in during and f"{inj.scratch:08x}-" not in maps_before
+        assert inj.syscall(39) == target.pid
+    with open(f"/proc/{target.pid}/maps") as f:
+        assert f.read() == maps_before
+    target.send("ping")
+    assert target.expect("pong")
+
+
 # ---- refusals and errors ------------------------------------------------------------------------------------
 
 

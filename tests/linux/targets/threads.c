@@ -7,6 +7,7 @@
  *   sigcatch       like sigspam, but the signals go to the main thread, which sits in read(2) (SA_RESTART)
  *   vfork S        the main thread vforks a child that sleeps S seconds: the parent waits in state D
  *   leader-exit    a worker thread serves commands, then the main thread calls pthread_exit (a zombie leader)
+ *   ownstack       a worker thread on a malloc'd stack (no guard page) serves commands; the main thread sleeps
  *
  * Commands (lines on stdin, read with raw read(2)): "count" -> "count SENT RECEIVED", "quiet" (stop sending),
  * "check FD" -> "check FD <first bytes>", "ping" -> "pong", "exit". Every failed read is reported as
@@ -165,6 +166,12 @@ int main(int argc, char **argv) {
         say("vfork-done %ld %ld\n", (long)child, 0);
         serve(NULL);
         return 0;
+    } else if (strcmp(mode, "ownstack") == 0) {
+        size_t size = 256 * 1024;
+        pthread_attr_setstack(&attr, malloc(size), size);
+        pthread_create(&t, &attr, serve, NULL);
+        say("ready %ld %ld\n", (long)getpid(), 0);
+        for (;;) sleep_for(1000);
     } else if (strcmp(mode, "leader-exit") == 0) {
         pthread_create(&t, &attr, serve, NULL);
         say("ready %ld %ld\n", (long)getpid(), 0);
