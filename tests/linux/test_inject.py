@@ -34,7 +34,16 @@ from conftest import (
     wait_until,
 )
 
-from pss_cli.errors import AccessDenied, BadSnapshot, NoSuchProcess, NotSupported, ProcessGone, Refused, ZombieProcess
+from pss_cli.errors import (
+    AccessDenied,
+    BadSnapshot,
+    NoSuchProcess,
+    NotSupported,
+    ProcessGone,
+    Refused,
+    Timeout,
+    ZombieProcess,
+)
 from pss_cli.platform.linux import inject
 
 pytestmark = pytest.mark.skipif(
@@ -354,6 +363,18 @@ def test_seccomp_target_is_refused_when_the_filter_cannot_be_suspended(
     assert result.stdout.startswith("Refused"), result.stdout + result.stderr
     assert "seccomp" in result.stdout and "CAP_SYS_ADMIN" in result.stdout
     assert target.proc.poll() is None and fd_count(target.pid) == fds
+
+
+def test_thread_that_will_not_stop_times_out_and_is_let_go(c_target: Callable[..., Target], memfd: int) -> None:
+    target = c_target("vfork", "1.5")
+    wait_until(lambda: state(target.pid) == "D", what="the vfork parent to wait in D")
+    with pytest.raises(Timeout, match=f"thread {target.pid}"):
+        push(target.pid, memfd, timeout=0.3)
+    assert_untraced(target.pid)
+    assert target.expect("vfork-done", timeout=10)  # it went on by itself, with its own registers
+    target.send("ping")
+    assert target.expect("pong")
+    assert_untraced(target.pid)
 
 
 def test_push_into_zombie_or_missing_process_is_a_typed_error(memfd: int) -> None:
