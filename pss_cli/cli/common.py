@@ -118,9 +118,21 @@ def output_options(func: F) -> F:
         show_default=True,
         help="Colour: auto follows NO_COLOR, FORCE_COLOR and whether the output is a terminal.",
     )
+    @click.option(
+        "--debug-privilege",
+        is_flag=True,
+        help="Windows: enable SeDebugPrivilege for this run (needs an elevated prompt) and say whether it could.",
+    )
     @functools.wraps(func)
     def wrapper(
-        *args: Any, output: str, json_alias: bool, quiet: bool, timeout: float, color: str, **kwargs: Any
+        *args: Any,
+        output: str,
+        json_alias: bool,
+        quiet: bool,
+        timeout: float,
+        color: str,
+        debug_privilege: bool,
+        **kwargs: Any,
     ) -> Any:
         ctx = click.get_current_context()
         ui = Ui(
@@ -132,6 +144,11 @@ def output_options(func: F) -> F:
         )
         ctx.obj = ui
         try:
+            if debug_privilege:
+                from pss_cli.platform import backend
+
+                if not backend().enable_debug_privilege():
+                    ui.warn("SeDebugPrivilege could not be enabled: run from an elevated prompt")
             return func(ui, *args, **kwargs)
         except PssError as exc:
             if ui.machine:

@@ -66,6 +66,10 @@ class Backend(Protocol):
         """Read a snapshot that another process holds."""
         ...
 
+    def enable_debug_privilege(self) -> bool:
+        """Windows: enable SeDebugPrivilege for this run and say whether it could; elsewhere NotSupported."""
+        ...
+
     def open_snapshot(self, handle: int) -> Snapshot:
         """Read a snapshot that this process holds (the receiver side)."""
         ...
@@ -105,6 +109,4 @@ def backend() -> Backend:
         from pss_cli.platform.windows.backend import WindowsBackend
 
         return WindowsBackend()
-    raise NotSupported(
-        f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows"
-    )
+    raise NotSupported(f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows")

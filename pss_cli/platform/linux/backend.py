@@ -19,7 +19,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from pss_cli.errors import AccessDenied, NoSuchProcess, OperationFailed, ProcessGone, PssError, UsageError
+from pss_cli.errors import (
+    AccessDenied,
+    NoSuchProcess,
+    NotSupported,
+    OperationFailed,
+    ProcessGone,
+    PssError,
+    UsageError,
+)
 from pss_cli.model import (
     AccessUse,
     CaptureFlags,
@@ -445,6 +453,11 @@ class LinuxBackend:
             return memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
         finally:
             os.close(local)
+
+    def enable_debug_privilege(self) -> bool:
+        raise NotSupported(
+            "--debug-privilege is a Windows option (SeDebugPrivilege); on Linux run as root or with CAP_SYS_PTRACE"
+        )
 
     def open_snapshot(self, handle: int) -> Snapshot:
         try:
