@@ -1,0 +1,294 @@
+"""Dump benchmark: `pss-dup dump` (VA clone, and the frozen copy) beside gdb's `gcore`, on targets this script starts.
+
+Targets: a C program with 1 GiB and one with 4 GiB of touched memory, each spread over 4 threads; a Python
+process with 8 threads and ~200 MB of objects. For each, interleaved runs of: `pss-dup dump` (clone), `pss-dup dump
+--clone-method copy`, `gcore`. Reported: total wall time of the command, how long the source was stopped (pss-dup's
+stopped_ms; gcore keeps every thread stopped for its whole run), output size, and the copy throughput of the dump
+beside a plain memcpy of the same size between two pre-faulted buffers, measured in the same run. The raw read
+engines (/proc/PID/mem and process_vm_readv into a pre-faulted buffer) are measured too.
+
+Goals (issue 4): source stopped < 50 ms for the 1 GiB target with the clone method; total dump time at most one
+third of gcore's; copy throughput at least 70% of memcpy.
+
+Run as root: `.venv/bin/python bench/bench_dump.py [--runs N] [--dir DIR] [--skip-4g]`. Every output file is removed
+right after it is measured, and each timed run starts after `sync` so that earlier write-back does not slow it.
+pss-dup runs with a bytecode cache of its own (PYTHONPYCACHEPREFIX, warmed first): an installed package has its .pyc
+files, and an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile the package on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
+PSS_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+C_TARGET = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static size_t per_thread;
+static pthread_barrier_t ready;
+static void *toucher(void *arg) {
+    unsigned char *p = malloc(per_thread);
+    for (size_t i = 0; i < per_thread; i += 4096) p[i] = (unsigned char)(i >> 12) ^ (unsigned char)(size_t)arg;
+    memset(p, (int)(size_t)arg + 1, per_thread);
+    pthread_barrier_wait(&ready);
+    for (;;) pause();
+    return p;
+}
+int main(int argc, char **argv) {
+    int threads = 4;
+    per_thread = ((size_t)atol(argv[1]) << 20) / threads;
+    pthread_barrier_init(&ready, NULL, threads + 1);
+    pthread_t t;
+    for (long i = 0; i < threads; i++) pthread_create(&t, NULL, toucher, (void *)i);
+    pthread_barrier_wait(&ready);
+    printf("ready\n");
+    fflush(stdout);
+    char line[8];
+    while (fgets(line, sizeof line, stdin)) {}
+    return 0;
+}
+"""
+
+PYTHON_TARGET = r"""
+import sys, threading, time
+data = [bytes([i % 251]) * 4096 for i in range(50000)]   # ~200 MB of objects
+stop = threading.Event()
+def sleeper():
+    while not stop.is_set():
+        time.sleep(0.01)
+def worker():
+    n = 0
+    while not stop.is_set():
+        n += sum(range(1000))
+        time.sleep(0.005)
+for i in range(8):
+    threading.Thread(target=sleeper if i % 2 else worker, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@dataclass
+class Runs:
+    total_s: list[float] = field(default_factory=list)
+    stopped_ms: list[float] = field(default_factory=list)
+    size: list[int] = field(default_factory=list)
+    copy_gbps: list[float] = field(default_factory=list)
+    memory: list[int] = field(default_factory=list)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    return f"{format(median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def start(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout and proc.stdout.readline().strip() == "ready", "target did not start"
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream:
+            stream.close()
+
+
+def run_pss(pid: int, out: Path, method: str, runs: Runs) -> None:
+    os.sync()
+    t = time.perf_counter()
+    result = subprocess.run([PSS_DUP, "dump", str(pid), str(out), "--clone-method", method, "-o", "json"],
+                            capture_output=True, text=True, env=PSS_ENV)  # fmt: skip
+    total = time.perf_counter() - t
+    if result.returncode != 0:
+        raise SystemExit(f"pss-dup dump failed: {result.stderr}")
+    record = json.loads(result.stdout)["results"][0]
+    memory = record["memory"]
+    runs.total_s.append(total)
+    runs.stopped_ms.append(record["timings"]["stopped_ms"])
+    runs.size.append(out.stat().st_size)
+    runs.memory.append(memory["bytes_captured"])
+    if memory.get("copy_ms"):
+        runs.copy_gbps.append(memory["bytes_captured"] / (memory["copy_ms"] / 1000) / 1e9)
+    out.unlink()
+
+
+def run_gcore(pid: int, directory: Path, runs: Runs) -> None:
+    prefix = directory / "gcore"
+    os.sync()
+    t = time.perf_counter()
+    result = subprocess.run(["gcore", "-o", str(prefix), str(pid)], capture_output=True, text=True)
+    total = time.perf_counter() - t
+    made = directory / f"gcore.{pid}"
+    if result.returncode != 0 or not made.exists():
+        raise SystemExit(f"gcore failed: {result.stderr[-500:]}")
+    runs.total_s.append(total)
+    runs.stopped_ms.append(total * 1000)  # gdb holds every thread stopped while it writes
+    runs.size.append(made.stat().st_size)
+    made.unlink()
+
+
+def fixed_costs(directory: Path, rounds: int) -> None:
+    """Both tools on a process with almost no memory (`sleep`): start-up, attach, write, report."""
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        time.sleep(0.1)
+        pss, gcore = Runs(), Runs()
+        for _ in range(rounds + 1):  # the first pss-dup run fills the bytecode cache
+            run_pss(proc.pid, directory / "tiny.core", "clone", pss)
+            run_gcore(proc.pid, directory, gcore)
+        print(f"\nfixed cost (a `sleep` process): pss-dup dump {spread(pss.total_s[1:], '.2f')} s, "
+              f"gcore {spread(gcore.total_s[1:], '.2f')} s")  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def address_of(buffer: mmap.mmap) -> int:
+    anchor = ctypes.c_char.from_buffer(buffer)
+    address = ctypes.addressof(anchor)
+    del anchor
+    return address
+
+
+def memcpy_gbps(size: int, repeats: int = 3) -> list[float]:
+    """memmove between two pre-faulted anonymous buffers of `size` bytes (the best of a plain copy here)."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+    a, b = mmap.mmap(-1, size, flags=flags), mmap.mmap(-1, size, flags=flags)
+    try:
+        src, dst = address_of(a), address_of(b)
+        ctypes.memmove(dst, src, size)  # warm: both buffers resident and mapped
+        out = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            ctypes.memmove(dst, src, size)
+            out.append(size / (time.perf_counter() - t) / 1e9)
+        return out
+    finally:
+        a.close()
+        b.close()
+
+
+def engine_gbps(pid: int, reader: str) -> float:
+    """The read engine alone: the target's dumped memory into a pre-faulted anonymous buffer (no file)."""
+    from pss_cli.platform.linux import memory, procfs
+
+    with procfs.ProcDir(pid) as proc:
+        regions = procfs.read_va_space(proc, section_info=True)
+    plan = memory.plan_memory(regions, pid)
+    pieces, offset = [], 0
+    for seg in plan.segments:
+        if seg.filesz:
+            pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset))
+            offset += seg.filesz
+    buffer = mmap.mmap(-1, offset, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    try:
+        sink = memory.MappedSink(buffer)
+        stats = memory.copy_pieces(pid, pieces, sink, reader=reader)
+        sink.close()
+        return stats.throughput / 1e9
+    finally:
+        buffer.close()
+
+
+def bench_target(name: str, proc: subprocess.Popen[str], directory: Path, rounds: int) -> dict[str, Runs]:
+    results = {"pss-dup clone": Runs(), "pss-dup copy": Runs(), "gcore": Runs()}
+    for _ in range(rounds):  # interleaved, so that drift on this noisy VM hits every tool alike
+        run_pss(proc.pid, directory / "clone.core", "clone", results["pss-dup clone"])
+        run_pss(proc.pid, directory / "copy.core", "copy", results["pss-dup copy"])
+        run_gcore(proc.pid, directory, results["gcore"])
+    size = int(median([float(m) for m in results["pss-dup clone"].memory]))
+    memcpy = memcpy_gbps(size)
+    engines = {reader: engine_gbps(proc.pid, reader) for reader in ("mem", "pvr")}
+    gcore_total = median(results["gcore"].total_s)
+    print(f"\n== {name}: {size / 2**20:.0f} MiB dumped by pss-dup, {rounds} interleaved runs, median (min-max)")
+    print(f"{'tool':16} {'total s':>22} {'stopped ms':>26} {'output MiB':>12} {'copy GB/s':>20} {'vs gcore':>9}")
+    for tool, runs in results.items():
+        total = median(runs.total_s)
+        print(
+            f"{tool:16} {spread(runs.total_s, '.2f'):>22} {spread(runs.stopped_ms, '.1f'):>26} "
+            f"{median([float(s) for s in runs.size]) / 2**20:>12.0f} {spread(runs.copy_gbps, '.2f'):>20} "
+            f"{total / gcore_total:>8.2f}x"
+        )
+    copy = median(results["pss-dup clone"].copy_gbps)
+    print(f"memcpy of {size / 2**20:.0f} MiB, pre-faulted to pre-faulted: {spread(memcpy, '.2f')} GB/s")
+    print(f"dump copy phase (read clone + write file) / memcpy: {copy / median(memcpy):.0%}")
+    print(
+        f"read engines into a pre-faulted buffer: /proc/PID/mem {engines['mem']:.2f} GB/s "
+        f"({engines['mem'] / median(memcpy):.0%} of memcpy), process_vm_readv {engines['pvr']:.2f} GB/s "
+        f"({engines['pvr'] / median(memcpy):.0%})"
+    )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="where the cores are written (default: a temp dir)")
+    parser.add_argument("--skip-4g", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (pss-dup and gcore attach to the targets)")
+    if shutil.which("gcore") is None or shutil.which("gcc") is None:
+        raise SystemExit("needs gcc and gdb's gcore")
+    work = Path(tempfile.mkdtemp(prefix="pss-bench-"))
+    directory = args.dir or work
+    PSS_ENV["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    try:
+        source = work / "touch.c"
+        source.write_text(C_TARGET)
+        exe = work / "touch"
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(source)], check=True)
+        df = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True).stdout.splitlines()
+        print(f"cores written to {directory} ({df[-1].split()[1]})")
+
+        fixed_costs(directory, args.runs)
+        targets = [("C, 1 GiB touched, 4 threads", [str(exe), "1024"])]
+        if not args.skip_4g:
+            targets.append(("C, 4 GiB touched, 4 threads", [str(exe), "4096"]))
+        targets.append(("Python, 8 threads, ~200 MB of objects", [sys.executable, "-c", PYTHON_TARGET]))
+        summary = []
+        for name, argv in targets:
+            t = time.perf_counter()
+            proc = start(argv)
+            print(f"\n{name}: pid {proc.pid}, started in {time.perf_counter() - t:.1f} s")
+            try:
+                results = bench_target(name, proc, directory, args.runs)
+            finally:
+                stop(proc)
+            summary.append((name, results))
+        print("\n== goals")
+        for name, results in summary:
+            clone, gcore = results["pss-dup clone"], results["gcore"]
+            ratio = median(clone.total_s) / median(gcore.total_s)
+            print(f"{name}: stopped {median(clone.stopped_ms):.1f} ms, total {ratio:.2f}x gcore's")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
