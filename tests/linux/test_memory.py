@@ -3,13 +3,16 @@ clone and the frozen copy, against a C target (compiled here) that lays out ever
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -468,3 +471,52 @@ def test_clone_method_names_are_the_cli_choices() -> None:
     from pss_cli.cli.dump import CLONE_METHODS
 
     assert set(CLONE_METHODS) == set(vaclone.CLONE_METHODS)
+
+
+def test_a_stopped_process_is_cloned_and_stays_stopped(layout: Layout) -> None:
+    os.kill(layout.pid, signal.SIGSTOP)
+    try:
+        assert wait_state(layout.pid, "T")
+        core = snapshot_core(layout.pid, "clone")
+        assert core.read(layout.where["sparse"]) == page_value(0x5A00, 0)
+        time.sleep(0.1)
+        assert proc_state(layout.pid) == "T"
+        assert children_of(layout.pid) == []
+    finally:
+        os.kill(layout.pid, signal.SIGCONT)
+    layout.touch()  # and it runs on once continued
+
+
+def test_source_exiting_while_its_clone_is_held_leaves_nothing_behind(layout: Layout) -> None:
+    """The clone is the source's child; once the source is gone it is an orphan. With this test process as the
+    subreaper the orphan comes here, so the test can see that closing the snapshot killed it."""
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    try:
+        snap = backend.capture(layout.pid, CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE, timeout=10)
+        clone = snap.model.memory.clone_pid if snap.model.memory else None
+        assert clone is not None
+        layout.proc.kill()
+        layout.proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while children_of(os.getpid()).count(clone) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # reparented to us
+        snap.close()  # kills the clone; there is no source left to reap it in
+        assert os.waitpid(clone, 0)[0] == clone  # it did die (we, its new parent, collect it)
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def wait_state(pid: int, state: str, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc_state(pid) == state:
+            return True
+        time.sleep(0.01)
+    return False

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from pss_cli.errors import OperationFailed, ProcessGone, PssError, Refused, Timeout
+from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import elfcore, memfd, memory, procfs, ptrace
 from pss_cli.platform.linux.freeze import FrozenProcess, pause_for_stop, poll_status
@@ -213,17 +213,31 @@ class VaClone:
         self.stashed.clear()
 
     def kill_and_reap(self, *, timeout: float) -> None:
-        """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source."""
+        """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source.
+
+        Runs in a TracerSession, which holds SIGINT/SIGTERM/SIGHUP back: a Ctrl-C now is raised once the clone is
+        reaped, rather than leave a zombie in the source. A source that cannot be stopped any more (it exited, or
+        another tracer took it) is a warning: the zombie is then its parent's, or init's, to reap.
+        """
         if not self.alive:
             return
         self.alive = False
+        from pss_cli.platform.linux.freeze import TracerSession
+
+        with TracerSession() as session:
+            session.call(lambda: self._end(timeout))
+
+    def _end(self, timeout: float) -> None:
         try:
             with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             _wait_exit(self.pidfd, timeout)
         finally:
             os.close(self.pidfd)
-        reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+        try:
+            reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+        except PssError as exc:
+            self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
 
 
 def _wait_exit(pidfd: int, timeout: float) -> None:
@@ -243,25 +257,25 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
 
     try:
         plan = inject.plan_injection(source_pid, force=True)
-    except ProcessGone:
-        return  # the source is gone; its children went to init (or the nearest subreaper)
+    except NoSuchProcess:
+        return  # the source is gone (or a zombie): its children went to init or the nearest subreaper
     injector = inject.Injector(source_pid, timeout=timeout, force=True, plan=plan)
     result = 0
 
     def steps() -> int:
         with injector:
             got = 0
-            for _ in range(200):
+            for _ in range(50):
                 got = injector.syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
                 if got != 0:
                     break
-                time.sleep(0.005)  # exited (pidfd said so) but not yet a zombie for wait: rare, brief
+                time.sleep(0.001)  # the pidfd said it exited; wait() sees the zombie a moment later at most
             return got
 
     try:
         with TracerSession() as session:
             result = session.call(steps)
-    except ProcessGone:
+    except NoSuchProcess:
         return
     except OSError as exc:
         raise inject.typed_error(source_pid, exc, "reap the VA clone") from None
@@ -277,7 +291,9 @@ def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
     """Inject the clone into the frozen process and park the child; on failure nothing is left behind."""
     deadline = time.monotonic() + frozen.timeout
     if plan.tid not in frozen.tids:
-        raise ProcessGone(f"thread {plan.tid} of process {plan.pid} exited during the freeze", pid=plan.pid)
+        if not frozen.tids:
+            raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
+        plan = dataclasses.replace(plan, tid=frozen.tids[0])  # the chosen thread exited meanwhile: any other does
     return frozen.call(lambda: _clone_on_tracer(frozen, plan, deadline))
 
 
