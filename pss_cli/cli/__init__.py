@@ -53,6 +53,33 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def requested_format(argv: list[str]) -> str:
+    """The output format the command line asked for, read without click (for errors click raises itself)."""
+    wanted = "table"
+    for i, word in enumerate(argv):
+        if word == "--json":
+            wanted = "json"
+        elif word in ("-o", "--output") and i + 1 < len(argv):
+            wanted = argv[i + 1]
+        elif word.startswith(("--output=", "-o")) and word not in ("-o",):
+            wanted = word.split("=", 1)[1] if word.startswith("--output=") else word[2:]
+    return wanted
+
+
+def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
+    """One line (what is wrong, and where the help is), plus a JSON document when the run asked for JSON."""
+    command = exc.ctx.command_path if exc.ctx else "pss-dup"
+    wanted = requested_format(argv)
+    if wanted in ("json", "jsonl"):
+        from pss_cli.cli.common import Ui
+        from pss_cli.errors import UsageError
+        from pss_cli.render.jsonout import emit_error
+
+        ui = Ui(output=wanted, quiet=True, color="never", timeout=0, command=command.removeprefix("pss-dup").strip())
+        emit_error(ui, UsageError(exc.format_message()))
+    fail(f"{exc.format_message().rstrip('.')}; see '{command} --help'", ExitCode.USAGE)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console script. Maps every outcome to the exit-code table, never to a traceback."""
     try:
@@ -60,8 +87,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE)
+        usage_error(exc, sys.argv[1:] if argv is None else argv)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
