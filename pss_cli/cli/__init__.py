@@ -69,6 +69,7 @@ def requested_format(argv: list[str]) -> str:
 def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
     """One line (what is wrong, and where the help is), plus a JSON document when the run asked for JSON."""
     command = exc.ctx.command_path if exc.ctx else "pss-dup"
+    message = " ".join(exc.format_message().split()).rstrip(".")
     wanted = requested_format(argv)
     if wanted in ("json", "jsonl"):
         from pss_cli.cli.common import Ui
@@ -76,8 +77,8 @@ def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
         from pss_cli.render.jsonout import emit_error
 
         ui = Ui(output=wanted, quiet=True, color="never", timeout=0, command=command.removeprefix("pss-dup").strip())
-        emit_error(ui, UsageError(exc.format_message()))
-    fail(f"{exc.format_message().rstrip('.')}; see '{command} --help'", ExitCode.USAGE)
+        emit_error(ui, UsageError(message))
+    fail(f"{message}; see '{command} --help'", ExitCode.USAGE)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
