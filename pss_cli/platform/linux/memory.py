@@ -71,7 +71,10 @@ PAGEMAP_SCAN_VEC = 1024
 #: Pagemap entries read per pread in the fallback: 2 MiB of entries describe 1 GiB of address space.
 PAGEMAP_WINDOW = 1 << 18
 
-DEFAULT_BOUNCE = 8 << 20
+#: Bounce buffers small enough to stay in the CPU caches between the read and the pwrite: 256 KiB copied 1.6-2.6
+#: GB/s into an ext4 file on the measured VM, against 0.6-1.1 GB/s with 8 MiB buffers (bench/bench_dump.py).
+DEFAULT_BOUNCE = 256 << 10
+DEFAULT_BUFFERS = 4
 DEFAULT_BATCH = 64 << 20
 
 #: Progress callback: (bytes done, bytes in total). Plain numbers, so that the platform layer never sees rich.
@@ -467,7 +470,7 @@ class FdSink(Sink):
     copy then costs about the slower of the two instead of their sum.
     """
 
-    def __init__(self, fd: int, bounce: int = DEFAULT_BOUNCE, buffers: int = 3) -> None:
+    def __init__(self, fd: int, bounce: int = DEFAULT_BOUNCE, buffers: int = DEFAULT_BUFFERS) -> None:
         self.fd = fd
         self.size = bounce
         self._free: queue.SimpleQueue[_Bounce] = queue.SimpleQueue()

@@ -522,13 +522,17 @@ class CloneMemory(MemoryGrab):
 
 
 class CopyMemory(MemoryGrab):
-    """`--clone-method copy`: the memory is copied while the process is frozen, into the snapshot memfd itself."""
+    """`--clone-method copy`: the memory is copied while the process is frozen, straight into its destination: the
+    snapshot memfd, or with `dest_fd` the output file of a dump (headers follow once the model is complete)."""
 
     method = "frozen-copy"
 
-    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+    def __init__(
+        self, pid: int, *, timeout: float, progress: memory.Progress | None, dest_fd: int | None = None
+    ) -> None:
         super().__init__(pid, timeout=timeout, progress=progress)
         self.fd: int | None = None
+        self.dest_fd = dest_fd
         self.data_offset = 0
         self.regions: tuple[VaRegion, ...] = ()
 
@@ -540,7 +544,7 @@ class CopyMemory(MemoryGrab):
         self.regions = regions
         self.plan = memory.plan_memory(regions, self.pid)
         self.data_offset = reserve_for_head(frozen, regions, self.plan)
-        self.fd = memfd.create_unsealed()
+        self.fd = memfd.create_unsealed() if self.dest_fd is None else self.dest_fd
         pieces = []
         offset = self.data_offset
         for seg in self.plan.segments:
@@ -569,7 +573,7 @@ class CopyMemory(MemoryGrab):
 
     def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
         fd, self.fd = self.fd, None
-        assert fd is not None
+        assert fd is not None and fd != self.dest_fd
         try:
             layout = self._layout(model, auxv)
             os.ftruncate(fd, layout.size)
@@ -581,6 +585,12 @@ class CopyMemory(MemoryGrab):
         return fd
 
     def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+        if fd == self.dest_fd:  # the memory is already in place: only the headers are missing
+            layout = self._layout(model, auxv)
+            os.ftruncate(fd, layout.size)
+            os.pwrite(fd, layout.head, 0)
+            assert self.stats is not None
+            return self.stats
         source = self.build_snapshot(model, auxv)
         try:
             started = time.perf_counter()
@@ -591,9 +601,9 @@ class CopyMemory(MemoryGrab):
             os.close(source)
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self.fd is not None and self.fd != self.dest_fd:
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
 
 def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: memory.MemoryPlan) -> int:
@@ -665,10 +675,18 @@ def _with_figures(va_space: Sequence[VaRegion], regions: Sequence[VaRegion], mod
     return tuple(out)
 
 
-def grab_for(method: str, pid: int, *, timeout: float, progress: memory.Progress | None = None) -> MemoryGrab:
-    """The memory source for a capture with PSS_CAPTURE_VA_CLONE."""
+def grab_for(
+    method: str,
+    pid: int,
+    *,
+    timeout: float,
+    progress: memory.Progress | None = None,
+    dest_fd: int | None = None,
+) -> MemoryGrab:
+    """The memory source for a capture with PSS_CAPTURE_VA_CLONE; `dest_fd` is a dump's output file, which the
+    frozen copy writes into directly."""
     if method == METHOD_CLONE:
         return CloneMemory(pid, timeout=timeout, progress=progress)
     if method == METHOD_COPY:
-        return CopyMemory(pid, timeout=timeout, progress=progress)
+        return CopyMemory(pid, timeout=timeout, progress=progress, dest_fd=dest_fd)
     raise ValueError(f"unknown clone method {method!r}")
