@@ -142,6 +142,7 @@ def capture(
     timeout: float,
     clone_method: str = vaclone.METHOD_CLONE,
     progress: memory.Progress | None = None,
+    dump_fd: int | None = None,
 ) -> LinuxSnapshot:
     """PssCaptureSnapshot on Linux.
 
@@ -156,7 +157,7 @@ def capture(
     with open_proc(pid) as proc, os_errors(pid, "capture"), _released_on_error(lambda: grab):
         access.check_traceable(pid)
         if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
-            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress)
+            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd)
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
@@ -313,7 +314,9 @@ class LinuxBackend:
         if clone_method not in vaclone.CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(vaclone.CLONE_METHODS)}")
         with memory.CoreFile(path, force=force, pid=pid) as out:
-            snap = capture(pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress)
+            snap = capture(
+                pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
+            )
             with snap, _write_errors(pid, os.fspath(path)):
                 return snap.write_core(out.fd)
 
