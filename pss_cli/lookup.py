@@ -8,6 +8,7 @@ import sys
 import psutil
 
 from pss_cli.errors import AmbiguousTarget, NoSuchProcess
+from pss_cli.model import MAX_PID
 
 
 def name_matches(wanted: str, name: str | None, exe: str | None, cmdline: list[str] | None) -> bool:
@@ -36,9 +37,11 @@ def find_by_name(wanted: str) -> list[tuple[int, str]]:
 
 def resolve(target: str, *, all_matches: bool = False) -> list[int]:
     """The PIDs that TARGET names: a PID, or a process name that must match exactly one process unless all_matches."""
-    if target.isdigit():
-        pid = int(target)
-        if pid <= 0 or not psutil.pid_exists(pid):
+    if target.isascii() and target.isdigit():  # not str.isdigit alone: '²' is a digit that int() refuses
+        pid = int(target) if len(target) <= len(str(MAX_PID)) else MAX_PID + 1
+        if not 0 < pid <= MAX_PID or not psutil.pid_exists(pid):
+            if pid > MAX_PID:
+                raise NoSuchProcess(f"no process with PID {target}; list processes with `pss-dup ps`")
             raise NoSuchProcess(f"no process with PID {pid}; list processes with `pss-dup ps`", pid=pid)
         return [pid]
     matches = find_by_name(target)

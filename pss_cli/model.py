@@ -8,10 +8,17 @@ platform cannot fill is None, never an invented value. This module does no I/O a
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass, field
 
 #: Bumped whenever a field is renamed or removed, or its meaning changes; adding a field keeps the version.
 SCHEMA_VERSION = 1
+
+#: The largest PID the system can name: a DWORD on Windows, a pid_t (an int) on Linux. A larger number must be
+#: refused, not passed on: the kernel would truncate it to some other, live PID.
+MAX_PID = 0xFFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
+#: The largest snapshot handle: an HPSS (a pointer) on Windows, an fd (an int) on Linux.
+MAX_HANDLE = 0xFFFF_FFFF_FFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
 
 
 class CaptureFlags(enum.IntFlag):

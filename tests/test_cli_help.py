@@ -100,6 +100,26 @@ def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: tuple[str, ...
 
 
 @pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("capture", "\u00b2"), 3, "no process named"),  # a Unicode digit: str.isdigit says yes, int() says no
+        (("capture", "1" * 30), 3, "no process with PID"),  # beyond any pid_t
+        (("capture", "1" * 5000), 3, "no process with PID"),  # beyond int()'s digit limit
+        (("free", "\u00b2", "3"), 2, "is not a PID"),
+        (("free", str(2**32 + 1), "3"), 2, "is not a PID"),  # pidfd_open would truncate it to PID 1
+        (("inspect", "1", str(2**32 + 3)), 2, "is not a handle"),  # pidfd_getfd would truncate it to fd 3
+        (("ps", "--user", "\u00b2"), 3, "no process matches"),
+    ],
+)
+def test_numbers_no_process_or_fd_can_have_are_typed_errors_not_internal_ones(
+    args: tuple[str, ...], code: int, message: str
+) -> None:
+    result = run_cli(*args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "code"),
     [
         (("capture", "999999999"), 3),

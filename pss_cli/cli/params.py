@@ -17,6 +17,8 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
+from pss_cli.model import MAX_HANDLE, MAX_PID
+
 #: What readlink(/proc/PID/fd/N) says for a pss-dup snapshot: memfd_create("pss-snapshot", ...).
 SNAPSHOT_LINK = "/memfd:pss-snapshot (deleted)"
 #: More completions than this help nobody at a prompt, and each one costs time.
@@ -172,18 +174,26 @@ class ProcessTarget(click.ParamType[str, Any]):
         return name_items(incomplete)
 
 
+def pid_number(text: str) -> int | None:
+    """`text` as a PID, or None: ASCII digits only ('²' is a digit to str.isdigit, not to int), within MAX_PID."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_PID else None
+
+
 class ProcessId(click.ParamType[int, Any]):
     """A PID (a positive integer); completes live PIDs with their names."""
 
     name = "pid"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PID:
             return value
-        text = str(value).strip()
-        if not text.isdigit() or int(text) <= 0:
+        number = pid_number(str(value).strip())
+        if number is None:
             self.fail(f"{value!r} is not a PID (a positive integer); find one with `pss-dup ps`", param, ctx)
-        return int(text)
+        return number
 
     @guarded
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem[str]]:
@@ -203,14 +213,14 @@ class SnapshotHandle(click.ParamType[int, Any]):
         self.process_param = process_param
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_HANDLE:
             return value
         text = str(value).strip()
         try:
-            number = int(text) if text.isdigit() else int(text, 0)
+            number = int(text, 10 if text.isascii() and text.isdigit() else 0) if len(text) <= 24 else -1
         except ValueError:
             number = -1
-        if number < 0:
+        if not 0 <= number <= MAX_HANDLE:  # a larger fd would reach the kernel truncated: some other fd
             self.fail(f"{value!r} is not a handle (an fd number, or a hex HPSS value)", param, ctx)
         return number
 
@@ -244,7 +254,7 @@ def holder_pid(value: object) -> int | None:
     if not isinstance(value, str) or not value:
         return None
     if value.isdigit():
-        return int(value)
+        return pid_number(value)
     matches = [p.pid for p in live_processes() if p.name == value]
     return matches[0] if len(matches) == 1 else None
 

@@ -76,8 +76,13 @@ def name_glob_matches(pattern: str, name: str | None, cmdline: tuple[str, ...] |
     return any(fnmatch.fnmatchcase(c, pattern) for c in candidates if c)
 
 
+def is_uid(text: str) -> bool:
+    """A numeric uid (ASCII digits that fit in a uid_t), rather than a user name."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
 def user_matches(wanted: str, username: str | None, uid: int | None) -> bool:
-    if wanted.isdigit():
+    if is_uid(wanted):
         return uid == int(wanted)
     if username is None:
         return False
@@ -99,7 +104,7 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
     import psutil
 
     attrs = [*PSUTIL_ATTRS, HANDLE_ATTR]
-    if user is not None and user.isdigit() and sys.platform != "win32":
+    if user is not None and is_uid(user) and sys.platform != "win32":
         attrs.append("uids")
     own = os.getpid()
     rows = []

@@ -40,6 +40,7 @@ from pss_cli.errors import (
     PssError,
     Refused,
 )
+from pss_cli.model import MAX_HANDLE, MAX_PID
 from pss_cli.platform.linux import access, ptrace
 from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread
 
@@ -702,6 +703,7 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
     threads keep running, so a program that closes and reuses the number at that instant can still race (see the
     design notes, section 5.4).
     """
+    require_fd_number(pid, fd)
 
     def steps(inj: Injector) -> None:
         try:
@@ -723,6 +725,7 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
 
 def get_remote_fd(pid: int, fd: int) -> int:
     """A local copy (O_CLOEXEC) of fd `fd` of process `pid`, to read another process's snapshot; nothing stops."""
+    require_fd_number(pid, fd)
     try:
         pidfd = open_fd_table(pid)
     except ProcessLookupError:
@@ -735,6 +738,14 @@ def get_remote_fd(pid: int, fd: int) -> int:
         raise typed_error(pid, exc, f"read fd {fd} of") from None
     finally:
         os.close(pidfd)
+
+
+def require_fd_number(pid: int, fd: int) -> None:
+    """Refuse numbers no fd or process can have: the kernel would truncate them to some other, live one."""
+    if not 0 < pid <= MAX_PID:
+        raise NoSuchProcess(f"no process with PID {pid}", pid=pid)
+    if not 0 <= fd <= MAX_HANDLE:
+        raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid)
 
 
 # ---- dry runs ------------------------------------------------------------------------------------------------
