@@ -335,6 +335,8 @@ class MemoryCapture:
     copy_ms: float | None = None
     #: Pages that could not be read and are zero in the snapshot.
     failed_pages: int = 0
+    #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone.
+    reap_stopped_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

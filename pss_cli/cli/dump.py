@@ -158,6 +158,7 @@ def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
                 "total_ms": seconds * 1000,
                 "capture_ms": snap.performance.capture_ms,
                 "stopped_ms": snap.performance.stopped_ms,
+                "reap_stopped_ms": memory.reap_stopped_ms if memory is not None else None,
                 "va_clone_ms": snap.performance.va_clone_ms,
             },
             "warnings": list(snap.warnings),
@@ -192,7 +193,9 @@ def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
     if holder is not None:
         grid.add_row("from", Text(f"fd {handle} of process {holder}"))
     else:
-        grid.add_row("process stopped", ms(snap.performance.stopped_ms))
+        reap = snap.memory.reap_stopped_ms if snap.memory is not None else None
+        stopped = ms(snap.performance.stopped_ms) + (f" (and {ms(reap)} to reap the clone)" if reap else "")
+        grid.add_row("process stopped", stopped)
         if snap.performance.va_clone_ms is not None:
             grid.add_row("clone made in", ms(snap.performance.va_clone_ms))
     grid.add_row("total", f"{seconds:.2f} s")

@@ -230,6 +230,7 @@ def test_source_runs_on_with_its_memory_intact_no_zombie_and_no_sigchld(c_target
     before = c_target.report()
     record = dump(str(c_target.pid), str(tmp_path / "a.core"))
     assert record["timings"]["stopped_ms"] > 0
+    assert 0 < record["timings"]["reap_stopped_ms"] < record["timings"]["total_ms"]
     clone = record["memory"]["clone_pid"]
     assert clone and not os.path.exists(f"/proc/{clone}")
     assert children_of(c_target.pid) == []

@@ -205,6 +205,8 @@ class VaClone:
     #: Signals that reached the borrowed thread during the injection; re-sent once the process is thawed.
     stashed: list[int] = dataclasses.field(default_factory=list)
     alive: bool = True
+    #: How long the reaping wait4 held one thread of the source.
+    reap_stopped_ms: float | None = None
 
     def resend_stashed(self) -> None:
         for signo in self.stashed:
@@ -235,7 +237,7 @@ class VaClone:
         finally:
             os.close(self.pidfd)
         try:
-            reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+            self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
 
@@ -250,15 +252,16 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
             raise Timeout(f"the VA clone did not exit within {timeout:g} s of SIGKILL")
 
 
-def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> None:
-    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there."""
+def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
+    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
+    Returns how long the source's thread was held (None when the source is gone)."""
     from pss_cli.platform.linux import inject
     from pss_cli.platform.linux.freeze import TracerSession
 
     try:
         plan = inject.plan_injection(source_pid, force=True)
     except NoSuchProcess:
-        return  # the source is gone (or a zombie): its children went to init or the nearest subreaper
+        return None  # the source is gone (or a zombie): its children went to init or the nearest subreaper
     injector = inject.Injector(source_pid, timeout=timeout, force=True, plan=plan)
     result = 0
 
@@ -276,7 +279,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         with TracerSession() as session:
             result = session.call(steps)
     except NoSuchProcess:
-        return
+        return None
     except OSError as exc:
         raise inject.typed_error(source_pid, exc, "reap the VA clone") from None
     finally:
@@ -285,6 +288,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
     elif result != child:
         warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+    return injector.stopped_ms
 
 
 def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
@@ -428,12 +432,18 @@ class MemoryGrab:
     def release(self) -> None:
         pass
 
+    def reap_stopped_ms(self) -> float | None:
+        return None
+
     def finished(self, model: Snapshot) -> Snapshot:
         """The model once the memory is copied: its copy time, unreadable pages, and any warnings added."""
         extra = tuple(w for w in self.warnings if w not in model.warnings)
         if self.stats is not None and model.memory is not None:
             done = dataclasses.replace(
-                model.memory, copy_ms=self.stats.seconds * 1000, failed_pages=self.stats.failed_pages
+                model.memory,
+                copy_ms=self.stats.seconds * 1000,
+                failed_pages=self.stats.failed_pages,
+                reap_stopped_ms=self.reap_stopped_ms(),
             )
             model = dataclasses.replace(model, memory=done)
         return dataclasses.replace(model, warnings=(*model.warnings, *extra)) if extra else model
@@ -509,6 +519,9 @@ class CloneMemory(MemoryGrab):
             self.release()
         self._note_failures(stats)
         return stats
+
+    def reap_stopped_ms(self) -> float | None:
+        return self.clone.reap_stopped_ms if self.clone is not None else None
 
     def _clone_pid(self) -> int:
         assert self.clone is not None and self.clone.alive
