@@ -328,3 +328,21 @@ def test_progress_bar_is_drawn_only_on_a_terminal(c_target: CTarget, tmp_path: P
     assert proc.returncode == 0
     assert b"copying memory" in drawn
     assert json.loads(output)["ok"] is True
+
+
+def test_a_write_error_mid_copy_is_reported_and_leaves_no_file_no_clone(c_target: CTarget, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes pwrite fail with EFBIG part way (Python ignores SIGXFSZ), like a full disk would."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "big.core"
+    result = subprocess.run([PSS_DUP, "dump", str(c_target.pid), str(out)], capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "File too large" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert children_of(c_target.pid) == []
+    report = c_target.report()
+    assert report["sigchld"] == 0 and report["errors"] == 0
