@@ -324,3 +324,25 @@ def test_unsupported_platform_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
             backends.backend()
     finally:
         backends.backend.cache_clear()
+
+
+def test_control_characters_a_process_chose_never_reach_the_terminal() -> None:
+    """Arguments with a terminal escape and a newline show as '?' in the report and in a one-line error."""
+    hostile = "\x1b]0;title\x07\x1b[31mred\nsecond line"
+    name = f"pssesc{os.getpid() % 100000}"
+    script = f"import ctypes, time; ctypes.CDLL(None).prctl(15, {name.encode()!r}); print(flush=True); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", script, hostile], stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout and proc.stdout.readline()
+        report = run_cli("capture", str(procs[0].pid), "--color", "always")
+        assert report.returncode == 0, report.stderr
+        assert "?]0;title??[31mred?second line" in report.stdout
+        assert "\x1b]" not in report.stdout and "\x1b[31mred" not in report.stdout
+        ambiguous = run_cli("capture", name)
+        assert ambiguous.returncode == 2
+        assert ambiguous.stderr.count("\n") == 1 and "\x1b" not in ambiguous.stderr
+        assert ambiguous.stderr.count("?]0;title??[31mred?second line") == 2
+    finally:
+        for proc in procs:
+            reap(proc)

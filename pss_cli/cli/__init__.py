@@ -49,7 +49,10 @@ register_commands()
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"pss-dup: {message}", err=True)
+    """The one line an error gets; a process's name or arguments in it cannot add lines or terminal escapes."""
+    from pss_cli.render import printable
+
+    click.echo(printable(f"pss-dup: {message}"), err=True)
     sys.exit(code)
 
 

@@ -66,7 +66,9 @@ class Ui:
         if not self.quiet:
             from rich.text import Text
 
-            self.err.print(Text(f"pss-dup: warning: {message}", style="yellow"))
+            from pss_cli.render import printable
+
+            self.err.print(Text(printable(f"pss-dup: warning: {message}"), style="yellow"))
 
 
 def make_console(color: str, *, stderr: bool) -> Console:

@@ -18,6 +18,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from pss_cli.model import MAX_HANDLE, MAX_PID
+from pss_cli.render import printable
 
 #: What readlink(/proc/PID/fd/N) says for a pss-dup snapshot: memfd_create("pss-snapshot", ...).
 SNAPSHOT_LINK = "/memfd:pss-snapshot (deleted)"
@@ -35,11 +36,6 @@ class LiveProcess:
 
     pid: int
     name: str
-
-
-def shell_safe(text: str) -> str:
-    """A process name is chosen by whoever started it: keep control characters out of the shell's protocol."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def read_stat(pid: int) -> tuple[str, str, int] | None:
@@ -114,7 +110,8 @@ def pid_items(incomplete: str) -> list[CompletionItem[str]]:
     items = []
     for proc in live_processes():
         if str(proc.pid).startswith(incomplete):
-            items.append(CompletionItem(str(proc.pid), help=shell_safe(proc.name) or None))
+            # A name is chosen by whoever started the process: no control codes into the shell's protocol.
+            items.append(CompletionItem(str(proc.pid), help=printable(proc.name) or None))
             if len(items) >= MAX_COMPLETIONS:
                 break
     return items

@@ -25,6 +25,7 @@ import click
 from pss_cli.cli.common import Ui, output_options
 from pss_cli.cli.params import PF_KTHREAD, PID, read_stat, snapshot_fds
 from pss_cli.errors import NoSuchProcess
+from pss_cli.render import printable
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -139,11 +140,6 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
             )
         )
     return sorted(rows, key=lambda r: r.pid)
-
-
-def printable(text: str) -> str:
-    """One row per process, as ps(1) does it: a newline or escape in a name or argument shows as '?'."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def process_table(rows: list[ProcessRow]) -> Table:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pss_cli.errors import PssError
 from pss_cli.model import DuplicateResult, FreeResult, Snapshot
+from pss_cli.render import printable
 from pss_cli.render.jsonout import emit, error_record
 from pss_cli.serial import to_dict, to_json
 
@@ -26,7 +27,7 @@ def captures(ui: Ui, outcomes: list[tuple[int, Snapshot | PssError]]) -> None:
         if isinstance(outcome, Snapshot):
             ui.out.print(snapshot_view(outcome))
         else:
-            ui.err.print(Text(f"pss-dup: {pid}: {outcome}", style="red"))
+            ui.err.print(Text(printable(f"pss-dup: {pid}: {outcome}"), style="red"))
 
 
 def snapshot_record(pid: int, snap: Snapshot) -> dict[str, Any]:

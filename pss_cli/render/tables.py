@@ -1,5 +1,6 @@
 """rich renderables for people. Every string that comes from a process (names, command lines, paths, environment)
-is wrapped in Text, so it is shown as it is and never read as markup."""
+is wrapped in Text, so it is never read as markup, and passed through `printable`, so it cannot reach the terminal
+as a control sequence."""
 
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from pss_cli.model import (
     ThreadEntry,
     VaRegion,
 )
+from pss_cli.render import printable
 
 
 def text(value: object) -> Text:
-    """Untrusted or arbitrary text as a renderable that is never parsed as markup."""
-    return Text("-" if value is None else str(value))
+    """Untrusted or arbitrary text as a renderable that is never parsed as markup nor sent as a control code."""
+    return Text("-" if value is None else printable(str(value)))
 
 
 def size(value: int | None) -> Text:
@@ -86,7 +88,7 @@ def summary(snap: Snapshot) -> Panel:
         rows.append(("memory captured", Text.assemble(size(m.bytes_captured), f" in {m.regions} regions ({m.method})")))
     for name, value in rows:
         grid.add_row(name, value)
-    return Panel(grid, title=Text(f"snapshot of {p.name} ({p.pid})"), title_align="left", expand=False)
+    return Panel(grid, title=Text(printable(f"snapshot of {p.name} ({p.pid})")), title_align="left", expand=False)
 
 
 def thread_table(threads: Sequence[ThreadEntry]) -> Table:
@@ -150,7 +152,7 @@ def snapshot_view(snap: Snapshot) -> Group:
     if snap.va_space is not None:
         parts.append(va_table(snap.va_space))
     for warning in snap.warnings:
-        parts.append(Text(f"warning: {warning}", style="yellow"))
+        parts.append(Text(printable(f"warning: {warning}"), style="yellow"))
     return Group(*parts)
 
 
@@ -182,8 +184,8 @@ def result_view(result: DuplicateResult | FreeResult, capture_ms: float | None =
         grid.add_row("process", f"pid {result.pid}  handle fd {result.handle}")
         grid.add_row("timing", f"process stopped {ms(result.stopped_ms)}")
     for action in result.actions:
-        grid.add_row("did" if not result.dry_run else "would", Text(action))
+        grid.add_row("did" if not result.dry_run else "would", text(action))
     parts: list[RenderableType] = [Panel(grid, title=title, title_align="left", expand=False),
                                    access_table(result.access)]  # fmt: skip
-    parts.extend(Text(f"warning: {w}", style="yellow") for w in result.warnings)
+    parts.extend(Text(printable(f"warning: {w}"), style="yellow") for w in result.warnings)
     return Group(*parts)
