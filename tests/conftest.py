@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+PF_KTHREAD = 0x00200000
 TARGETS = Path(__file__).parent / "targets"
 PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
 
@@ -99,3 +100,56 @@ def proc_status(pid: int) -> dict[str, str]:
             key, _, value = line.partition(":")
             result[key] = value.strip()
     return result
+
+
+#: A process with a chosen name that holds one pss-dup snapshot memfd and one other memfd, then waits for EOF.
+HOLDER = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
+snapshot = os.memfd_create("pss-snapshot", 0)
+os.write(snapshot, b"x" * 3000)
+other = os.memfd_create("not-a-snapshot", 0)
+print(snapshot, other, flush=True)
+sys.stdin.read()
+"""
+
+
+@dataclass
+class Holder:
+    proc: subprocess.Popen[str]
+    name: str
+    snapshot_fd: int
+    other_fd: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start_holder(name: str) -> Holder:
+    """A HOLDER process named `name`; the caller reaps it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout
+    line = proc.stdout.readline().split()
+    if len(line) != 2:
+        reap(proc)
+        raise RuntimeError("holder did not start")
+    return Holder(proc, name, int(line[0]), int(line[1]))
+
+
+def stat_fields(pid: int) -> list[str]:
+    """The fields after `comm` in /proc/PID/stat, read as bytes: any process on the host may have a comm that is
+    not UTF-8. A process that is gone reads as state X."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ["X"] + ["0"] * 10
+    return raw.rpartition(b")")[2].decode("ascii").split()
+
+
+def kernel_thread_pids() -> set[int]:
+    """Every kernel thread on the host (PF_KTHREAD in /proc/PID/stat)."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return {pid for pid in pids if int(stat_fields(pid)[6]) & PF_KTHREAD}

@@ -16,8 +16,7 @@ import pytest
 
 from pss_cli.cli import cli
 from pss_cli.errors import EXIT_CODE_HELP
-from tests.conftest import PSS_DUP, run_cli
-from tests.test_completion import Holder, start_holder, stop
+from tests.conftest import PSS_DUP, Holder, reap, run_cli, start_holder
 
 COMMANDS = sorted(cli.commands)
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
@@ -146,7 +145,7 @@ def test_json_output_is_ascii_only() -> None:
         assert result.stdout.isascii()
         assert json.loads(result.stdout)["results"][0]["name"] == "psj-\u00e9\u4e2d"
     finally:
-        stop(h.proc)
+        reap(h.proc)
 
 
 class TestColour:
@@ -157,7 +156,7 @@ class TestColour:
         h = start_holder(f"psc-{uuid.uuid4().hex[:8]}")  # a snapshot holder: its marker is coloured
         self.args = ("ps", "--parent", str(os.getpid()))
         yield h
-        stop(h.proc)
+        reap(h.proc)
 
     def test_piped_output_has_no_escapes_by_default(self) -> None:
         result = run_env(*self.args)

@@ -10,12 +10,11 @@ import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PSS_DUP, reap, run_cli
+from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder, stat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"bash": "pss-dup.bash", "zsh": "_pss-dup", "fish": "pss-dup.fish", "powershell": "pss-dup.ps1"}
@@ -26,49 +25,6 @@ SHARE = {
     "powershell": "share/pss-dup/completions/pss-dup.ps1",
 }
 
-#: A process with a chosen name that holds one pss-dup snapshot memfd and one other memfd, then waits for EOF.
-HOLDER = r"""
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-snapshot = os.memfd_create("pss-snapshot", 0)
-os.write(snapshot, b"x" * 3000)
-other = os.memfd_create("not-a-snapshot", 0)
-print(snapshot, other, flush=True)
-sys.stdin.read()
-"""
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """Kill and reap, then close our ends of the pipes."""
-    reap(proc)
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            stream.close()
-
-
-@dataclass
-class Holder:
-    proc: subprocess.Popen[str]
-    name: str
-    snapshot_fd: int
-    other_fd: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-def start_holder(name: str) -> Holder:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout
-    line = proc.stdout.readline().split()
-    if len(line) != 2:
-        stop(proc)
-        raise RuntimeError("holder did not start")
-    return Holder(proc, name, int(line[0]), int(line[1]))
-
 
 @pytest.fixture
 def holder() -> Iterator[Holder]:
@@ -76,21 +32,7 @@ def holder() -> Iterator[Holder]:
     try:
         yield h
     finally:
-        stop(h.proc)
-
-
-PF_KTHREAD = 0x00200000
-
-
-def stat_fields(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return ["X"] + ["0"] * 10
-
-
-def proc_pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+        reap(h.proc)
 
 
 def complete(shell: str, words: str, cword: int) -> subprocess.CompletedProcess[str]:
@@ -181,7 +123,7 @@ def test_a_name_several_processes_share_is_offered_once_with_every_pid() -> None
         assert items == [(name, f"2 processes: PIDs {pids}")]
     finally:
         for h in holders:
-            stop(h.proc)
+            reap(h.proc)
 
 
 def test_handle_completion_offers_only_the_snapshot_fds_the_process_holds(holder: Holder) -> None:
@@ -214,7 +156,7 @@ def test_completion_leaves_out_kernel_threads_and_zombies() -> None:
             pass
         values = bash_values("pss-dup capture ", 2)
         assert values and str(zombie.pid) not in values
-        kernel_threads = [pid for pid in proc_pids() if int(stat_fields(pid)[6] or 0) & PF_KTHREAD]
+        kernel_threads = kernel_thread_pids()
         assert kernel_threads, "this host shows no kernel threads: the test proves nothing here"
         assert not set(map(str, kernel_threads)) & set(values)
     finally:
@@ -229,7 +171,7 @@ def test_a_hostile_process_name_cannot_break_the_protocol() -> None:
         assert not any(value == "plain" for value, _ in items)
         assert "evil" not in " ".join(value for value, _ in zsh_items("pss-dup capture evil", 2))
     finally:
-        stop(h.proc)
+        reap(h.proc)
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")

@@ -14,10 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import PSS_DUP, run_cli
-from tests.test_completion import HOLDER, Holder, start_holder, stop
-
-PF_KTHREAD = 0x00200000
+from tests.conftest import HOLDER, PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder
 
 
 @pytest.fixture
@@ -26,7 +23,7 @@ def holder() -> Iterator[Holder]:
     try:
         yield h
     finally:
-        stop(h.proc)
+        reap(h.proc)
 
 
 def ps_json(*args: str) -> list[dict[str, Any]]:
@@ -96,7 +93,7 @@ def test_glob_matches_every_process_whose_name_fits() -> None:
         assert len(ps_json(f"psg-{tag}-*")) == 3
     finally:
         for h in holders:
-            stop(h.proc)
+            reap(h.proc)
 
 
 def test_parent_filter_gives_only_children_of_that_process_and_never_pss_dup_itself(holder: Holder) -> None:
@@ -124,14 +121,7 @@ def test_no_match_exits_3_and_still_prints_a_json_document() -> None:
 
 
 def test_kernel_threads_are_left_out() -> None:
-    kernel_threads = set()
-    for proc in psutil.process_iter():
-        try:
-            with open(f"/proc/{proc.pid}/stat") as f:
-                if int(f.read().rpartition(")")[2].split()[6]) & PF_KTHREAD:
-                    kernel_threads.add(proc.pid)
-        except OSError:
-            continue
+    kernel_threads = kernel_thread_pids()
     assert kernel_threads, "this host shows no kernel threads: the test proves nothing here"
     assert not kernel_threads & {r["pid"] for r in ps_json()}
 
@@ -156,7 +146,7 @@ def test_table_marks_the_snapshot_holder_and_shows_hostile_names_as_they_are() -
         assert row.split()[:4] == [str(h.pid), str(os.getpid()), pwd.getpwuid(os.getuid()).pw_name, name]
         assert " *1 " in row
     finally:
-        stop(h.proc)
+        reap(h.proc)
 
 
 def test_piped_table_keeps_a_long_command_line_whole(holder: Holder) -> None:
