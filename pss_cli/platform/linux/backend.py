@@ -29,6 +29,7 @@ from pss_cli.errors import (
     UsageError,
 )
 from pss_cli.model import (
+    EVERYTHING,
     AccessUse,
     CaptureFlags,
     DuplicateResult,
@@ -259,19 +260,8 @@ def thread_entries(
         yield entry
 
 
-#: What `dump` captures: everything, memory included (ProcDump -ma with -r).
-DUMP_FLAGS = (
-    CaptureFlags.THREADS
-    | CaptureFlags.THREAD_CONTEXT
-    | CaptureFlags.THREAD_CONTEXT_EXTENDED
-    | CaptureFlags.HANDLES
-    | CaptureFlags.HANDLE_NAME_INFORMATION
-    | CaptureFlags.HANDLE_BASIC_INFORMATION
-    | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
-    | CaptureFlags.VA_SPACE
-    | CaptureFlags.VA_SPACE_SECTION_INFORMATION
-    | CaptureFlags.VA_CLONE
-)
+#: What `dump` captures: everything, memory included (ProcDump -ma with -r), as `capture --everything` does.
+DUMP_FLAGS = EVERYTHING
 
 
 @contextlib.contextmanager
