@@ -19,7 +19,6 @@ assert sys.platform == "linux"
 import ctypes
 import errno
 import os
-import platform
 from typing import Final
 
 # ---- system call numbers (x86_64, asm/unistd_64.h) ----------------------------------------------------------
@@ -182,10 +181,6 @@ _syscall_fast.restype = ctypes.c_long
 Arg = object
 
 
-def is_x86_64() -> bool:
-    return platform.machine() == "x86_64"
-
-
 def _fail(what: str) -> OSError:
     err = ctypes.get_errno()
     return OSError(err, f"{what}: {os.strerror(err)}")
@@ -214,10 +209,6 @@ def detach(tid: int, signo: int = 0) -> None:
     ptrace(PTRACE_DETACH, tid, 0, signo)
 
 
-def cont(tid: int, signo: int = 0) -> None:
-    ptrace(PTRACE_CONT, tid, 0, signo)
-
-
 def singlestep(tid: int, signo: int = 0) -> None:
     ptrace(PTRACE_SINGLESTEP, tid, 0, signo)
 
@@ -228,17 +219,6 @@ def get_regs(tid: int, regs: user_regs_struct) -> None:
 
 def set_regs(tid: int, regs: user_regs_struct) -> None:
     ptrace(PTRACE_SETREGS, tid, 0, ctypes.byref(regs))
-
-
-def get_regset(tid: int, note_type: int, iov: iovec) -> int:
-    """PTRACE_GETREGSET into `iov`; returns the size the kernel filled in (it shrinks iov_len)."""
-    ptrace(PTRACE_GETREGSET, tid, note_type, ctypes.byref(iov))
-    return int(iov.iov_len)
-
-
-def get_sigmask(tid: int, out: ctypes.c_uint64) -> int:
-    ptrace(PTRACE_GETSIGMASK, tid, KERNEL_SIGSET_SIZE, ctypes.byref(out))
-    return int(out.value)
 
 
 def set_sigmask(tid: int, mask: int) -> None:
@@ -315,11 +295,6 @@ class RegsetReader:
 
 
 # ---- wait status decoding ------------------------------------------------------------------------------------
-
-
-def waitpid(tid: int, options: int) -> tuple[int, int]:
-    """waitpid(tid, options); pass __WALL to see non-leader threads. (0, 0) with WNOHANG when nothing happened."""
-    return os.waitpid(tid, options)
 
 
 def stop_event(status: int) -> int:
