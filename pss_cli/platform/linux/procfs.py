@@ -39,9 +39,7 @@ from pss_cli.model import (
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 O_CLOEXEC = 0o2000000
-PF_KTHREAD = 0x00200000
 
 
 def boot_time() -> float:
@@ -161,10 +159,6 @@ def affinity(pid: int) -> tuple[int, ...] | None:
         return tuple(sorted(os.sched_getaffinity(pid)))
     except OSError:
         return None
-
-
-def is_kernel_thread(stat_fields: list[bytes]) -> bool:
-    return bool(int(stat_fields[6]) & PF_KTHREAD)
 
 
 def read_stat(proc: ProcDir) -> tuple[str, list[bytes]]:
@@ -331,7 +325,6 @@ ANON_TYPES = {
     "[io_uring]": HandleType.IO_URING,
 }
 
-F_GET_SEALS = 1034
 SEAL_NAMES = ((0x1, "SEAL"), (0x2, "SHRINK"), (0x4, "GROW"), (0x8, "WRITE"), (0x10, "FUTURE_WRITE"), (0x20, "EXEC"))
 
 
@@ -401,7 +394,7 @@ def memfd_seals(proc: ProcDir, fd: int) -> int | None:
     except OSError:
         return None
     try:
-        return fcntl.fcntl(local, F_GET_SEALS)
+        return fcntl.fcntl(local, fcntl.F_GET_SEALS)
     except OSError:
         return None
     finally:
