@@ -24,7 +24,7 @@ import socket
 import struct
 
 from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, Refused, ZombieProcess
-from pss_cli.platform.linux import ptrace
+from pss_cli.platform.linux import procfs, ptrace
 
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
@@ -87,13 +87,7 @@ def require_supported_arch() -> None:
 def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
     path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
     with open(path, "rb") as f:
-        raw = f.read()
-    result: dict[str, str] = {}
-    for line in raw.decode("utf-8", "backslashreplace").splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            result[key] = value.strip()
-    return result
+        return procfs.parse_status(f.read())
 
 
 def read_stat(pid: int, tid: int | None = None) -> tuple[str, list[str]]:
@@ -107,9 +101,11 @@ def read_stat(pid: int, tid: int | None = None) -> tuple[str, list[str]]:
     return comm, raw[close_paren + 2 :].decode("ascii", "replace").split()
 
 
-def process_name(pid: int) -> str:
+def process_name(pid: int, tid: int | None = None) -> str:
+    """`comm` of the process (or of one of its threads), '?' once it is gone."""
+    path = f"/proc/{pid}/comm" if tid is None else f"/proc/{pid}/task/{tid}/comm"
     try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
+        with open(path, "rb") as f:
             return f.read().strip().decode("utf-8", "backslashreplace")
     except OSError:
         return "?"
@@ -422,17 +418,11 @@ def eintr_hazard(pid: int, tid: int, pidfd: int | None = None) -> str | None:
     if name is None:
         return None
     return (
-        f"thread {tid} ({_thread_name(pid, tid)}) of process {pid} is blocked in {name}, which fails with EINTR "
+        f"thread {tid} ({process_name(pid, tid)}) of process {pid} is blocked in {name}, which fails with EINTR "
         "when a ptrace stop interrupts it (signal(7)); the program may treat that as an error"
     )
 
 
-def _thread_name(pid: int, tid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
-            return f.read().strip().decode("utf-8", "backslashreplace")
-    except OSError:
-        return "?"
 
 
 def _socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
