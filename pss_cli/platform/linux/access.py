@@ -423,8 +423,6 @@ def eintr_hazard(pid: int, tid: int, pidfd: int | None = None) -> str | None:
     )
 
 
-
-
 def _socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
     if fd > 0x7FFFFFFF:
         return False
