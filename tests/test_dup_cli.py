@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +166,36 @@ def test_receiver_api_refuses_an_fd_that_is_not_a_snapshot(receiver: Receiver) -
     seen = receiver.open(0)
     assert seen == {"ok": False, "error": seen["error"], "code": 8}
     assert "not a pss-dup snapshot" in seen["error"]
+
+
+EPOLL_WAITER = """
+import select, sys
+print("ready", flush=True)
+sys.stdin.readline()
+select.epoll().poll(60)
+"""
+
+
+def test_close_source_that_would_be_refused_is_refused_before_the_target_is_changed(
+    target: Target, receiver: Receiver
+) -> None:
+    """A source blocked in epoll_wait (an EINTR hazard) cannot be stopped to close H: the target gets nothing."""
+    source = subprocess.Popen(
+        [sys.executable, "-c", EPOLL_WAITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert source.stdin and source.stdout and source.stdout.readline().strip() == "ready"
+        fd = dup_json(str(target.pid), str(source.pid), "--flags", "0")["target"]["handle"]
+        source.stdin.write("go\n")
+        source.stdin.flush()
+        deadline = time.monotonic() + 10
+        syscall = Path(f"/proc/{source.pid}/syscall")
+        while syscall.read_text().split()[0] not in ("232", "281"):  # epoll_wait, epoll_pwait
+            assert time.monotonic() < deadline, "the source never blocked in epoll_wait"
+        before = receiver.fds()
+        result = run_cli("dup", str(source.pid), str(receiver.pid), "--handle", str(fd), "--close-source")
+        assert result.returncode == 7 and "epoll_wait" in result.stderr
+        assert receiver.fds() == before
+        assert fd in {int(n) for n in os.listdir(f"/proc/{source.pid}/fd")}
+    finally:
+        reap(source)

@@ -362,10 +362,13 @@ class LinuxBackend:
                 owned = True
                 snapshot_check(source_pid, source_handle)(local_fd)
                 actions.append(f"checked fd {source_handle} of process {source_pid}: a sealed pss-dup snapshot")
+            closing = close_source and source_handle is not None
             if dry_run:
                 with os_errors(target_pid, "duplicate"):
                     actions.extend(inject.dry_run_push(target_pid, force=force))
-                    if close_source and source_handle is not None:
+                if closing:
+                    assert source_handle is not None
+                    with os_errors(source_pid, "close the source handle"):
                         actions.extend(inject.dry_run_close(source_pid, source_handle, force=force))
                 return DuplicateResult(
                     source_pid=source_pid,
@@ -379,19 +382,28 @@ class LinuxBackend:
                     actions=tuple(actions),
                 )
             assert local_fd is not None
+            if closing:  # refuse before the target is changed what would be refused after (EINTR hazard, seccomp)
+                assert source_handle is not None
+                with os_errors(source_pid, "close the source handle"):
+                    inject.dry_run_close(source_pid, source_handle, force=force)
             with os_errors(target_pid, "duplicate"):
                 pushed = inject.push_fd(target_pid, local_fd, cloexec=not inherit, force=force, timeout=timeout)
             actions.append(f"installed fd {pushed.fd} in process {target_pid}")
             closed = False
-            if close_source and source_handle is not None:
-                with os_errors(source_pid, "close the source handle"):
-                    inject.close_remote_fd(
-                        source_pid,
-                        source_handle,
-                        verify=snapshot_check(source_pid, source_handle),
-                        force=force,
-                        timeout=timeout,
-                    )
+            if closing:
+                assert source_handle is not None
+                try:
+                    with os_errors(source_pid, "close the source handle"):
+                        inject.close_remote_fd(
+                            source_pid,
+                            source_handle,
+                            verify=snapshot_check(source_pid, source_handle),
+                            force=force,
+                            timeout=timeout,
+                        )
+                except PssError as exc:  # the push stands: say so, or the caller would think nothing changed
+                    exc.args = (f"{exc}; process {target_pid} already received the snapshot as fd {pushed.fd}",)
+                    raise
                 closed = True
                 actions.append(f"closed fd {source_handle} in process {source_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
             return DuplicateResult(
