@@ -8,6 +8,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -177,6 +178,26 @@ def test_ctrl_c_during_a_freeze_thaws_first_then_raises(c_target: Callable[..., 
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)  # held back: nothing may interrupt us while the target is stopped
         assert {state(target.pid, t) for t in tids(target.pid)} == {"t"}
+    assert_untraced(target.pid)
+    ping(target)
+
+
+def test_ctrl_c_taken_by_another_thread_of_ours_is_held_back_until_the_thaw(c_target: Callable[..., Target]) -> None:
+    """Our mask holds SIGINT back in the caller's thread only; a thread of the tool that does not block it (rich's
+    refresh thread) still runs the handler. The KeyboardInterrupt must wait for the thaw all the same."""
+    target = c_target("threads", "2")
+    idle = threading.Event()
+    other = threading.Thread(target=idle.wait, daemon=True)
+    other.start()
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt), freeze(target.pid) as frozen:
+            assert other.ident is not None
+            frozen.call(lambda: (signal.pthread_kill(other.ident, signal.SIGINT), time.sleep(0.05)))
+            reached.append({state(target.pid, t) for t in tids(target.pid)})
+    finally:
+        idle.set()
+    assert reached == [{"t"}]
     assert_untraced(target.pid)
     ping(target)
 

@@ -107,6 +107,8 @@ class TracerThread:
         self._request.acquire()
         self._reply = _thread.allocate_lock()
         self._reply.acquire()
+        #: Set by the tracer thread after each release of _reply: the truth when a wait for it was interrupted.
+        self._replied = False
         self._job: Callable[[], Any] | None = None
         self._result: Any = None
         self._error: BaseException | None = None
@@ -114,9 +116,13 @@ class TracerThread:
         self.ident = 0
         #: SIGCHLDs this thread consumed with sigtimedwait (one is re-raised for the app if it handles SIGCHLD).
         self.sigchld_taken = 0
+        #: What a Python signal handler raised in the caller while it waited (KeyboardInterrupt): held back until
+        #: the session has restored everything. Our mask holds signals back in the caller's thread only; another
+        #: thread of the process (rich's refresh thread, a writer) can still take a Ctrl-C and make the handler run.
+        self.deferred: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="pss-dup-tracer", daemon=True)
         self._thread.start()
-        self._reply.acquire()
+        self._await_reply()
 
     @staticmethod
     def current() -> TracerThread | None:
@@ -133,6 +139,7 @@ class TracerThread:
         self.native_id = threading.get_native_id()
         self.ident = threading.get_ident()
         self._reply.release()
+        self._replied = True
         while True:
             self._request.acquire()
             job = self._job
@@ -143,14 +150,16 @@ class TracerThread:
             except BaseException as exc:  # handed to the caller's thread, raised there
                 self._error = exc
             self._reply.release()
+            self._replied = True
 
     def call(self, job: Callable[[], T]) -> T:
         """Run `job` on the tracer thread and return its result (or raise its exception) in the caller."""
         if threading.get_ident() == self.ident:
             return job()
         self._job = job
+        self._replied = False
         self._request.release()
-        self._reply.acquire()
+        self._await_reply()
         result, error = self._result, self._error
         self._result = self._error = None
         if error is not None:
@@ -158,11 +167,41 @@ class TracerThread:
         value: T = result
         return value
 
+    def _await_reply(self) -> None:
+        """Wait for the tracer thread's reply, never giving up half way: leaving while it runs a job (an injected
+        system call, a freeze) could end the tool with a thread of the target holding our registers.
+
+        A signal handler may raise at any point of the wait, before or after the lock was taken; `_replied` then
+        says when the reply came, and a non-blocking acquire takes the release if the interrupted one did not.
+        """
+        try:
+            self._reply.acquire()
+            return
+        except BaseException as exc:
+            self._defer(exc)
+        while True:
+            try:
+                while not self._replied:
+                    time.sleep(0.0005)
+                self._reply.acquire(blocking=False)
+                return
+            except BaseException as exc:
+                self._defer(exc)
+
+    def _defer(self, exc: BaseException) -> None:
+        if self.deferred is None:
+            self.deferred = exc
+
     def close(self) -> None:
         """End the thread and wait until the kernel has let go of its tracees (the task is gone from /proc)."""
         self._job = None
         self._request.release()
-        self._thread.join()
+        while True:
+            try:
+                self._thread.join()
+                break
+            except BaseException as exc:  # as in _await_reply: the thread may still hold tracees
+                self._defer(exc)
         deadline = time.monotonic() + 2.0
         while os.path.exists(f"/proc/self/task/{self.native_id}") and time.monotonic() < deadline:
             time.sleep(0.0002)
@@ -206,6 +245,8 @@ class TracerSession:
                 os.kill(os.getpid(), signal.SIGCHLD)  # ours may have hidden one of the app's own children
         finally:
             _restore_signals(self._old_mask)
+        if self.tracer.deferred is not None and exc[0] is None:
+            raise self.tracer.deferred
 
 
 def _app_handles_sigchld() -> bool:
@@ -244,14 +285,13 @@ def pause_for_stop(deadline: float, *, interruptible: bool = True) -> bool:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return False
-    if interruptible and _STOP_REQUESTS & signal.sigpending():
+    tracer = TracerThread.current()
+    if interruptible and (_STOP_REQUESTS & signal.sigpending() or (tracer is not None and tracer.deferred)):
         # Ctrl-C (or SIGTERM/SIGHUP) while a thread will not stop: give up now, not at the deadline. The caller
         # lets go of every thread; the signal itself is delivered once the tool's mask is restored.
         raise Interrupted("interrupted while waiting for a thread to stop; every thread was let go")
-    if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None:
-        tracer = TracerThread.current()
-        if tracer is not None:
-            tracer.sigchld_taken += 1
+    if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None and tracer is not None:
+        tracer.sigchld_taken += 1
     return True
 
 
