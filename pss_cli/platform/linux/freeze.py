@@ -285,13 +285,14 @@ def pause_for_stop(deadline: float, *, interruptible: bool = True) -> bool:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return False
-    tracer = TracerThread.current()
-    if interruptible and (_STOP_REQUESTS & signal.sigpending() or (tracer is not None and tracer.deferred)):
+    if interruptible and _STOP_REQUESTS & signal.sigpending():
         # Ctrl-C (or SIGTERM/SIGHUP) while a thread will not stop: give up now, not at the deadline. The caller
         # lets go of every thread; the signal itself is delivered once the tool's mask is restored.
         raise Interrupted("interrupted while waiting for a thread to stop; every thread was let go")
-    if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None and tracer is not None:
-        tracer.sigchld_taken += 1
+    if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None:
+        tracer = TracerThread.current()
+        if tracer is not None:
+            tracer.sigchld_taken += 1
     return True
 
 
