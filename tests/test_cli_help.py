@@ -105,7 +105,7 @@ def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: tuple[str, ...
         (("capture", "1" * 30), 3, "no process with PID"),  # beyond any pid_t
         (("capture", "1" * 5000), 3, "no process with PID"),  # beyond int()'s digit limit
         (("free", "\u00b2", "3"), 2, "is not a PID"),
-        (("free", str(2**32 + 1), "3"), 2, "is not a PID"),  # pidfd_open would truncate it to PID 1
+        (("free", str(2**32 + 1), "3"), 2, "is not a PID"),  # beyond a pid_t: os.pidfd_open raised OverflowError
         (("inspect", "1", str(2**32 + 3)), 2, "is not a handle"),  # pidfd_getfd would truncate it to fd 3
         (("ps", "--user", "\u00b2"), 3, "no process matches"),
     ],
