@@ -359,6 +359,7 @@ def classify_path(target: str, mode: int | None) -> tuple[HandleType, str | None
     return HandleType.FILE, target, None
 
 
+FILE_FDINFO = re.compile(rb"pos:\s+(\d+)\nflags:\s+([0-7]+)\nmnt_id:\s+(\d+)\n")
 FDINFO_LINE = re.compile(r"^([^:\n]+):[ \t]*(.*)$", re.M)
 REPEATED_FDINFO = ("tfd", "inotify ", "fanotify ")
 
@@ -543,6 +544,8 @@ class HandleReader:
                     st = os.stat(link, dir_fd=dir_fd)
                 except OSError:
                     st = None
+                if st is not None and stat.S_ISREG(st.st_mode) and not target.startswith("/memfd:"):
+                    return self.read_file(fd, link, target, st)
             if self.basic or self.type_specific:
                 info, repeated = parse_fdinfo(read_small(self.fdinfo_dir, link))
             else:
@@ -580,6 +583,23 @@ class HandleReader:
             mount_id=int(info["mnt_id"]) if basic and "mnt_id" in info else None,
             type_specific=extra,
         )
+
+    def read_file(self, fd: int, link: str, target: str, st: os.stat_result) -> HandleEntry:
+        """A regular file, by far the most common entry: fdinfo's fixed first lines matched in one step."""
+        pos = flags = mount = None
+        if self.basic or self.type_specific:
+            head = FILE_FDINFO.match(read_small(self.fdinfo_dir, link))
+            if head is not None:
+                pos, flags, mount = int(head[1]), int(head[2], 8), int(head[3])
+        name = None
+        if self.names:
+            name = target if target.isascii() else decode(os.fsencode(target))
+        basic = self.basic
+        return HandleEntry(
+            fd, HandleType.FILE, "file", name, self.flags,
+            None if flags is None else bool(flags & O_CLOEXEC),
+            flags if basic else None, pos if basic else None, st.st_ino, st.st_dev, mount if basic else None,
+        )  # fmt: skip
 
     def type_specific_info(
         self, fd: int, kind: HandleType, inode: int | None, info: dict[str, str], repeated: list[str]
