@@ -206,6 +206,20 @@ def sealed_memfd(data: bytes = PAYLOAD) -> int:
     return fd
 
 
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is `pid`, from every /proc/PID/stat (a VA clone must never be left behind)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
 def own_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PSS_DUP
+from tests.linux.conftest import children_of
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="Linux only"),
@@ -188,19 +189,6 @@ def thread_sections(bt: str) -> list[str]:
     """`thread apply all bt` output split per thread."""
     parts = re.split(r"\n(?=Thread \d+ )", "\n" + bt)
     return [p for p in parts if p.startswith("Thread ")]
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 @pytest.mark.parametrize("method", ["clone", "copy"])

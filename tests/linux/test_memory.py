@@ -21,6 +21,7 @@ import pytest
 
 from pss_cli.errors import OutputExists
 from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
+from tests.linux.conftest import children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
@@ -188,19 +189,6 @@ def snapshot_core(pid: int, method: str) -> Core:
     flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION | CaptureFlags.VA_CLONE
     with backend.capture(pid, flags, timeout=10, clone_method=method) as snap:
         return Core(snap.handle())
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 METHODS = ["clone", "copy"]
