@@ -39,8 +39,9 @@ from typing import Final
 
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
-from pss_cli.platform.linux import elfcore, memfd, memory, procfs, ptrace
+from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
 from pss_cli.platform.linux.freeze import FrozenProcess, pause_for_stop, poll_status
+from pss_cli.platform.linux.inject import check, signed64
 
 SYS_pause: Final = 34
 SYS_clone: Final = 56
@@ -61,16 +62,6 @@ ALL_SIGNALS: Final = MASK64
 METHOD_CLONE: Final = "clone"
 METHOD_COPY: Final = "copy"
 CLONE_METHODS: Final = (METHOD_CLONE, METHOD_COPY)
-
-
-def check(result: int, what: str) -> int:
-    if -4095 <= result < 0:
-        raise OSError(-result, f"{what}: {os.strerror(-result)}")
-    return result
-
-
-def signed64(value: int) -> int:
-    return value - (1 << 64) if value & (1 << 63) else value
 
 
 # ---- system calls in a task this tracer already holds ---------------------------------------------------------
@@ -167,8 +158,6 @@ class ClonePlan:
 
 def plan_clone(pid: int) -> ClonePlan:
     """Choose the thread and the `syscall` instruction for the clone (inject.plan_injection's choice)."""
-    from pss_cli.platform.linux import inject
-
     plan = inject.plan_injection(pid, force=True)
     try:
         site = plan.vdso_insn if plan.vdso_insn is not None else plan.libc_insn
@@ -255,7 +244,6 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
 def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
     """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
     Returns how long the source's thread was held (None when the source is gone)."""
-    from pss_cli.platform.linux import inject
     from pss_cli.platform.linux.freeze import TracerSession
 
     try:
