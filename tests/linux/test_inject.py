@@ -457,20 +457,29 @@ def test_ctrl_c_during_a_push_loop_restores_the_target(blocker: Callable[..., Ta
     target = blocker("read")
     wait_blocked(target.pid, {SYS_read})
     fds = fd_count(target.pid)
+    # Python drops a KeyboardInterrupt that its handler raises inside a weakref callback or __del__ ("Exception
+    # ignored in ..."): the flag ends the loop after the current push in that case, instead of never.
     code = (
-        "import os, sys\n"
+        "import os, signal, sys\n"
         "from pss_cli.platform.linux.inject import push_fd, close_remote_fd\n"
+        "stop = False\n"
+        "def on_int(signo, frame):\n"
+        "    global stop\n"
+        "    stop = True\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGINT, on_int)\n"
         "fd = os.memfd_create('x')\n"
         "n = 0\n"
         "print('started', flush=True)\n"
         "try:\n"
-        "    while True:\n"
+        "    while not stop:\n"
         f"        r = push_fd({target.pid}, fd, cloexec=True, force=False, timeout=5)\n"
         f"        close_remote_fd({target.pid}, r.fd, verify=lambda f: None, force=False, timeout=5)\n"
         "        n += 1\n"
         "except KeyboardInterrupt:\n"
-        "    print('interrupted', n, flush=True)\n"
-        "    sys.exit(130)\n"
+        "    pass\n"
+        "print('interrupted', n, flush=True)\n"
+        "sys.exit(130)\n"
     )
     for delay in (0.3, 0.55, 0.8):
         tool = subprocess.Popen(
@@ -479,11 +488,18 @@ def test_ctrl_c_during_a_push_loop_restores_the_target(blocker: Callable[..., Ta
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
-        assert tool.stdout is not None
-        assert tool.stdout.readline().strip() == "started"
-        time.sleep(delay)
-        tool.send_signal(signal.SIGINT)
-        out, _ = tool.communicate(timeout=20)
+        try:
+            assert tool.stdout is not None
+            assert tool.stdout.readline().strip() == "started"
+            time.sleep(delay)
+            tool.send_signal(signal.SIGINT)
+            out, _ = tool.communicate(timeout=20)
+        finally:
+            if tool.poll() is None:  # never leave a looping tool behind: later tests count this process's children
+                tool.kill()
+            tool.wait(timeout=10)
+            assert tool.stdout is not None
+            tool.stdout.close()
         assert tool.returncode == 130, out
         assert int(out.split()[1]) > 0
         assert_untraced(target.pid)
