@@ -458,9 +458,12 @@ def test_ctrl_c_during_a_push_loop_restores_the_target(blocker: Callable[..., Ta
     wait_blocked(target.pid, {SYS_read})
     fds = fd_count(target.pid)
     # Python drops a KeyboardInterrupt that its handler raises inside a weakref callback or __del__ ("Exception
-    # ignored in ..."): the flag ends the loop after the current push in that case, instead of never.
+    # ignored in ..."): the flag ends the loop after the current push in that case, instead of never. Whatever fd
+    # the target still holds at the end must have been reported: by the Interrupted error of a push that finished
+    # under the Ctrl-C, or because the loop was between its push and its close.
     code = (
-        "import os, signal, sys\n"
+        "import os, re, signal, sys\n"
+        "from pss_cli.errors import Interrupted\n"
         "from pss_cli.platform.linux.inject import push_fd, close_remote_fd\n"
         "stop = False\n"
         "def on_int(signo, frame):\n"
@@ -469,18 +472,25 @@ def test_ctrl_c_during_a_push_loop_restores_the_target(blocker: Callable[..., Ta
         "    raise KeyboardInterrupt\n"
         "signal.signal(signal.SIGINT, on_int)\n"
         "fd = os.memfd_create('x')\n"
-        "n = 0\n"
+        "n, kept = 0, -1\n"
         "print('started', flush=True)\n"
         "try:\n"
         "    while not stop:\n"
-        f"        r = push_fd({target.pid}, fd, cloexec=True, force=False, timeout=5)\n"
-        f"        close_remote_fd({target.pid}, r.fd, verify=lambda f: None, force=False, timeout=5)\n"
+        f"        kept = push_fd({target.pid}, fd, cloexec=True, force=False, timeout=5).fd\n"
+        f"        close_remote_fd({target.pid}, kept, verify=lambda f: None, force=False, timeout=5)\n"
+        "        kept = -1\n"
         "        n += 1\n"
+        "except Interrupted as exc:\n"
+        "    if 'received it as fd' in str(exc):\n"
+        "        kept = int(re.search(r'as fd (\\d+)', str(exc)).group(1))\n"
+        "    elif 'fd' in str(exc) and 'was closed' in str(exc):\n"
+        "        kept = -1\n"
         "except KeyboardInterrupt:\n"
         "    pass\n"
-        "print('interrupted', n, flush=True)\n"
+        "print('interrupted', n, kept, flush=True)\n"
         "sys.exit(130)\n"
     )
+    kept_fds = []
     for delay in (0.3, 0.55, 0.8):
         tool = subprocess.Popen(
             [sys.executable, "-c", code],
@@ -501,13 +511,18 @@ def test_ctrl_c_during_a_push_loop_restores_the_target(blocker: Callable[..., Ta
             assert tool.stdout is not None
             tool.stdout.close()
         assert tool.returncode == 130, out
-        assert int(out.split()[1]) > 0
+        _, count, kept = out.split()
+        assert int(count) > 0
+        if int(kept) >= 0:
+            kept_fds.append(int(kept))
         assert_untraced(target.pid)
         assert state(target.pid) == "S"
         target.send(f"tick-{delay}")
         assert target.event("got")["line"] == f"tick-{delay}"
     assert_no_read_errors(target)
-    assert fd_count(target.pid) <= fds + 3  # an interrupted loop may leave its last pushed fd behind
+    held = set(os.listdir(f"/proc/{target.pid}/fd"))
+    assert {str(fd) for fd in kept_fds} <= held
+    assert fd_count(target.pid) == fds + len(kept_fds), "the target holds an fd nobody reported"
 
 
 # ---- close / get / dry runs ---------------------------------------------------------------------------------

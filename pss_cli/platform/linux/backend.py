@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 from pss_cli.errors import (
     AccessDenied,
+    Interrupted,
     NoSuchProcess,
     NotSupported,
     OperationFailed,
@@ -404,6 +405,12 @@ class LinuxBackend:
                 except PssError as exc:  # the push stands: say so, or the caller would think nothing changed
                     exc.args = (f"{exc}; process {target_pid} already received the snapshot as fd {pushed.fd}",)
                     raise
+                except KeyboardInterrupt:
+                    raise Interrupted(
+                        f"interrupted before fd {source_handle} of process {source_pid} was closed; "
+                        f"process {target_pid} already received the snapshot as fd {pushed.fd}",
+                        pid=source_pid,
+                    ) from None
                 closed = True
                 actions.append(f"closed fd {source_handle} in process {source_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
             return DuplicateResult(

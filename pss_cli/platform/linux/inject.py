@@ -33,6 +33,7 @@ from typing import Final, TypeVar
 
 from pss_cli.errors import (
     BadSnapshot,
+    Interrupted,
     NoSuchProcess,
     NotSupported,
     OperationFailed,
@@ -597,9 +598,13 @@ class PushResult:
 
 
 def _run_injected(
-    pid: int, *, force: bool, timeout: float, what: str, steps: Callable[[Injector], T]
+    pid: int, *, force: bool, timeout: float, what: str, steps: Callable[[Injector], T], done: Callable[[T], str]
 ) -> tuple[T, Injector]:
-    """Plan (before stopping anything), then seize, run `steps` on the tracer thread, restore; typed errors out."""
+    """Plan (before stopping anything), then seize, run `steps` on the tracer thread, restore; typed errors out.
+
+    A Ctrl-C that came while the target was held is raised once it is restored; if `steps` had finished by then,
+    its effect stays, and the Interrupted error says what it was (`done`), so that nothing is left unreported.
+    """
     plan = plan_injection(pid, force=force)
     try:
         injector = Injector(pid, timeout=timeout, force=force, plan=plan)
@@ -608,11 +613,18 @@ def _run_injected(
             with injector:
                 return steps(injector)
 
-        with TracerSession() as session:
-            try:
-                return session.call(whole), injector
-            except OSError as exc:
-                raise typed_error(pid, exc, what) from None
+        finished: list[T] = []
+        try:
+            with TracerSession() as session:
+                try:
+                    finished.append(session.call(whole))
+                except OSError as exc:
+                    raise typed_error(pid, exc, what) from None
+        except KeyboardInterrupt:
+            if finished:
+                raise Interrupted(f"interrupted after {done(finished[0])}", pid=pid) from None
+            raise
+        return finished[0], injector
     finally:
         plan.close()
 
@@ -630,6 +642,7 @@ def push_fd(target_pid: int, local_fd: int, *, cloexec: bool, force: bool, timeo
         timeout=timeout,
         what="push a file descriptor",
         steps=lambda inj: _push_steps(inj, local_fd, cloexec),
+        done=lambda fd: f"process {target_pid} received it as fd {fd}, which it keeps (pss-dup free closes it)",
     )
     assert injector.stopped_ms is not None
     return PushResult(fd=new_fd, stopped_ms=injector.stopped_ms, warnings=injector.warnings)
@@ -718,7 +731,9 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
             os.close(local)
         check(inj.syscall(ptrace.SYS_close, fd), f"close({fd})")
 
-    _, injector = _run_injected(pid, force=force, timeout=timeout, what=f"close fd {fd}", steps=steps)
+    _, injector = _run_injected(
+        pid, force=force, timeout=timeout, what=f"close fd {fd}", steps=steps, done=lambda _: f"fd {fd} was closed"
+    )
     assert injector.stopped_ms is not None
     return injector.stopped_ms
 
