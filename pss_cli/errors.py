@@ -7,6 +7,8 @@ Everything below the CLI raises one of these; the CLI prints `str(error)` as a s
 from __future__ import annotations
 
 import enum
+import errno
+import sys
 
 
 class ExitCode(enum.IntEnum):
@@ -55,6 +57,25 @@ class PssError(Exception):
 
 class OperationFailed(PssError):
     exit_code = ExitCode.FAILED
+
+
+class OutOfDescriptors(OperationFailed):
+    """pss-dup's own fd table is full (EMFILE/ENFILE): said as such, never blamed on the process worked on."""
+
+    def __init__(self) -> None:
+        limit = ""
+        if sys.platform != "win32":
+            import resource
+
+            limit = f" (its limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        super().__init__(f"pss-dup itself has no free file descriptor{limit}; raise it with `ulimit -n` and retry")
+
+
+def own_error(exc: BaseException) -> PssError | None:
+    """The typed error for an OSError that is about pss-dup itself wherever it came from (its fd table is full)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfDescriptors()
+    return None
 
 
 class UsageError(PssError):

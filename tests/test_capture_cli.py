@@ -346,3 +346,36 @@ def test_control_characters_a_process_chose_never_reach_the_terminal() -> None:
     finally:
         for proc in procs:
             reap(proc)
+
+
+def test_running_out_of_its_own_fds_is_one_line_that_blames_pss_dup_not_the_process(
+    sleeper: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """Just above what Python needs to start (5 here), some open() of pss-dup's own fails with EMFILE, wherever it
+    is; each such failure is the one documented line, and the process worked on is left as it was."""
+    fds = sorted(os.listdir(f"/proc/{sleeper.pid}/fd"))
+    failures = 0
+    for limit in range(5, 9):
+        for command in (
+            ["capture", str(sleeper.pid), "--everything"],
+            ["dump", str(sleeper.pid), str(tmp_path / f"{limit}.core")],
+            ["dup", str(sleeper.pid), str(sleeper.pid)],
+        ):
+            result = subprocess.run(["prlimit", f"--nofile={limit}:{limit}", PSS_DUP, *command, "-q"],
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+            if result.returncode == 0:
+                if command[0] == "dup":  # it worked: give the fd back, so that the table check below holds
+                    held = set(os.listdir(f"/proc/{sleeper.pid}/fd")) - set(fds)
+                    assert len(held) == 1
+                    assert run_cli("free", str(sleeper.pid), held.pop()).returncode == 0
+                continue
+            failures += 1
+            assert result.returncode == 1, result.stderr
+            assert result.stderr == (
+                f"pss-dup: pss-dup itself has no free file descriptor (its limit is {limit}); "
+                "raise it with `ulimit -n` and retry\n"
+            )
+            assert sorted(os.listdir(f"/proc/{sleeper.pid}/fd")) == fds
+            assert proc_status(sleeper.pid)["TracerPid"] == "0"
+            assert not (tmp_path / f"{limit}.core").exists()
+    assert failures >= 3

@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 
 from pss_cli._version import __version__
-from pss_cli.errors import EXIT_CODE_HELP, ExitCode, PssError
+from pss_cli.errors import EXIT_CODE_HELP, ExitCode, PssError, own_error
 
 EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(
     f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items()
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.stdout = None
         sys.exit(ExitCode.OK)
     except Exception as exc:
+        own = own_error(exc)
+        if own is not None:
+            fail(str(own), own.exit_code)
         # A bug of ours, not the user's input: still one line and a documented code; PSS_DUP_DEBUG shows where.
         if os.environ.get("PSS_DUP_DEBUG"):
             raise

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pss_cli.errors import PssError
+from pss_cli.errors import PssError, own_error
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -152,11 +152,16 @@ def output_options(func: F) -> F:
                 if not backend().enable_debug_privilege():
                     ui.warn("SeDebugPrivilege could not be enabled: run from an elevated prompt")
             return func(ui, *args, **kwargs)
-        except PssError as exc:
+        except (PssError, OSError) as exc:
+            error = exc if isinstance(exc, PssError) else own_error(exc)
+            if error is None:
+                raise
             if ui.machine:
                 from pss_cli.render.jsonout import emit_error
 
-                emit_error(ui, exc)
-            raise
+                emit_error(ui, error)
+            if error is exc:
+                raise
+            raise error from None
 
     return wrapper  # type: ignore[return-value]

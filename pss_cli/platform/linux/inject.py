@@ -37,6 +37,7 @@ from pss_cli.errors import (
     NoSuchProcess,
     NotSupported,
     OperationFailed,
+    OutOfDescriptors,
     ProcessGone,
     PssError,
     Refused,
@@ -569,7 +570,17 @@ class Injector:
 
     def getfd(self, remote_fd: int) -> int:
         """A local copy of the target's fd `remote_fd` (pidfd_getfd, O_CLOEXEC); EBADF if it has none."""
-        return ptrace.pidfd_getfd(self.plan.pidfd, remote_fd)
+        return local_copy(self.plan.pidfd, remote_fd)
+
+
+def local_copy(pidfd: int, remote_fd: int) -> int:
+    """pidfd_getfd; our own full fd table is OutOfDescriptors, not the target's problem (see typed_error)."""
+    try:
+        return ptrace.pidfd_getfd(pidfd, remote_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise OutOfDescriptors from None
+        raise
 
 
 def typed_error(pid: int, exc: OSError, what: str) -> PssError:
@@ -746,7 +757,7 @@ def get_remote_fd(pid: int, fd: int) -> int:
     except ProcessLookupError:
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
     try:
-        return ptrace.pidfd_getfd(pidfd, fd)
+        return local_copy(pidfd, fd)
     except OSError as exc:
         if exc.errno == errno.EBADF:
             raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
