@@ -5,7 +5,8 @@ process with 8 threads and ~200 MB of objects. For each, interleaved runs of: `p
 --clone-method copy`, `gcore`. Reported: total wall time of the command, how long the source was stopped (pss-dup's
 stopped_ms; gcore keeps every thread stopped for its whole run), output size, and the copy throughput of the dump
 beside a plain memcpy of the same size between two pre-faulted buffers, measured in the same run. The raw read
-engines (/proc/PID/mem and process_vm_readv into a pre-faulted buffer) are measured too.
+engines (/proc/PID/mem and process_vm_readv into a pre-faulted buffer) are measured too, and the write side alone: what
+a C program gets when it only pwrite()s a resident buffer, over and over, into a new file (or memfd) of the same size.
 
 Goals (issue 4): source stopped < 50 ms for the 1 GiB target with the clone method; total dump time at most one
 third of gcore's; copy throughput at least 70% of memcpy.
@@ -62,6 +63,40 @@ int main(int argc, char **argv) {
     fflush(stdout);
     char line[8];
     while (fgets(line, sizeof line, stdin)) {}
+    return 0;
+}
+"""
+
+#: The write side alone: a C program pwrite()s one resident 8 MiB buffer over and over until N MiB fill a new file
+#: (or a new memfd), with no reading at all. A streaming core writer (pss-dup, and gcore) pays at least this for its
+#: output; what it adds is the reading. (Writing out of one big buffer instead would first have to fault that buffer
+#: in, which on this VM costs as much as the write itself.)
+C_WRITE_LIMIT = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    size_t size = (size_t)atol(argv[1]) << 20, chunk = 8 << 20;
+    char *data = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (data == MAP_FAILED) return 1;
+    memset(data, 0x5a, chunk);
+    int memfd = strcmp(argv[2], "memfd") == 0;
+    int fd = memfd ? memfd_create("limit", 0) : open(argv[2], O_CREAT | O_EXCL | O_WRONLY, 0600);
+    if (fd < 0) return 1;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (size_t off = 0; off < size; off += chunk) {
+        size_t n = size - off < chunk ? size - off : chunk;
+        if (pwrite(fd, data, n, (off_t)off) != (ssize_t)n) return 1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.6f\n", (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+    if (!memfd) unlink(argv[2]);
     return 0;
 }
 """
@@ -193,6 +228,17 @@ def memcpy_gbps(size: int, repeats: int = 3) -> list[float]:
         b.close()
 
 
+def write_limit_gbps(limit_exe: Path, size: int, where: str, repeats: int) -> list[float]:
+    """GB/s of the C write-limit program for `size` bytes into `where` (a file path, or "memfd")."""
+    mib = max(1, size >> 20)
+    out = []
+    for _ in range(repeats):
+        os.sync()
+        result = subprocess.run([str(limit_exe), str(mib), where], capture_output=True, text=True, check=True)
+        out.append((mib << 20) / float(result.stdout) / 1e9)
+    return out
+
+
 def engine_gbps(pid: int, reader: str) -> float:
     """The read engine alone: the target's dumped memory into a pre-faulted anonymous buffer (no file)."""
     from pss_cli.platform.linux import memory, procfs
@@ -215,12 +261,19 @@ def engine_gbps(pid: int, reader: str) -> float:
         buffer.close()
 
 
-def bench_target(name: str, proc: subprocess.Popen[str], directory: Path, rounds: int) -> dict[str, Runs]:
+def bench_target(
+    name: str, proc: subprocess.Popen[str], directory: Path, rounds: int, limit_exe: Path
+) -> dict[str, Runs]:
     results = {"pss-dup clone": Runs(), "pss-dup copy": Runs(), "gcore": Runs()}
-    for _ in range(rounds):  # interleaved, so that drift on this noisy VM hits every tool alike
+    to_file: list[float] = []
+    to_memfd: list[float] = []
+    for _ in range(rounds):  # interleaved, so that drift on this noisy VM hits every tool and the limit alike
         run_pss(proc.pid, directory / "clone.core", "clone", results["pss-dup clone"])
         run_pss(proc.pid, directory / "copy.core", "copy", results["pss-dup copy"])
         run_gcore(proc.pid, directory, results["gcore"])
+        written = results["pss-dup clone"].size[-1]
+        to_file += write_limit_gbps(limit_exe, written, str(directory / "limit.bin"), repeats=1)
+        to_memfd += write_limit_gbps(limit_exe, written, "memfd", repeats=1)
     size = int(median([float(m) for m in results["pss-dup clone"].memory]))
     memcpy = memcpy_gbps(size)
     engines = {reader: engine_gbps(proc.pid, reader) for reader in ("mem", "pvr")}
@@ -235,8 +288,20 @@ def bench_target(name: str, proc: subprocess.Popen[str], directory: Path, rounds
             f"{total / gcore_total:>8.2f}x"
         )
     copy = median(results["pss-dup clone"].copy_gbps)
+    limit = median(to_file)
     print(f"memcpy of {size / 2**20:.0f} MiB, pre-faulted to pre-faulted: {spread(memcpy, '.2f')} GB/s")
     print(f"dump copy phase (read clone + write file) / memcpy: {copy / median(memcpy):.0%}")
+    print(
+        f"write side alone (C pwrite of a resident buffer into a new file): {spread(to_file, '.2f')} GB/s "
+        f"({limit / median(memcpy):.0%} of memcpy); into a new memfd {spread(to_memfd, '.2f')} GB/s "
+        f"({median(to_memfd) / median(memcpy):.0%}). The dump's copy phase runs at {copy / limit:.0%} of it"
+    )
+    gcore_rate = median([float(s) for s in results["gcore"].size]) / gcore_total / 1e9
+    floor = median([float(s) for s in results["pss-dup clone"].size]) / (limit * 1e9)
+    print(
+        f"floor: writing pss-dup's output at that rate alone takes {floor:.2f} s = {floor / gcore_total:.2f}x "
+        f"gcore's total; gcore's output rate {gcore_rate:.2f} GB/s is {gcore_rate / limit:.0%} of it"
+    )
     print(
         f"read engines into a pre-faulted buffer: /proc/PID/mem {engines['mem']:.2f} GB/s "
         f"({engines['mem'] / median(memcpy):.0%} of memcpy), process_vm_readv {engines['pvr']:.2f} GB/s "
@@ -263,6 +328,9 @@ def main() -> None:
         source.write_text(C_TARGET)
         exe = work / "touch"
         subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(source)], check=True)
+        (work / "limit.c").write_text(C_WRITE_LIMIT)
+        limit_exe = work / "limit"
+        subprocess.run(["gcc", "-O2", "-o", str(limit_exe), str(work / "limit.c")], check=True)
         df = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True).stdout.splitlines()
         print(f"cores written to {directory} ({df[-1].split()[1]})")
 
@@ -277,7 +345,7 @@ def main() -> None:
             proc = start(argv)
             print(f"\n{name}: pid {proc.pid}, started in {time.perf_counter() - t:.1f} s")
             try:
-                results = bench_target(name, proc, directory, args.runs)
+                results = bench_target(name, proc, directory, args.runs, limit_exe)
             finally:
                 stop(proc)
             summary.append((name, results))
