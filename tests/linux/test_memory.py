@@ -3,6 +3,7 @@ clone and the frozen copy, against a C target (compiled here) that lays out ever
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
@@ -490,10 +491,59 @@ def test_source_exiting_while_its_clone_is_held_leaves_nothing_behind(layout: La
         deadline = time.monotonic() + 5
         while children_of(os.getpid()).count(clone) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # reparented to us
-        snap.close()  # kills the clone; there is no source left to reap it in
-        assert os.waitpid(clone, 0)[0] == clone  # it did die (we, its new parent, collect it)
+        snap.close()  # kills the clone; there is no source left to reap it in, so its new parent (we) reaps it
+        with contextlib.suppress(ChildProcessError):  # pss-dup's guard already did: we are its tracer too
+            os.waitpid(clone, 0)
+        assert not os.path.exists(f"/proc/{clone}")
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (768 << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
+
+
+def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves pss-dup no chance to clean up: the kernel must (PTRACE_O_EXITKILL on the guard thread). The
+    dead clone stays a zombie child of the source, holding no memory; reaping it (here with pss-dup's own helper)
+    leaves the source with no child at all, and it runs on."""
+    source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    tool = None
+    try:
+        assert source.stdout is not None and source.stdout.readline() == b"ready\n"
+        tool = subprocess.Popen([str(Path(sys.executable).with_name("pss-dup")), "dump", str(source.pid),
+                                 str(tmp_path / "killed.core"), "-q"])  # fmt: skip
+        clone = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and tool.poll() is None:
+            clone = next(iter(children_of(source.pid)), 0)
+            with contextlib.suppress(OSError):
+                if clone and tracer_of(clone) != 0 and proc_state(clone) == "S":  # parked (in pause) and guarded
+                    break
+            time.sleep(0.002)
+        assert clone and tool.poll() is None, "the dump ended before its clone could be seen guarded"
+        tool.kill()
+        tool.wait(timeout=10)
+        assert wait_state(clone, "Z"), f"the clone {clone} lives on in state {proc_state(clone)}"
+        assert vaclone.reap_in_source(source.pid, clone, timeout=10, warnings=[]) is not None
+        assert children_of(source.pid) == []
+        assert source.poll() is None and proc_state(source.pid) == "S"
+    finally:
+        if tool is not None and tool.poll() is None:
+            tool.kill()
+            tool.wait()
+        source.kill()
+        source.wait()
+        for stream in (source.stdin, source.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def tracer_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("TracerPid:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def proc_state(pid: int) -> str:

@@ -33,6 +33,7 @@ import errno
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -40,7 +41,7 @@ from typing import Final
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
-from pss_cli.platform.linux.freeze import FrozenProcess, pause_for_stop, poll_status
+from pss_cli.platform.linux.freeze import FrozenProcess, TracerThread, pause_for_stop, poll_status
 from pss_cli.platform.linux.inject import check, signed64
 
 SYS_pause: Final = 34
@@ -58,6 +59,8 @@ RED_ZONE: Final = 128
 RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
 #: Every signal blocked (the kernel leaves SIGKILL and SIGSTOP out by itself).
 ALL_SIGNALS: Final = MASK64
+#: __WALL, under a name that class bodies do not mangle.
+WAIT_ALL: Final = ptrace.__WALL
 
 METHOD_CLONE: Final = "clone"
 METHOD_COPY: Final = "copy"
@@ -194,6 +197,8 @@ class VaClone:
     #: Signals that reached the borrowed thread during the injection; re-sent once the process is thawed.
     stashed: list[int] = dataclasses.field(default_factory=list)
     alive: bool = True
+    #: Traced by the guard thread (see guard).
+    guarded: bool = False
     #: How long the reaping wait4 held one thread of the source.
     reap_stopped_ms: float | None = None
 
@@ -202,6 +207,18 @@ class VaClone:
             with contextlib.suppress(OSError):
                 ptrace.tgkill(self.source_pid, self.source_tid, signo)
         self.stashed.clear()
+
+    def guard(self) -> None:
+        """Have the guard thread trace the parked clone with PTRACE_O_EXITKILL, without stopping it: should pss-dup
+        die before it ends the clone (SIGKILL, the OOM killer), the kernel kills the clone instead of leaving a
+        copy of the process's memory behind (the dead clone is then a zombie of the source, holding no memory)."""
+        try:
+            _guard_thread().call(lambda: ptrace.seize(self.pid, ptrace.PTRACE_O_EXITKILL))
+            self.guarded = True
+        except OSError as exc:
+            self.warnings.append(
+                f"the VA clone {self.pid} outlives pss-dup if pss-dup is killed (PTRACE_SEIZE: {exc.strerror})"
+            )
 
     def kill_and_reap(self, *, timeout: float) -> None:
         """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source.
@@ -223,12 +240,30 @@ class VaClone:
             with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             _wait_exit(self.pidfd, timeout)
+            if self.guarded:  # a traced child's exit goes to its tracer first; only then can the source reap it
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, WAIT_ALL)
         finally:
             os.close(self.pidfd)
         try:
             self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
+
+
+_guard: TracerThread | None = None
+_guard_lock = threading.Lock()
+
+
+def _guard_thread() -> TracerThread:
+    """The thread that traces every VA clone for as long as pss-dup lives. Not the caller's: a caller thread that
+    ended while a snapshot still needed its clone would take the clone with it (EXITKILL acts on the tracer thread's
+    exit)."""
+    global _guard
+    with _guard_lock:
+        if _guard is None:
+            _guard = TracerThread()
+        return _guard
 
 
 def _wait_exit(pidfd: int, timeout: float) -> None:
@@ -476,6 +511,7 @@ class CloneMemory(MemoryGrab):
     def after_thaw(self, model: Snapshot) -> Snapshot:
         clone = self.clone
         assert clone is not None
+        clone.guard()
         clone.resend_stashed()
         self.warnings.extend(clone.warnings)
         regions = clone_regions(clone.pid, model.va_space)
