@@ -9,7 +9,9 @@ signals), comm "pss-vaclone", PR_SET_PDEATHSIG(SIGKILL), every signal blocked, a
 instruction the process already has; then it is let go. The source thaws right after: it was stopped for the
 freeze and the clone's page-table copy, not for a copy of its memory.
 
-Memory is then read from the clone while the source runs on. Afterwards the clone is killed through a pidfd held
+Right after the thaw a guard thread, alive as long as pss-dup, traces the parked clone with PTRACE_O_EXITKILL
+(never stopping it): a pss-dup that is SIGKILLed takes its clone with it. Memory is then read from the clone while
+the source runs on. Afterwards the clone is killed through a pidfd held
 since its birth, and reaped by an injected `wait4(pid, NULL, __WALL|WNOHANG)` in the source, so no zombie is left
 in the source and no SIGCHLD reaches it. (The double-fork variant would leave the clone to init; on hosts whose
 pid 1 does not reap orphans, as here, that is a zombie for good.)
