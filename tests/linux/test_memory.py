@@ -505,7 +505,7 @@ BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (768 << 20)\nprint('ready
 def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) -> None:
     """SIGKILL leaves pss-dup no chance to clean up: the kernel must (PTRACE_O_EXITKILL on the guard thread). The
     dead clone stays a zombie child of the source, holding no memory; reaping it (here with pss-dup's own helper)
-    leaves the source with no child at all, and it runs on."""
+    leaves the source with no child at all, and it runs on. The half-written core had no name yet (O_TMPFILE)."""
     source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     tool = None
     try:
@@ -524,6 +524,7 @@ def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) 
         tool.kill()
         tool.wait(timeout=10)
         assert wait_state(clone, "Z"), f"the clone {clone} lives on in state {proc_state(clone)}"
+        assert list(tmp_path.iterdir()) == [], "a killed dump left a file behind"
         assert vaclone.reap_in_source(source.pid, clone, timeout=10, warnings=[]) is not None
         assert children_of(source.pid) == []
         assert source.poll() is None and proc_state(source.pid) == "S"

@@ -35,10 +35,13 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 from pss_cli.errors import AccessDenied, OperationFailed, OutputExists, ProcessGone
 from pss_cli.model import VaRegion
 from pss_cli.platform.linux import elfcore
+
+T = TypeVar("T")
 
 PAGE_SIZE = mmap.PAGESIZE
 #: IOV_MAX (limits.h): the most iovecs one process_vm_readv call takes on either side.
@@ -251,10 +254,24 @@ PAGEMAP_SCAN = _iowr("f", 16, ctypes.sizeof(_pm_scan_arg))
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.restype = ctypes.c_int
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.linkat.restype = ctypes.c_int
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [
     ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong,
 ]  # fmt: skip
+
+
+AT_FDCWD = -100
+AT_SYMLINK_FOLLOW = 0x400
+
+
+def link_fd(fd: int, path: str) -> None:
+    """linkat("/proc/self/fd/FD", path, AT_SYMLINK_FOLLOW): give an O_TMPFILE file a name (open(2)). os.link cannot:
+    with default arguments it calls link(2), which links the /proc symlink itself and fails with EXDEV."""
+    if _libc.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, os.fsencode(path), AT_SYMLINK_FOLLOW) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
 
 
 def _ioctl(fd: int, request: int, arg: int) -> int:
@@ -787,10 +804,13 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 
 
 class CoreFile:
-    """The output file of `pss-dup dump`: mode 0600, created exclusively, never replacing a file unless `force`.
+    """The output file of `pss-dup dump`: mode 0600, never replacing a file unless `force`, and never seen half
+    written under its name.
 
-    With `force` the core is written to a new file beside the target and renamed over it once complete, so an
-    interrupted or failed dump never leaves half a core under the requested name; a failed dump removes its file.
+    The core is written into an unnamed file (O_TMPFILE) in the target directory and linked under its name once
+    complete, so even a pss-dup that is SIGKILLed leaves nothing behind. Filesystems without O_TMPFILE get a named
+    file instead: created exclusively under the name itself, or with `force` beside it and renamed over the old
+    file once complete. A failed dump removes what it wrote.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, force: bool, pid: int | None = None) -> None:
@@ -798,9 +818,21 @@ class CoreFile:
         self.force = force
         self.pid = pid
         self.fd = -1
-        self._partial = self.path
+        self._partial: str | None = self.path  # None: the unnamed file
 
     def __enter__(self) -> CoreFile:
+        if os.path.isdir(self.path):
+            raise OutputExists(f"{self.path} is a directory", pid=self.pid)
+        if not self.force and os.path.lexists(self.path):
+            raise OutputExists(f"{self.path} exists; pass --force to replace it", pid=self.pid)
+        directory = os.path.dirname(self.path) or "."
+        try:
+            self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            self._partial = None
+            return self
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise OutputExists(f"cannot create a file in {directory}: {exc.strerror}", pid=self.pid) from None
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         if not self.force:
             try:
@@ -810,23 +842,31 @@ class CoreFile:
             except OSError as exc:
                 raise OutputExists(f"cannot create {self.path}: {exc.strerror}", pid=self.pid) from None
             return self
-        if os.path.isdir(self.path):
-            raise OutputExists(f"{self.path} is a directory", pid=self.pid)
+        self.fd, self._partial = self._create_beside(lambda name: os.open(name, flags, 0o600))
+        return self
+
+    def _create_beside(self, make: Callable[[str], T]) -> tuple[T, str]:
+        """`make(name)` for the first free name of the form .NAME.PID.N.partial beside the output."""
         directory, name = os.path.split(self.path)
         for attempt in range(100):
-            self._partial = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.partial")
+            partial = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.partial")
             try:
-                self.fd = os.open(self._partial, flags, 0o600)
+                return make(partial), partial
             except FileExistsError:
                 continue
             except OSError as exc:
                 where = directory or "."
                 raise OutputExists(f"cannot create a file in {where}: {exc.strerror}", pid=self.pid) from None
-            return self
         raise OutputExists(f"cannot create a temporary file beside {self.path}", pid=self.pid)
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         fd, self.fd = self.fd, -1
+        try:
+            if exc_type is None and self._partial is None:
+                self._name(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         ok = exc_type is None
         try:
             os.close(fd)
@@ -837,12 +877,26 @@ class CoreFile:
                 raise OperationFailed(f"writing {self.path} failed: {error.strerror}", pid=self.pid) from None
         if not ok:
             self._discard()
-        elif self._partial != self.path:
+        elif self._partial is not None and self._partial != self.path:
             os.replace(self._partial, self.path)
 
+    def _name(self, fd: int) -> None:
+        """Give the complete unnamed file its name: directly, or (force) a temporary one that is then renamed."""
+        if self.force:
+            _, self._partial = self._create_beside(lambda name: link_fd(fd, name))
+            return
+        try:
+            link_fd(fd, self.path)
+        except FileExistsError:
+            raise OutputExists(f"{self.path} appeared while the core was written; pass --force", pid=self.pid) from None
+        except OSError as exc:
+            raise OutputExists(f"cannot create {self.path}: {exc.strerror}", pid=self.pid) from None
+        self._partial = self.path
+
     def _discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._partial)
+        if self._partial is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._partial)
 
 
 def copy_file(source: int, destination: int) -> int:
