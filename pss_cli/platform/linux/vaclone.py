@@ -215,7 +215,7 @@ class VaClone:
         die before it ends the clone (SIGKILL, the OOM killer), the kernel kills the clone instead of leaving a
         copy of the process's memory behind (the dead clone is then a zombie of the source, holding no memory)."""
         try:
-            _guard_thread().call(lambda: ptrace.seize(self.pid, ptrace.PTRACE_O_EXITKILL))
+            _guard_seize(self.pid)
             self.guarded = True
         except OSError as exc:
             self.warnings.append(
@@ -257,15 +257,15 @@ _guard: TracerThread | None = None
 _guard_lock = threading.Lock()
 
 
-def _guard_thread() -> TracerThread:
-    """The thread that traces every VA clone for as long as pss-dup lives. Not the caller's: a caller thread that
-    ended while a snapshot still needed its clone would take the clone with it (EXITKILL acts on the tracer thread's
-    exit)."""
+def _guard_seize(pid: int) -> None:
+    """PTRACE_SEIZE with EXITKILL from the thread that traces every VA clone for as long as pss-dup lives. Not the
+    caller's: a caller thread that ended while a snapshot still needed its clone would take the clone with it
+    (EXITKILL acts on the tracer thread's exit). One caller at a time: a TracerThread serves one job at once."""
     global _guard
     with _guard_lock:
         if _guard is None:
             _guard = TracerThread()
-        return _guard
+        _guard.call(lambda: ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL))
 
 
 def _wait_exit(pidfd: int, timeout: float) -> None:
