@@ -37,10 +37,10 @@ from pss_cli.errors import (
     NoSuchProcess,
     NotSupported,
     OperationFailed,
-    OutOfDescriptors,
     ProcessGone,
     PssError,
     Refused,
+    own_error,
 )
 from pss_cli.model import MAX_HANDLE, MAX_PID
 from pss_cli.platform.linux import access, ptrace
@@ -574,12 +574,13 @@ class Injector:
 
 
 def local_copy(pidfd: int, remote_fd: int) -> int:
-    """pidfd_getfd; our own full fd table is OutOfDescriptors, not the target's problem (see typed_error)."""
+    """pidfd_getfd; our own full fd table is said as such, not taken for the target's (see typed_error)."""
     try:
         return ptrace.pidfd_getfd(pidfd, remote_fd)
     except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            raise OutOfDescriptors from None
+        own = own_error(exc)
+        if own is not None:
+            raise own from None
         raise
 
 
