@@ -371,11 +371,6 @@ def plan_memory(
     return MemoryPlan(tuple(segments), tuple(dumped), tuple(rules))
 
 
-def with_dumped(regions: Sequence[VaRegion], plan: MemoryPlan) -> tuple[VaRegion, ...]:
-    """The regions with `dumped` filled from the plan (made from these same regions)."""
-    return tuple(dataclasses.replace(r, dumped=d) for r, d in zip(regions, plan.dumped, strict=True))
-
-
 def _open_scanner(pid: int) -> PageScanner | None:
     try:
         return PageScanner(pid)
