@@ -228,15 +228,12 @@ def memcpy_gbps(size: int, repeats: int = 3) -> list[float]:
         b.close()
 
 
-def write_limit_gbps(limit_exe: Path, size: int, where: str, repeats: int) -> list[float]:
-    """GB/s of the C write-limit program for `size` bytes into `where` (a file path, or "memfd")."""
+def write_limit_gbps(limit_exe: Path, size: int, where: str) -> float:
+    """GB/s of one run of the C write-side program for `size` bytes into `where` (a file path, or "memfd")."""
     mib = max(1, size >> 20)
-    out = []
-    for _ in range(repeats):
-        os.sync()
-        result = subprocess.run([str(limit_exe), str(mib), where], capture_output=True, text=True, check=True)
-        out.append((mib << 20) / float(result.stdout) / 1e9)
-    return out
+    os.sync()
+    result = subprocess.run([str(limit_exe), str(mib), where], capture_output=True, text=True, check=True)
+    return (mib << 20) / float(result.stdout) / 1e9
 
 
 def engine_gbps(pid: int, reader: str) -> float:
@@ -272,8 +269,8 @@ def bench_target(
         run_pss(proc.pid, directory / "copy.core", "copy", results["pss-dup copy"])
         run_gcore(proc.pid, directory, results["gcore"])
         written = results["pss-dup clone"].size[-1]
-        to_file += write_limit_gbps(limit_exe, written, str(directory / "limit.bin"), repeats=1)
-        to_memfd += write_limit_gbps(limit_exe, written, "memfd", repeats=1)
+        to_file.append(write_limit_gbps(limit_exe, written, str(directory / "limit.bin")))
+        to_memfd.append(write_limit_gbps(limit_exe, written, "memfd"))
     size = int(median([float(m) for m in results["pss-dup clone"].memory]))
     memcpy = memcpy_gbps(size)
     engines = {reader: engine_gbps(proc.pid, reader) for reader in ("mem", "pvr")}
