@@ -25,7 +25,10 @@ class ExitCode(enum.IntEnum):
     BAD_SNAPSHOT = 8
     FILE_EXISTS = 9
     TIMEOUT = 124
+    HANGUP = 129
     INTERRUPTED = 130
+    BROKEN_PIPE = 141
+    TERMINATED = 143
 
 
 #: One line per code, for README and `--help`.
@@ -41,7 +44,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.BAD_SNAPSHOT: "not a pss-dup snapshot, or a corrupt or unknown snapshot format",
     ExitCode.FILE_EXISTS: "the output file exists (use --force) or cannot be written",
     ExitCode.TIMEOUT: "a process did not stop or answer within --timeout",
+    ExitCode.HANGUP: "ended by SIGHUP (the terminal closed); every process was restored first",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); every process was restored first",
+    ExitCode.BROKEN_PIPE: "ended by SIGPIPE; every process was restored first",
+    ExitCode.TERMINATED: "ended by SIGTERM (kill, timeout, a service manager); every process was restored first",
 }
 
 

@@ -12,6 +12,7 @@ from typing import NoReturn
 
 import click
 
+from pss_cli import interrupts
 from pss_cli._version import __version__
 from pss_cli.errors import EXIT_CODE_HELP, ExitCode, PssError, own_error
 
@@ -20,7 +21,24 @@ EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(
 )
 
 
+class _Stopped(BaseException):
+    """Carries a KeyboardInterrupt (or interrupts.Terminated) past click, which would print an empty line for it."""
+
+    def __init__(self, cause: KeyboardInterrupt) -> None:
+        super().__init__()
+        self.cause = cause
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(exc) from None
+
+
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog=EXIT_CODES_EPILOG,
 )
@@ -86,6 +104,7 @@ def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """The console script. Maps every outcome to the exit-code table, never to a traceback."""
+    interrupts.install()
     try:
         result = cli.main(args=argv, prog_name="pss-dup", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -97,7 +116,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(exc.exit_code)
     except PssError as exc:
         fail(str(exc), exc.exit_code)
-    except (KeyboardInterrupt, click.Abort):
+    except (_Stopped, KeyboardInterrupt, click.Abort) as exc:
+        cause = exc.cause if isinstance(exc, _Stopped) else exc.__cause__ if isinstance(exc, click.Abort) else exc
+        if isinstance(cause, interrupts.Terminated):
+            fail(f"ended by {cause}; every process was restored", 128 + cause.signo)
         fail("interrupted; every process was restored", ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # The reader went away (`| head`): quiet exit, and no second error when Python flushes stdout at exit.

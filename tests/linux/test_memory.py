@@ -492,7 +492,7 @@ def test_source_exiting_while_its_clone_is_held_leaves_nothing_behind(layout: La
         while children_of(os.getpid()).count(clone) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # reparented to us
         snap.close()  # kills the clone; there is no source left to reap it in, so its new parent (we) reaps it
-        with contextlib.suppress(ChildProcessError):  # pss-dup's guard already did: we are its tracer too
+        with contextlib.suppress(ChildProcessError):  # pss-dup already did, as the clone's tracer
             os.waitpid(clone, 0)
         assert not os.path.exists(f"/proc/{clone}")
     finally:
@@ -503,7 +503,7 @@ BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (768 << 20)\nprint('ready
 
 
 def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) -> None:
-    """SIGKILL leaves pss-dup no chance to clean up: the kernel must (PTRACE_O_EXITKILL on the guard thread). The
+    """SIGKILL leaves pss-dup no chance to clean up: the kernel must (PTRACE_O_EXITKILL on the clone's tracer). The
     dead clone stays a zombie child of the source, holding no memory; reaping it (here with pss-dup's own helper)
     leaves the source with no child at all, and it runs on. The half-written core had no name yet (O_TMPFILE)."""
     source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -517,10 +517,10 @@ def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) 
         while time.monotonic() < deadline and tool.poll() is None:
             clone = next(iter(children_of(source.pid)), 0)
             with contextlib.suppress(OSError):
-                if clone and tracer_of(clone) != 0 and proc_state(clone) == "S":  # parked (in pause) and guarded
+                if clone and tracer_of(clone) != 0 and proc_state(clone) == "t":  # held in a ptrace-stop
                     break
             time.sleep(0.002)
-        assert clone and tool.poll() is None, "the dump ended before its clone could be seen guarded"
+        assert clone and tool.poll() is None, "the dump ended before its clone could be seen held"
         tool.kill()
         tool.wait(timeout=10)
         assert wait_state(clone, "Z"), f"the clone {clone} lives on in state {proc_state(clone)}"

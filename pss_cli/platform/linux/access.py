@@ -34,7 +34,9 @@ ELFCLASS32 = 1
 ELFCLASS64 = 2
 EM_X86_64 = 62
 
-SECCOMP_MODE_FILTER = 2
+SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2
+#: How /proc/PID/status's `Seccomp:` values read in a message.
+SECCOMP_MODE_NAMES = {SECCOMP_MODE_STRICT: "seccomp strict mode", SECCOMP_MODE_FILTER: "a seccomp filter"}
 
 #: System calls that return EINTR (not a restart code) when a ptrace stop interrupts them, by x86_64 number.
 #: Both epoll_wait and its siblings, SysV semaphores, sigtimedwait and AIO waits are in signal(7)'s list or return

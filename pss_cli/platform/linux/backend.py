@@ -191,6 +191,7 @@ def capture(
                 want_regs=bool(flags & CaptureFlags.THREAD_CONTEXT),
                 want_fp=bool(flags & CaptureFlags.THREAD_CONTEXT),
                 want_xstate=bool(flags & CaptureFlags.THREAD_CONTEXT_EXTENDED),
+                tracer=grab.tracer if grab is not None else None,
             ) as frozen:
                 if flags & CaptureFlags.HANDLES:
                     handles = reader.refresh(handles_before)

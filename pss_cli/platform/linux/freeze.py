@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from pss_cli import interrupts
 from pss_cli.errors import (
     Interrupted,
     NoSuchProcess,
@@ -114,6 +115,7 @@ class TracerThread:
         self._error: BaseException | None = None
         self.native_id = 0
         self.ident = 0
+        self._closed = False
         #: SIGCHLDs this thread consumed with sigtimedwait (one is re-raised for the app if it handles SIGCHLD).
         self.sigchld_taken = 0
         #: What a Python signal handler raised in the caller while it waited (KeyboardInterrupt): held back until
@@ -123,6 +125,16 @@ class TracerThread:
         self._thread = threading.Thread(target=self._serve, name="pss-dup-tracer", daemon=True)
         self._thread.start()
         self._await_reply()
+
+    @classmethod
+    def start(cls) -> TracerThread:
+        """A tracer thread made outside a TracerSession, to outlive several of them (the VA clone's): it is born
+        with HELD_SIGNALS blocked, as one made inside a session is, so it never takes a Ctrl-C or a SIGCHLD."""
+        old = _hold_signals()
+        try:
+            return cls()
+        finally:
+            _pthread_sigmask(_SIG_SETMASK, ctypes.byref(old), None)
 
     @staticmethod
     def current() -> TracerThread | None:
@@ -193,7 +205,10 @@ class TracerThread:
             self.deferred = exc
 
     def close(self) -> None:
-        """End the thread and wait until the kernel has let go of its tracees (the task is gone from /proc)."""
+        """End the thread and wait until the kernel has let go of its tracees (the task is gone from /proc). Once."""
+        if self._closed:
+            return
+        self._closed = True
         self._job = None
         self._request.release()
         while True:
@@ -210,25 +225,37 @@ class TracerThread:
 class TracerSession:
     """Holds SIGINT/SIGTERM/SIGHUP/SIGCHLD back and owns one TracerThread, for the length of one operation.
 
-    Started from a tracer thread, it joins the running session instead (operations nest without extra hops).
+    Started from a tracer thread, it joins the running session instead (operations nest without extra hops). Given
+    a `tracer` (TracerThread.start), it works on that one and leaves it running: the VA clone stays traced by the
+    thread that froze its source until the clone is ended.
     """
 
-    def __init__(self) -> None:
-        self.tracer: TracerThread | None = None
+    def __init__(self, tracer: TracerThread | None = None) -> None:
+        self.tracer = tracer
+        self._keeps_tracer = tracer is not None
         self._old_mask: _sigset_t | None = None
         self._nested = False
+        self._held = interrupts.held()
 
     def __enter__(self) -> TracerSession:
         current = TracerThread.current()
         if current is not None:
             self.tracer, self._nested = current, True
             return self
-        self._old_mask = _hold_signals()
+        self._held.__enter__()
+        try:
+            self._old_mask = _hold_signals()
+        except BaseException:
+            self._held.__exit__(None, None, None)
+            raise
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, ())  # a Ctrl-C from before we started raises now, harmlessly
-            self.tracer = TracerThread()
+            if self.tracer is None:
+                self.tracer = TracerThread()
         except BaseException:
             _pthread_sigmask(_SIG_SETMASK, ctypes.byref(self._old_mask), None)
+            self._old_mask = None
+            self._held.__exit__(None, None, None)
             raise
         return self
 
@@ -236,17 +263,26 @@ class TracerSession:
         assert self.tracer is not None
         return self.tracer.call(job)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._nested or self.tracer is None or self._old_mask is None:
             return
+        tracer = self.tracer
         try:
-            self.tracer.close()
-            if self.tracer.sigchld_taken and _app_handles_sigchld():
-                os.kill(os.getpid(), signal.SIGCHLD)  # ours may have hidden one of the app's own children
+            try:
+                if not self._keeps_tracer:
+                    tracer.close()
+                if tracer.sigchld_taken and _app_handles_sigchld():
+                    tracer.sigchld_taken = 0
+                    os.kill(os.getpid(), signal.SIGCHLD)  # ours may have hidden one of the app's own children
+            finally:
+                _restore_signals(self._old_mask)
+            deferred, tracer.deferred = tracer.deferred, None
+            if deferred is not None and exc_type is None:
+                raise deferred
         finally:
-            _restore_signals(self._old_mask)
-        if self.tracer.deferred is not None and exc[0] is None:
-            raise self.tracer.deferred
+            self._held.__exit__(exc_type, exc, tb)
 
 
 def _app_handles_sigchld() -> bool:
@@ -255,6 +291,27 @@ def _app_handles_sigchld() -> bool:
 
 
 # ---- waiting for ptrace-stops (on the tracer thread) ---------------------------------------------------------
+
+
+#: How traced threads ended, as waitpid told their tracer: a message then says "was killed by SIGSYS" rather than
+#: "exited", so that a process that died under pss-dup is never passed off as one that ended by itself.
+_endings: dict[int, int] = {}
+
+
+def how_it_ended(*tids: int) -> str:
+    """'exited', 'exited with status N' or 'was killed by SIGNAME', for the first of `tids` whose end was seen."""
+    for tid in tids:
+        status = _endings.pop(tid, None)
+        if status is None:
+            continue
+        if os.WIFSIGNALED(status):
+            signo = os.WTERMSIG(status)
+            try:
+                return f"was killed by {signal.Signals(signo).name}"
+            except ValueError:
+                return f"was killed by signal {signo}"
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return "exited"
 
 
 def poll_status(tid: int, *, peek_exit: bool) -> int:
@@ -272,6 +329,7 @@ def poll_status(tid: int, *, peek_exit: bool) -> int:
     if got == 0:
         return _NO_EVENT
     if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        _endings[tid] = status
         return _GONE
     return status
 
@@ -434,7 +492,9 @@ class SeizedThread:
             if status == _GONE:
                 self.gone = True
                 self.stopped = False
-                raise ProcessGone(f"process {self.pid} exited while pss-dup held thread {self.tid}", pid=self.pid)
+                raise ProcessGone(
+                    f"process {self.pid} {how_it_ended(self.tid)} while pss-dup held thread {self.tid}", pid=self.pid
+                )
             if not pause_for_stop(deadline, interruptible=interruptible):
                 raise Timeout(
                     f"thread {self.tid} {describe_stuck_thread(self.pid, self.tid)} of process {self.pid} did not "
@@ -533,8 +593,19 @@ class FrozenProcess:
     exiting raises ProcessGone. A process that was in group-stop stays stopped after the thaw.
     """
 
-    def __init__(self, pid: int, *, timeout: float, want_regs: bool, want_fp: bool, want_xstate: bool) -> None:
+    def __init__(
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        want_regs: bool,
+        want_fp: bool,
+        want_xstate: bool,
+        tracer: TracerThread | None = None,
+    ) -> None:
         self.pid = pid
+        #: The tracer thread to freeze on and leave running (see TracerSession); None for one of its own.
+        self.tracer = tracer
         self.timeout = timeout
         self.want_regs = want_regs
         self.want_fp = want_fp
@@ -570,7 +641,7 @@ class FrozenProcess:
         self._leader_is_child = _parent_of(self.pid) == os.getpid()
         if self.want_regs or self.want_fp or self.want_xstate:
             self._reader = ptrace.RegsetReader(fp=self.want_fp, xstate=self.want_xstate)
-        session = TracerSession()
+        session = TracerSession(self.tracer)
         session.__enter__()
         try:
             session.call(self._freeze)
@@ -595,7 +666,9 @@ class FrozenProcess:
         finally:
             session.__exit__(exc_type, exc, tb)
         if exc_type is None and self.exited and not self._alive():
-            raise ProcessGone(f"process {self.pid} exited while it was frozen", pid=self.pid)
+            raise ProcessGone(
+                f"process {self.pid} {how_it_ended(self.pid, *sorted(self.exited))} while it was frozen", pid=self.pid
+            )
 
     def call(self, job: Callable[[], T]) -> T:
         """Run `job` on the tracer thread that holds every frozen thread, where ptrace requests for them must be
@@ -643,7 +716,10 @@ class FrozenProcess:
                 break
             candidates = self._list_tasks()
         if not self._stopped:
-            raise ProcessGone(f"process {self.pid} exited while pss-dup was freezing it", pid=self.pid)
+            raise ProcessGone(
+                f"process {self.pid} {how_it_ended(self.pid, *sorted(self.exited))} while pss-dup was freezing it",
+                pid=self.pid,
+            )
         self.stopped_at = time.time()
         if self.want_regs or self.want_fp or self.want_xstate:
             self._read_registers()

@@ -21,11 +21,11 @@ assert sys.platform == "linux"
 
 import ctypes
 import errno
+import math
 import os
 import signal
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -56,6 +56,11 @@ PAGE_SIZE: Final = 4096
 SYSCALL_INSN: Final = b"\x0f\x05"
 #: How many threads to consider when the group leader is not a good place to inject.
 MAX_CANDIDATE_THREADS: Final = 64
+#: How long to wait for a thread that runs an injected system call: for ever. Every call we inject returns at once
+#: (MSG_DONTWAIT, WNOHANG); letting go of the thread before it stops again would leave it running with our
+#: registers, or take a single-step SIGTRAP that kills it. Neither Ctrl-C nor --timeout may cut this wait short;
+#: only the thread's exit ends it otherwise.
+NO_DEADLINE: Final = math.inf
 #: Return values of a system call that a signal interrupted before it did anything (it is simply run again).
 RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
 
@@ -157,16 +162,7 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
         chosen, name, state, warnings = choose_thread(pid, pidfd, force=force, tid=tid)
         if chosen != pid:
             pidfd = swap_for_thread_pidfd(pidfd, chosen)
-        suspend = False
-        if access.seccomp_mode(pid) == access.SECCOMP_MODE_FILTER:
-            if not access.has_capability(access.CAP_SYS_ADMIN) or access.seccomp_mode(os.getpid()) != 0:
-                raise Refused(
-                    f"process {pid} runs under a seccomp filter (Seccomp: 2) that would see the injected system "
-                    "calls and might kill it; suspending the filter (PTRACE_O_SUSPEND_SECCOMP) needs CAP_SYS_ADMIN "
-                    "and a pss-dup that is not itself under seccomp: run pss-dup as root outside a container",
-                    pid=pid,
-                )
-            suspend = True
+        suspend = needs_seccomp_suspended(pid)
         maps = read_maps(pid, chosen)
         blocked_pc, blocked_name = blocked_site(pid, chosen)
         vdso = find_syscall_insn(chosen, maps, "[vdso]")
@@ -195,6 +191,28 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
     except BaseException:
         os.close(pidfd)
         raise
+
+
+def needs_seccomp_suspended(pid: int) -> bool:
+    """Whether injected system calls need PTRACE_O_SUSPEND_SECCOMP, refusing when they would but cannot have it.
+
+    Strict mode (1) SIGKILLs the process on any call but read, write, exit and rt_sigreturn; a filter (2) may kill
+    it, fail the call, or raise SIGSYS in it. The kernel skips both modes for a task traced with the option (it
+    checks PT_SUSPEND_SECCOMP before the mode in __secure_computing), which needs CAP_SYS_ADMIN and a tracer that
+    is not itself under seccomp.
+    """
+    mode = access.seccomp_mode(pid)
+    if mode == access.SECCOMP_MODE_DISABLED:
+        return False
+    if not access.has_capability(access.CAP_SYS_ADMIN) or access.seccomp_mode(os.getpid()) != 0:
+        raise Refused(
+            f"process {pid} runs under {access.SECCOMP_MODE_NAMES.get(mode, f'seccomp mode {mode}')} (Seccomp: "
+            f"{mode}), which would see the injected system calls and might kill it; suspending it "
+            "(PTRACE_O_SUSPEND_SECCOMP) needs CAP_SYS_ADMIN and a pss-dup that is not itself under seccomp: run "
+            "pss-dup as root outside a container",
+            pid=pid,
+        )
+    return True
 
 
 def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tuple[int, str, str, tuple[str, ...]]:
@@ -528,22 +546,21 @@ class Injector:
         work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
         work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
         work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
-        deadline = time.monotonic() + self.timeout
         result = 0
         for _attempt in range(5):
             ptrace.set_regs(tid, work)
             ptrace.singlestep(tid, 0)
-            result = self._step_result(deadline)
+            result = self._step_result()
             if result not in RESTART_CODES:
                 return result
         return result
 
-    def _step_result(self, deadline: float) -> int:
+    def _step_result(self) -> int:
         """Wait for the single-step SIGTRAP after our `syscall`; stash any other signal and keep stepping."""
         held, tid, ip, out = self._held, self.tid, self.syscall_ip, self._out
         assert held is not None
         while True:
-            status = held.wait(deadline, interruptible=False)
+            status = held.wait(NO_DEADLINE, interruptible=False)
             event = ptrace.stop_event(status)
             held.in_signal_stop = event == 0
             if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:

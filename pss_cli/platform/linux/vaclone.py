@@ -3,18 +3,22 @@
 The clone is made by an injected `clone(flags=0)` in one thread of a process that FrozenProcess holds: exit signal 0
 (no SIGCHLD, invisible to a plain wait()), no CLONE_VM (a copy-on-write copy of the whole address space), no
 CLONE_FILES (its own copy of the fd table). The seized threads carry PTRACE_O_TRACECLONE, so the child is attached
-to the same tracer at birth and starts in a ptrace-stop, before it has run one instruction. It is parked at once:
-its fds closed (close_range, so pipes still see EOF and flocks are released), a session of its own (no terminal
-signals), comm "pss-vaclone", PR_SET_PDEATHSIG(SIGKILL), every signal blocked, and `pause()` at a `syscall`
-instruction the process already has; then it is let go. The source thaws right after: it was stopped for the
-freeze and the clone's page-table copy, not for a copy of its memory.
+to the same tracer thread at birth and starts in a ptrace-stop, before it has run one instruction.
 
-Right after the thaw a guard thread, alive as long as pss-dup, traces the parked clone with PTRACE_O_EXITKILL
-(never stopping it): a pss-dup that is SIGKILLed takes its clone with it. Memory is then read from the clone while
-the source runs on. Afterwards the clone is killed through a pidfd held
+It never runs one. It stays in that ptrace-stop, traced by the thread that froze its source, until it is killed:
+no instruction of the program's code, and no system call that a seccomp filter or strict mode could see (the
+injected ones run with PTRACE_O_SUSPEND_SECCOMP where the process has seccomp on). Right after its birth its core
+size limit is set to 0 and PTRACE_O_EXITKILL is set, so a pss-dup that dies (SIGKILL, the OOM killer) takes the
+clone with it and nothing, ever, writes a core in the program's name. Its fds are closed (close_range: pipes still
+see EOF, flocks are released), it gets a session of its own (a signal to the program's process group or terminal
+does not reach it), comm "pss-vaclone" and PR_SET_PDEATHSIG(SIGKILL). The source thaws right after: it was stopped
+for the freeze and the clone's page-table copy, not for a copy of its memory.
+
+Memory is then read from the clone while the source runs on. Afterwards the clone is killed through a pidfd held
 since its birth, and reaped by an injected `wait4(pid, NULL, __WALL|WNOHANG)` in the source, so no zombie is left
 in the source and no SIGCHLD reaches it. (The double-fork variant would leave the clone to init; on hosts whose
-pid 1 does not reap orphans, as here, that is a zombie for good.)
+pid 1 does not reap orphans, as here, that is a zombie for good.) SIGINT, SIGTERM, SIGHUP and SIGPIPE end pss-dup
+through that path (pss_cli.interrupts); what is left after a SIGKILL of pss-dup is the clone's zombie, no memory.
 
 `CopyMemory` is the other method (`--clone-method copy`): the memory is copied while the process stays frozen, for
 processes where injection is refused. It writes the memory into the snapshot memfd during the freeze at an offset
@@ -28,14 +32,15 @@ import sys
 # Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
 assert sys.platform == "linux"
 
+import atexit
 import contextlib
 import ctypes
 import dataclasses
 import errno
 import os
+import resource
 import select
 import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -43,10 +48,16 @@ from typing import Final
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
-from pss_cli.platform.linux.freeze import FrozenProcess, TracerThread, pause_for_stop, poll_status
+from pss_cli.platform.linux.freeze import (
+    FrozenProcess,
+    TracerSession,
+    TracerThread,
+    how_it_ended,
+    pause_for_stop,
+    poll_status,
+)
 from pss_cli.platform.linux.inject import check, signed64
 
-SYS_pause: Final = 34
 SYS_clone: Final = 56
 SYS_wait4: Final = 61
 SYS_setsid: Final = 112
@@ -59,8 +70,6 @@ MASK64: Final = (1 << 64) - 1
 RED_ZONE: Final = 128
 #: Return values of a system call that a signal interrupted before it did anything.
 RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
-#: Every signal blocked (the kernel leaves SIGKILL and SIGSTOP out by itself).
-ALL_SIGNALS: Final = MASK64
 #: __WALL, under a name that class bodies do not mangle.
 WAIT_ALL: Final = ptrace.__WALL
 
@@ -80,11 +89,10 @@ class HeldTask:
     are kept in `stashed` for the caller to hand back; PTRACE_EVENT_CLONE/FORK/VFORK stops are stepped over.
     """
 
-    def __init__(self, pid: int, tid: int, syscall_ip: int, deadline: float, *, peek_exit: bool = False) -> None:
+    def __init__(self, pid: int, tid: int, syscall_ip: int, *, peek_exit: bool = False) -> None:
         self.pid = pid
         self.tid = tid
         self.syscall_ip = syscall_ip
-        self.deadline = deadline
         self.peek_exit = peek_exit
         self.saved = ptrace.user_regs_struct()
         self._work = ptrace.user_regs_struct()
@@ -112,7 +120,8 @@ class HeldTask:
     def _result(self) -> int:
         ip, out = self.syscall_ip, self._out
         while True:
-            status = wait_stop(self.pid, self.tid, self.deadline, peek_exit=self.peek_exit)
+            # The thread runs our system call with our registers: it is waited for whatever comes (inject.NO_DEADLINE).
+            status = wait_stop(self.pid, self.tid, inject.NO_DEADLINE, peek_exit=self.peek_exit, interruptible=False)
             event = ptrace.stop_event(status)
             if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
                 ptrace.get_regs(self.tid, out)
@@ -133,15 +142,15 @@ class HeldTask:
         ptrace.set_regs(self.tid, self.saved)
 
 
-def wait_stop(pid: int, tid: int, deadline: float, *, peek_exit: bool = False) -> int:
+def wait_stop(pid: int, tid: int, deadline: float, *, peek_exit: bool = False, interruptible: bool = True) -> int:
     """The next ptrace-stop status of `tid` (on the tracer thread); ProcessGone or Timeout otherwise."""
     while True:
         status = poll_status(tid, peek_exit=peek_exit)
         if status >= 0:
             return status
         if status == -2:
-            raise ProcessGone(f"process {pid} exited while pss-dup held its thread {tid}", pid=pid)
-        if not pause_for_stop(deadline):
+            raise ProcessGone(f"process {pid} {how_it_ended(tid)} while pss-dup held its thread {tid}", pid=pid)
+        if not pause_for_stop(deadline, interruptible=interruptible):
             raise Timeout(f"thread {tid} of process {pid} did not stop in time; pss-dup let go of it", pid=pid)
 
 
@@ -163,7 +172,14 @@ class ClonePlan:
 
 def plan_clone(pid: int) -> ClonePlan:
     """Choose the thread and the `syscall` instruction for the clone (inject.plan_injection's choice)."""
-    plan = inject.plan_injection(pid, force=True)
+    try:
+        plan = inject.plan_injection(pid, force=True)
+    except Refused as exc:
+        raise Refused(
+            f"{exc}; or copy the memory while the process is stopped, which injects nothing "
+            "(`pss-dup dump --clone-method copy`)",
+            pid=pid,
+        ) from None
     try:
         site = plan.vdso_insn if plan.vdso_insn is not None else plan.libc_insn
         if site is None:
@@ -187,7 +203,8 @@ def plan_clone(pid: int) -> ClonePlan:
 
 @dataclasses.dataclass
 class VaClone:
-    """A parked clone: its pid, a pidfd held since its birth, and what making it cost."""
+    """A held clone: its pid, a pidfd held since its birth, the tracer thread it stays stopped under, and what
+    making it cost."""
 
     source_pid: int
     pid: int
@@ -195,12 +212,11 @@ class VaClone:
     clone_ms: float
     park_ms: float
     source_tid: int
+    tracer: TracerThread
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: Signals that reached the borrowed thread during the injection; re-sent once the process is thawed.
     stashed: list[int] = dataclasses.field(default_factory=list)
     alive: bool = True
-    #: Traced by the guard thread (see guard).
-    guarded: bool = False
     #: How long the reaping wait4 held one thread of the source.
     reap_stopped_ms: float | None = None
 
@@ -210,20 +226,9 @@ class VaClone:
                 ptrace.tgkill(self.source_pid, self.source_tid, signo)
         self.stashed.clear()
 
-    def guard(self) -> None:
-        """Have the guard thread trace the parked clone with PTRACE_O_EXITKILL, without stopping it: should pss-dup
-        die before it ends the clone (SIGKILL, the OOM killer), the kernel kills the clone instead of leaving a
-        copy of the process's memory behind (the dead clone is then a zombie of the source, holding no memory)."""
-        try:
-            _guard_seize(self.pid)
-            self.guarded = True
-        except OSError as exc:
-            self.warnings.append(
-                f"the VA clone {self.pid} outlives pss-dup if pss-dup is killed (PTRACE_SEIZE: {exc.strerror})"
-            )
-
     def kill_and_reap(self, *, timeout: float) -> None:
-        """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source.
+        """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source, and
+        end its tracer thread.
 
         Runs in a TracerSession, which holds SIGINT/SIGTERM/SIGHUP back: a Ctrl-C now is raised once the clone is
         reaped, rather than leave a zombie in the source. A source that cannot be stopped any more (it exited, or
@@ -231,41 +236,27 @@ class VaClone:
         """
         if not self.alive:
             return
-        self.alive = False
-        from pss_cli.platform.linux.freeze import TracerSession
-
-        with TracerSession() as session:
-            session.call(lambda: self._end(timeout))
+        with TracerSession(self.tracer) as session:
+            try:
+                session.call(lambda: self._end(timeout))
+            finally:
+                self.alive = False
+                self.tracer.close()  # should anything be left attached, EXITKILL ends it with the thread
 
     def _end(self, timeout: float) -> None:
         try:
             with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             _wait_exit(self.pidfd, timeout)
-            if self.guarded:  # a traced child's exit goes to its tracer first; only then can the source reap it
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self.pid, WAIT_ALL)
+            # A traced child's exit goes to its tracer first (this thread); only then can the source reap it.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, WAIT_ALL)
         finally:
             os.close(self.pidfd)
         try:
             self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
-
-
-_guard: TracerThread | None = None
-_guard_lock = threading.Lock()
-
-
-def _guard_seize(pid: int) -> None:
-    """PTRACE_SEIZE with EXITKILL from the thread that traces every VA clone for as long as pss-dup lives. Not the
-    caller's: a caller thread that ended while a snapshot still needed its clone would take the clone with it
-    (EXITKILL acts on the tracer thread's exit). One caller at a time: a TracerThread serves one job at once."""
-    global _guard
-    with _guard_lock:
-        if _guard is None:
-            _guard = TracerThread()
-        _guard.call(lambda: ptrace.seize(pid, ptrace.PTRACE_O_EXITKILL))
 
 
 def _wait_exit(pidfd: int, timeout: float) -> None:
@@ -281,8 +272,6 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
 def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
     """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
     Returns how long the source's thread was held (None when the source is gone)."""
-    from pss_cli.platform.linux.freeze import TracerSession
-
     try:
         plan = inject.plan_injection(source_pid, force=True)
     except NoSuchProcess:
@@ -317,16 +306,19 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
 
 
 def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
-    """Inject the clone into the frozen process and park the child; on failure nothing is left behind."""
+    """Inject the clone into the frozen process and hold the child; on failure nothing is left behind. The freeze
+    must run on a tracer thread that outlives it (FrozenProcess(tracer=...)): the clone stays traced by it."""
+    assert frozen.tracer is not None, "the clone's tracer thread must outlive the freeze"
     deadline = time.monotonic() + frozen.timeout
     if plan.tid not in frozen.tids:
         if not frozen.tids:
             raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
         plan = dataclasses.replace(plan, tid=frozen.tids[0])  # the chosen thread exited meanwhile: any other does
-    return frozen.call(lambda: _clone_on_tracer(frozen, plan, deadline))
+    tracer = frozen.tracer
+    return frozen.call(lambda: _clone_on_tracer(tracer, plan, deadline))
 
 
-def _clone_on_tracer(frozen: FrozenProcess, plan: ClonePlan, deadline: float) -> VaClone:
+def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
     pid, tid = plan.pid, plan.tid
     options = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK
     if plan.suspend_seccomp:
@@ -334,25 +326,27 @@ def _clone_on_tracer(frozen: FrozenProcess, plan: ClonePlan, deadline: float) ->
     peek = tid == pid and _parent_of(pid) == os.getpid()
     ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options)
     try:
-        task = HeldTask(pid, tid, plan.syscall_ip, deadline, peek_exit=peek)
+        task = HeldTask(pid, tid, plan.syscall_ip, peek_exit=peek)
         try:
-            return _clone_and_park(task, plan, deadline)
+            return _clone_and_hold(task, tracer, plan, deadline)
         finally:
             task.restore()
     finally:
         ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, ptrace.PTRACE_O_TRACECLONE)
 
 
-def _clone_and_park(task: HeldTask, plan: ClonePlan, deadline: float) -> VaClone:
+def _clone_and_hold(task: HeldTask, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
     child = 0
     try:
         started = time.perf_counter()
         child = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
         clone_ms = (time.perf_counter() - started) * 1000
+        with contextlib.suppress(OSError):  # first of all: whatever happens to it, the clone writes no core
+            resource.prlimit(child, resource.RLIMIT_CORE, (0, 0))
         pidfd = ptrace.pidfd_open(child)
         try:
             started = time.perf_counter()
-            warnings = _park(child, plan, deadline)
+            warnings = _hold(child, plan, deadline)
             park_ms = (time.perf_counter() - started) * 1000
         except BaseException:
             os.close(pidfd)
@@ -361,20 +355,22 @@ def _clone_and_park(task: HeldTask, plan: ClonePlan, deadline: float) -> VaClone
         if child > 0:
             _discard_child(task, child)
         raise
-    return VaClone(plan.pid, child, pidfd, clone_ms, park_ms, plan.tid, [*plan.warnings, *warnings], task.stashed)
+    return VaClone(
+        plan.pid, child, pidfd, clone_ms, park_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
+    )
 
 
-def _park(child: int, plan: ClonePlan, deadline: float) -> list[str]:
-    """The child sits in its first ptrace-stop: drop its fds, detach it from the terminal, name it, block every
-    signal, point it at pause(), let it go."""
+def _hold(child: int, plan: ClonePlan, deadline: float) -> list[str]:
+    """The child sits in its first ptrace-stop: tie its life to our tracer thread, drop its fds, take it out of the
+    program's session, name it; it stays in a ptrace-stop, having run no instruction of its own."""
     status = wait_stop(child, child, deadline)
     if ptrace.stop_event(status) != ptrace.PTRACE_EVENT_STOP:
         raise OperationFailed(f"the VA clone {child} did not start in a ptrace-stop (status {status:#x})")
-    options = ptrace.PTRACE_O_EXITKILL  # should pss-dup die now, the clone dies too rather than run the program
+    options = ptrace.PTRACE_O_EXITKILL  # should pss-dup die, the clone dies too rather than run the program
     if plan.suspend_seccomp:
         options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
     ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, child, 0, options)
-    task = HeldTask(child, child, plan.syscall_ip, deadline)
+    task = HeldTask(child, child, plan.syscall_ip)
     if task.saved.rax != 0:
         raise OperationFailed(f"the VA clone {child} does not look like a fresh clone (rax={task.saved.rax:#x})")
     warnings: list[str] = []
@@ -391,17 +387,12 @@ def _park(child: int, plan: ClonePlan, deadline: float) -> list[str]:
             task.syscall(SYS_prctl, PR_SET_NAME, scratch)
             ptrace.process_vm_writev(child, scratch, original)  # the clone's image stays the source's, byte for byte
     task.syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
-    ptrace.set_sigmask(child, ALL_SIGNALS)
-    park = task.saved
-    park.rip, park.rax, park.orig_rax = plan.syscall_ip, SYS_pause, MASK64
-    park.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
-    ptrace.set_regs(child, park)
-    ptrace.detach(child, 0)
+    task.restore()
     return warnings
 
 
 def _discard_child(task: HeldTask, child: int) -> None:
-    """A clone that could not be parked: kill it, collect it as its tracer, reap it in the (still frozen) source."""
+    """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source."""
     with contextlib.suppress(OSError):
         os.kill(child, signal.SIGKILL)
     with contextlib.suppress(OSError, PssError):
@@ -433,6 +424,8 @@ class MemoryGrab:
     """
 
     method: str = ""
+    #: The tracer thread the freeze must run on, when the grab keeps something traced past the thaw (the clone).
+    tracer: TracerThread | None = None
 
     def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
         self.pid = pid
@@ -506,6 +499,8 @@ class CloneMemory(MemoryGrab):
         self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
         self.clone: VaClone | None = None
         self.regions: tuple[VaRegion, ...] = ()
+        self.tracer = TracerThread.start()
+        _unreleased.add(self)
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
         self.clone = make_clone(frozen, self.clone_plan)
@@ -513,7 +508,6 @@ class CloneMemory(MemoryGrab):
     def after_thaw(self, model: Snapshot) -> Snapshot:
         clone = self.clone
         assert clone is not None
-        clone.guard()
         clone.resend_stashed()
         self.warnings.extend(clone.warnings)
         regions = clone_regions(clone.pid, model.va_space)
@@ -554,10 +548,28 @@ class CloneMemory(MemoryGrab):
         return self.clone.pid
 
     def release(self) -> None:
+        _unreleased.discard(self)
         clone = self.clone
-        if clone is not None and clone.alive:
-            clone.kill_and_reap(timeout=self.timeout)
-            self.warnings.extend(w for w in clone.warnings if w not in self.warnings)
+        try:
+            if clone is not None and clone.alive:
+                clone.kill_and_reap(timeout=self.timeout)
+                self.warnings.extend(w for w in clone.warnings if w not in self.warnings)
+        finally:
+            if self.tracer is not None:
+                self.tracer.close()  # no clone was made (or it is ended): nothing is left attached to it
+
+
+#: Clone grabs not released yet. A termination signal that lands between two statements of a caller (after the
+#: capture returned, before its `with`) still ends in `release`: interpreter exit releases what is left, so the
+#: source is not left with the clone's zombie.
+_unreleased: set[CloneMemory] = set()
+
+
+@atexit.register
+def _release_left_over() -> None:
+    for grab in list(_unreleased):
+        with contextlib.suppress(Exception):
+            grab.release()
 
 
 class CopyMemory(MemoryGrab):
