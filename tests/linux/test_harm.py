@@ -1,0 +1,219 @@
+"""Never harm a process: seccomp (strict mode and every filter action), and signals that end pss-dup mid-dump.
+
+Each target is started by the test, with `ulimit -c unlimited` and its own working directory, so a core written in
+its name (by it, or by a copy of it that ran its code) would show up there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PSS_DUP, run_cli
+from tests.linux.conftest import TARGETS, Target, children_of, state, status_field, wait_until
+
+NOBODY = 65534
+MODES = ("strict", "kill", "errno", "trap")
+
+
+@pytest.fixture(scope="session")
+def seccomp_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/linux/targets/seccomp.c, compiled once per run, in a directory `nobody` can reach."""
+    out_dir = tmp_path_factory.mktemp("seccomp")
+    out_dir.chmod(0o755)
+    out = out_dir / "seccomp"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(TARGETS / "seccomp.c")], check=True, timeout=120)
+    return out
+
+
+class SeccompTarget:
+    """A seccomp target in its own directory, with its SIGSYS counter file."""
+
+    def __init__(self, target: Target, workdir: Path) -> None:
+        self.target = target
+        self.workdir = workdir
+        self.lines = 0
+
+    @property
+    def pid(self) -> int:
+        return self.target.pid
+
+    def sigsys_count(self) -> int:
+        return int.from_bytes((self.workdir / "counter").read_bytes()[:8], "little")
+
+    def assert_unharmed(self, after: str) -> None:
+        """It still echoes, ran into its filter never, wrote no core, and nobody traces it or is its child."""
+        self.lines += 1
+        self.target.send(f"line {self.lines}")
+        assert self.target.expect("line", timeout=10) == f"line {self.lines}", after
+        assert self.target.proc.poll() is None, after
+        assert self.sigsys_count() == 0, f"{after}: something in the process ran into its seccomp filter"
+        assert sorted(p.name for p in self.workdir.iterdir()) == ["counter"], f"{after}: a file appeared (a core?)"
+        assert status_field(self.pid, "TracerPid") == "0", after
+        wait_until(lambda: state(self.pid) == "S", what=f"the target to wait for input again after {after}")
+        assert children_of(self.pid) == [], after
+
+
+@pytest.fixture
+def seccomp_target(spawn: Callable[..., Target], seccomp_exe: Path, tmp_path: Path) -> Callable[..., SeccompTarget]:
+    def start(mode: str, *, uid: int | None = None) -> SeccompTarget:
+        workdir = tmp_path / f"{mode}-{uid}"
+        workdir.mkdir()
+        (workdir / "counter").write_bytes(bytes(4096))
+        argv = [str(seccomp_exe), mode, "counter"]
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+            os.chown(workdir / "counter", uid, uid)
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+        target = spawn(["prlimit", "--core=unlimited", *argv], cwd=workdir)
+        target.expect("ready")
+        assert status_field(target.pid, "Seccomp") == ("1" if mode == "strict" else "2")
+        return SeccompTarget(target, workdir)
+
+    return start
+
+
+@pytest.fixture
+def sleeper_source() -> Iterator[subprocess.Popen[bytes]]:
+    """A process to capture and hand to the seccomp target."""
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_process_under_seccomp_survives_every_command(
+    mode: str, seccomp_target: Callable[..., SeccompTarget], sleeper_source: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """Strict mode SIGKILLed the process on the first injected call; a filter killed the VA clone, or (ERRNO) let
+    it run on in the program's code until it crashed and left a core in the program's name. Every command now
+    runs with the checks suspended for its injected calls, and the clone never runs at all."""
+    target = seccomp_target(mode)
+    target.assert_unharmed("start")
+    core = tmp_path / f"{mode}.core"
+    for args in (
+        ["capture", str(target.pid)],
+        ["capture", str(target.pid), "--everything"],
+        ["dump", str(target.pid), str(core)],
+        ["dump", str(target.pid), str(core), "--clone-method", "copy", "--force"],
+        ["dup", str(sleeper_source.pid), str(target.pid), "--dry-run"],
+    ):
+        result = run_cli(*args, "-q")
+        assert result.returncode == 0, f"{args}: {result.stderr}"
+        target.assert_unharmed(" ".join(args))
+    pushed = run_cli("dup", str(sleeper_source.pid), str(target.pid), "-o", "json")
+    assert pushed.returncode == 0, pushed.stderr
+    fd = int(json.loads(pushed.stdout)["results"][0]["target"]["handle"])
+    assert os.readlink(f"/proc/{target.pid}/fd/{fd}").startswith("/memfd:pss-snapshot")
+    target.assert_unharmed("dup")
+    freed = run_cli("free", str(target.pid), str(fd), "-q")
+    assert freed.returncode == 0, freed.stderr
+    assert not os.path.exists(f"/proc/{target.pid}/fd/{fd}")
+    target.assert_unharmed("free")
+    assert os.path.getsize(core) > 0
+
+
+@pytest.mark.parametrize("mode", ["strict", "kill"])
+def test_without_the_right_to_suspend_seccomp_every_injection_is_refused_before_anything_is_touched(
+    mode: str, seccomp_target: Callable[..., SeccompTarget]
+) -> None:
+    """As `nobody` pss-dup may trace its own processes but not suspend their seccomp checks (CAP_SYS_ADMIN): every
+    command that would inject says so with exit 7, the dry run says the same, and a plain capture still works."""
+    target = seccomp_target(mode, uid=NOBODY)
+    source = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "sleep", "300"])
+    out = Path(tempfile.mkdtemp(prefix="pss-dup-harm-"))  # tmp_path's parents are closed to nobody
+    os.chown(out, NOBODY, NOBODY)
+    try:
+        wait_until(lambda: status_field(source.pid, "Uid").split()[0] == str(NOBODY), what="source as nobody")
+        for args in (
+            ["dump", str(target.pid), str(out / "x.core")],
+            ["capture", str(target.pid), "--everything"],
+            ["dup", str(source.pid), str(target.pid)],
+            ["dup", str(source.pid), str(target.pid), "--dry-run"],
+        ):
+            result = run_cli(*args, "-q", uid=NOBODY)
+            assert result.returncode == 7, f"{args}: {result.returncode} {result.stderr}"
+            assert "seccomp" in result.stderr and "PTRACE_O_SUSPEND_SECCOMP" in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+            target.assert_unharmed(" ".join(args))
+        assert list(out.iterdir()) == []
+        result = run_cli("capture", str(target.pid), "-q", uid=NOBODY)
+        assert result.returncode == 0, result.stderr
+        target.assert_unharmed("capture")
+    finally:
+        source.kill()
+        source.wait()
+        shutil.rmtree(out)
+
+
+# ---- signals that end pss-dup in the middle of a dump ------------------------------------------------------
+
+BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (512 << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
+#: Where in the dump the signal lands: shortly after start (start-up, planning, the freeze and the clone), and at
+#: offsets from the moment the clone exists (its making, the copy, the release).
+POINTS = (("start", 0.1), ("start", 0.3), ("clone", 0.0), ("clone", 0.05), ("clone", 0.25))
+
+
+@pytest.fixture(scope="module")
+def big_target() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGPIPE])
+def test_a_signal_at_any_point_of_a_dump_ends_it_only_after_the_clone_is_reaped(
+    signo: signal.Signals, big_target: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """SIGTERM and SIGHUP used to kill pss-dup outright during the copy, leaving the clone as a zombie under the
+    process until it exited (its own wait() cannot reap a clone made with exit signal 0)."""
+    expected = 130 if signo == signal.SIGINT else 128 + signo
+    outcomes = []
+    for n, (anchor, delay) in enumerate(POINTS):
+        path = tmp_path / f"{n}.core"
+        tool = subprocess.Popen([PSS_DUP, "dump", str(big_target.pid), str(path), "-q"], stderr=subprocess.PIPE)
+        try:
+            if anchor == "clone":
+                deadline = time.monotonic() + 30
+                while not children_of(big_target.pid) and tool.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            time.sleep(delay)
+            tool.send_signal(signo)
+            _, err = tool.communicate(timeout=60)
+        finally:
+            if tool.poll() is None:
+                tool.kill()
+                tool.wait()
+            if tool.stderr is not None:
+                tool.stderr.close()
+        outcomes.append((anchor, delay, tool.returncode))
+        assert tool.returncode in (expected, 0), f"{anchor}+{delay}: exit {tool.returncode}: {err.decode()}"
+        if tool.returncode == expected:
+            assert err.decode().count("\n") == 1 and "every process was restored" in err.decode(), err.decode()
+            assert not path.exists(), "an interrupted dump left a file"
+        assert children_of(big_target.pid) == [], f"{anchor}+{delay}: a clone was left under the process"
+        assert status_field(big_target.pid, "TracerPid") == "0"
+        assert state(big_target.pid) == "S"
+        assert big_target.poll() is None
+    assert any(code == expected for *_, code in outcomes), f"the signal never landed during a dump: {outcomes}"
