@@ -232,14 +232,17 @@ def capture(
 
 @contextlib.contextmanager
 def _released_on_error(grab: Callable[[], vaclone.MemoryGrab | None]) -> Iterator[None]:
-    """A capture that fails after the VA clone was made kills and reaps the clone before the error goes up."""
+    """A capture that fails after the VA clone was made kills and reaps the clone before the error goes up; should
+    that fail too, the error says so (the clone's tracer is gone by then, so the kernel has killed the clone)."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         held = grab()
         if held is not None:
-            with contextlib.suppress(Exception):
+            try:
                 held.release()
+            except Exception as failure:
+                exc.args = (f"{exc}; ending its VA clone failed too: {failure}", *exc.args[1:])
         raise
 
 

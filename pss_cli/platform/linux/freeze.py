@@ -334,6 +334,26 @@ def poll_status(tid: int, *, peek_exit: bool) -> int:
     return status
 
 
+def wait_stop(
+    pid: int, tid: int, deadline: float, *, peek_exit: bool = False, interruptible: bool = True, timeout: float = 0.0
+) -> int:
+    """The next ptrace-stop status of `tid` (on the tracer thread); ProcessGone once it has ended, Timeout past the
+    deadline (`timeout` is the figure its message names). Interrupted on Ctrl-C/SIGTERM/SIGHUP while waiting,
+    unless `interruptible` is False (see pause_for_stop)."""
+    while True:
+        status = poll_status(tid, peek_exit=peek_exit)
+        if status >= 0:
+            return status
+        if status == _GONE:
+            raise ProcessGone(f"process {pid} {how_it_ended(tid)} while pss-dup held thread {tid}", pid=pid)
+        if not pause_for_stop(deadline, interruptible=interruptible):
+            raise Timeout(
+                f"thread {tid} {describe_stuck_thread(pid, tid)} of process {pid} did not stop within {timeout:g} s; "
+                "pss-dup let go of it",
+                pid=pid,
+            )
+
+
 def pause_for_stop(deadline: float, *, interruptible: bool = True) -> bool:
     """Sleep until a SIGCHLD (a tracee stopped or exited) or a short slice passes; False once past the deadline.
 
@@ -441,7 +461,8 @@ class SeizedThread:
         self.stopped = False
         self.gone = False
         self.session: TracerSession | None = None
-        self._peek_exit = tid == pid and _parent_of(pid) == os.getpid()
+        #: We are also the process's parent: its leader's exit status is the parent's, to be peeked at, not reaped.
+        self.peek_exit = tid == pid and _parent_of(pid) == os.getpid()
         self._first: float | None = None
         self._last: float | None = None
 
@@ -480,27 +501,14 @@ class SeizedThread:
         self.stopped = True
         self.note_stop(status)
 
-    def wait(self, deadline: float, *, interruptible: bool = True) -> int:
-        """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline.
-
-        Interrupted on Ctrl-C/SIGTERM/SIGHUP while waiting, unless `interruptible` is False (see pause_for_stop).
-        """
-        while True:
-            status = poll_status(self.tid, peek_exit=self._peek_exit)
-            if status >= 0:
-                return status
-            if status == _GONE:
-                self.gone = True
-                self.stopped = False
-                raise ProcessGone(
-                    f"process {self.pid} {how_it_ended(self.tid)} while pss-dup held thread {self.tid}", pid=self.pid
-                )
-            if not pause_for_stop(deadline, interruptible=interruptible):
-                raise Timeout(
-                    f"thread {self.tid} {describe_stuck_thread(self.pid, self.tid)} of process {self.pid} did not "
-                    f"stop within {self.timeout:g} s; pss-dup let go of it",
-                    pid=self.pid,
-                )
+    def wait(self, deadline: float) -> int:
+        """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline."""
+        try:
+            return wait_stop(self.pid, self.tid, deadline, peek_exit=self.peek_exit, timeout=self.timeout)
+        except ProcessGone:
+            self.gone = True
+            self.stopped = False
+            raise
 
     def note_stop(self, status: int) -> None:
         """Classify a stop: keep a signal-delivery-stop's siginfo; remember a group-stop."""

@@ -44,7 +44,7 @@ from pss_cli.errors import (
 )
 from pss_cli.model import MAX_HANDLE, MAX_PID
 from pss_cli.platform.linux import access, ptrace
-from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread
+from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread, wait_stop
 
 T = TypeVar("T")
 
@@ -371,6 +371,79 @@ def is_go_program(pid: int, tid: int) -> bool:
 # ---- the primitive -------------------------------------------------------------------------------------------
 
 
+class RemoteCalls:
+    """System calls run in one thread that the calling tracer thread holds in a ptrace-stop: the one primitive every
+    injection is built on (push_fd, close, the VA clone and its reaping).
+
+    Each call copies the saved registers, points rip at `syscall_ip` (a `syscall` instruction the process already
+    has), sets rax and the six argument registers, sets orig_rax = -1 (no restart logic for this context), clears
+    TF/DF, and single-steps once; the result is read at the single-step SIGTRAP right after the instruction. Signals
+    that arrive meanwhile are stashed with their siginfo (`stashed`) for the owner to hand back; event stops
+    (PTRACE_EVENT_CLONE, a group-stop) are stepped over. `restore` puts the saved registers back while the thread
+    still sits in its (signal-path) stop, so the kernel applies its own restart rules to what was interrupted.
+    """
+
+    def __init__(self, pid: int, tid: int, *, syscall_ip: int = 0, peek_exit: bool = False) -> None:
+        self.pid = pid
+        self.tid = tid
+        self.syscall_ip = syscall_ip
+        self.peek_exit = peek_exit
+        self.saved = ptrace.user_regs_struct()
+        self._work = ptrace.user_regs_struct()
+        self._out = ptrace.user_regs_struct()
+        self.stashed: list[ptrace.siginfo_t] = []
+        #: The thread sits in a signal-delivery-stop (where PTRACE_DETACH can hand a signal back).
+        self.in_signal_stop = False
+        ptrace.get_regs(tid, self.saved)
+
+    def syscall(self, nr: int, *args: int) -> int:
+        """Run system call `nr` with up to six arguments; its raw result (use `check` for -errno)."""
+        if len(args) > 6:
+            raise ValueError("a system call takes at most six arguments")
+        work = self._work
+        ctypes.memmove(ctypes.addressof(work), ctypes.addressof(self.saved), ptrace.USER_REGS_SIZE)
+        padded = (*args, 0, 0, 0, 0, 0, 0)
+        work.rip, work.rax, work.orig_rax = self.syscall_ip, nr, MASK64  # orig_rax -1: no restart logic
+        work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
+        work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
+        work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
+        result = 0
+        for _attempt in range(5):  # a signal that interrupted the call itself makes it report a restart code
+            ptrace.set_regs(self.tid, work)
+            ptrace.singlestep(self.tid, 0)
+            result = self._result()
+            if result not in RESTART_CODES:
+                break
+        return result
+
+    def _result(self) -> int:
+        """Wait for the single-step SIGTRAP after our `syscall`; stash any other signal and keep stepping."""
+        tid, ip, out = self.tid, self.syscall_ip, self._out
+        while True:
+            status = wait_stop(self.pid, tid, NO_DEADLINE, peek_exit=self.peek_exit, interruptible=False)
+            event = ptrace.stop_event(status)
+            self.in_signal_stop = event == 0
+            if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
+                ptrace.get_regs(tid, out)
+                if out.rip == ip + 2:
+                    return signed64(out.rax)
+                if out.rip != ip:
+                    raise OperationFailed(
+                        f"thread {tid} of process {self.pid} stopped at {out.rip:#x} instead of after the injected "
+                        f"system call at {ip:#x}",
+                        pid=self.pid,
+                    )
+            if event == 0:  # a real signal (a SIGTRAP too, if the step did not run): suppressed now, handed back
+                info = ptrace.siginfo_t()
+                ptrace.get_siginfo(tid, info)
+                self.stashed.append(info)
+            ptrace.singlestep(tid, 0)
+
+    def restore(self) -> None:
+        """Put the original registers back; the thread stays in its stop."""
+        ptrace.set_regs(self.tid, self.saved)
+
+
 class Injector:
     """Context manager: one thread of `pid` held still, ready to run system calls for us; restored on exit.
 
@@ -396,13 +469,9 @@ class Injector:
         self._owns_plan = plan is None
         self._context: seized_thread | None = None
         self._held: SeizedThread | None = None
-        self._saved = ptrace.user_regs_struct()
-        self._work = ptrace.user_regs_struct()
-        self._out = ptrace.user_regs_struct()
-        self._have_saved = False
+        self._calls: RemoteCalls | None = None
         self._scratch_saved: bytes | None = None
         self._scratch_mapped = False
-        self.syscall_ip = 0
         self.scratch = 0
         self.warnings: tuple[str, ...] = ()
         self.stopped_ms: float | None = None
@@ -429,7 +498,7 @@ class Injector:
             try:
                 self.call(lambda inj: inj._prepare())
             except BaseException as exc:
-                self._held.restore_regs = self._saved if self._have_saved else None
+                self._hand_back()
                 self._context.__exit__(type(exc), exc, exc.__traceback__)
                 raise
         except OSError as exc:
@@ -450,13 +519,27 @@ class Injector:
             except OSError as error:
                 raise typed_error(self.pid, error, "restore the thread's memory") from None
             finally:
-                self._held.restore_regs = self._saved if self._have_saved else None
+                self._hand_back()
         finally:
             try:
                 self._context.__exit__(exc_type, exc, tb)
             finally:
                 self.stopped_ms = self._held.stopped_ms
                 self._close_plan()
+
+    def _hand_back(self) -> None:
+        """What the held thread's release must restore: the saved registers, and the signals stashed meanwhile."""
+        held, calls = self._held, self._calls
+        if held is None or calls is None:
+            return
+        held.restore_regs = calls.saved
+        held.stashed.extend(calls.stashed)
+        calls.stashed.clear()
+        held.in_signal_stop = held.in_signal_stop or calls.in_signal_stop
+
+    @property
+    def syscall_ip(self) -> int:
+        return self._calls.syscall_ip if self._calls is not None else 0
 
     def _close_plan(self) -> None:
         if self._owns_plan and self._plan is not None:
@@ -471,19 +554,21 @@ class Injector:
 
     def _prepare(self) -> None:
         tid = self.tid
-        ptrace.get_regs(tid, self._saved)
-        self._have_saved = True
-        if self._saved.cs != ptrace.USER_CS_64:
+        held = self._held
+        assert held is not None
+        calls = self._calls = RemoteCalls(self.pid, tid, peek_exit=held.peek_exit)
+        calls.in_signal_stop = held.in_signal_stop
+        if calls.saved.cs != ptrace.USER_CS_64:
             raise NotSupported(
-                f"thread {tid} of process {self.pid} runs 32-bit code (cs={self._saved.cs:#x}); only 64-bit "
+                f"thread {tid} of process {self.pid} runs 32-bit code (cs={calls.saved.cs:#x}); only 64-bit "
                 "x86_64 code is supported",
                 pid=self.pid,
             )
-        self.syscall_ip = self._find_syscall_ip()
-        self._setup_scratch()
+        calls.syscall_ip = self._find_syscall_ip(calls.saved)
+        self._setup_scratch(calls.saved.rsp)
 
-    def _find_syscall_ip(self) -> int:
-        plan, saved = self.plan, self._saved
+    def _find_syscall_ip(self, saved: ptrace.user_regs_struct) -> int:
+        plan = self.plan
         rip = saved.rip
         if signed64(saved.orig_rax) >= 0:
             if plan.blocked_pc == rip:
@@ -503,8 +588,7 @@ class Injector:
             f"process {self.pid} has no `syscall` instruction pss-dup could borrow (no [vdso], no libc)", pid=self.pid
         )
 
-    def _setup_scratch(self) -> None:
-        rsp = self._saved.rsp
+    def _setup_scratch(self, rsp: int) -> None:
         start = (rsp - RED_ZONE - SCRATCH_SIZE) & ~15
         if self.plan.stack_scratch_ok(start, rsp):
             try:
@@ -531,51 +615,9 @@ class Injector:
 
     def syscall(self, nr: int, *args: int) -> int:
         """Run system call `nr` in the held thread; the raw result (use `check` for -errno)."""
-        if len(args) > 6:
-            raise ValueError("a system call takes at most six arguments")
-        assert self._held is not None and self._held.session is not None
-        return self._held.session.call(lambda: self._run_syscall(nr, args))
-
-    def _run_syscall(self, nr: int, args: tuple[int, ...]) -> int:
-        work, tid = self._work, self.tid
-        ctypes.memmove(ctypes.addressof(work), ctypes.addressof(self._saved), ptrace.USER_REGS_SIZE)
-        padded = (*args, 0, 0, 0, 0, 0, 0)
-        work.rip = self.syscall_ip
-        work.rax = nr
-        work.orig_rax = MASK64  # -1: the kernel applies no restart logic to this context
-        work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
-        work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
-        work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
-        result = 0
-        for _attempt in range(5):
-            ptrace.set_regs(tid, work)
-            ptrace.singlestep(tid, 0)
-            result = self._step_result()
-            if result not in RESTART_CODES:
-                return result
-        return result
-
-    def _step_result(self) -> int:
-        """Wait for the single-step SIGTRAP after our `syscall`; stash any other signal and keep stepping."""
-        held, tid, ip, out = self._held, self.tid, self.syscall_ip, self._out
-        assert held is not None
-        while True:
-            status = held.wait(NO_DEADLINE, interruptible=False)
-            event = ptrace.stop_event(status)
-            held.in_signal_stop = event == 0
-            if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
-                ptrace.get_regs(tid, out)
-                if out.rip == ip + 2:
-                    return signed64(out.rax)
-                if out.rip != ip:
-                    raise OperationFailed(
-                        f"thread {tid} of process {self.pid} stopped at {out.rip:#x} instead of after the injected "
-                        f"system call at {ip:#x}",
-                        pid=self.pid,
-                    )
-            if event == 0:
-                held.stash_signal()  # arrived meanwhile: suppressed now, re-delivered on release
-            ptrace.singlestep(tid, 0)
+        calls = self._calls
+        assert self._held is not None and self._held.session is not None and calls is not None
+        return self._held.session.call(lambda: calls.syscall(nr, *args))
 
     # -- memory and fds of the target --
 

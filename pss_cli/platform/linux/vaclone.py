@@ -34,7 +34,6 @@ assert sys.platform == "linux"
 
 import atexit
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import os
@@ -48,15 +47,8 @@ from typing import Final
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
-from pss_cli.platform.linux.freeze import (
-    FrozenProcess,
-    TracerSession,
-    TracerThread,
-    how_it_ended,
-    pause_for_stop,
-    poll_status,
-)
-from pss_cli.platform.linux.inject import check, signed64
+from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, wait_stop
+from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
 SYS_clone: Final = 56
 SYS_wait4: Final = 61
@@ -66,92 +58,12 @@ SYS_close_range: Final = 436
 PR_SET_PDEATHSIG: Final = 1
 PR_SET_NAME: Final = 15
 CLONE_NAME: Final = b"pss-vaclone\0"
-MASK64: Final = (1 << 64) - 1
-RED_ZONE: Final = 128
-#: Return values of a system call that a signal interrupted before it did anything.
-RESTART_CODES: Final = frozenset({-512, -513, -514, -516})
 #: __WALL, under a name that class bodies do not mangle.
 WAIT_ALL: Final = ptrace.__WALL
 
 METHOD_CLONE: Final = "clone"
 METHOD_COPY: Final = "copy"
 CLONE_METHODS: Final = (METHOD_CLONE, METHOD_COPY)
-
-
-# ---- system calls in a task this tracer already holds ---------------------------------------------------------
-
-
-class HeldTask:
-    """Run system calls in a task that the current tracer thread already holds in a ptrace-stop.
-
-    inject.Injector seizes a thread of its own; here the thread is one of a FrozenProcess's (or the clone, attached
-    at birth), so the same single-step primitive runs on the freeze's tracer thread. Signals that arrive meanwhile
-    are kept in `stashed` for the caller to hand back; PTRACE_EVENT_CLONE/FORK/VFORK stops are stepped over.
-    """
-
-    def __init__(self, pid: int, tid: int, syscall_ip: int, *, peek_exit: bool = False) -> None:
-        self.pid = pid
-        self.tid = tid
-        self.syscall_ip = syscall_ip
-        self.peek_exit = peek_exit
-        self.saved = ptrace.user_regs_struct()
-        self._work = ptrace.user_regs_struct()
-        self._out = ptrace.user_regs_struct()
-        self.stashed: list[int] = []
-        ptrace.get_regs(tid, self.saved)
-
-    def syscall(self, nr: int, *args: int) -> int:
-        work = self._work
-        ctypes.memmove(ctypes.addressof(work), ctypes.addressof(self.saved), ptrace.USER_REGS_SIZE)
-        padded = (*args, 0, 0, 0, 0, 0, 0)
-        work.rip, work.rax, work.orig_rax = self.syscall_ip, nr, MASK64
-        work.rdi, work.rsi, work.rdx = padded[0] & MASK64, padded[1] & MASK64, padded[2] & MASK64
-        work.r10, work.r8, work.r9 = padded[3] & MASK64, padded[4] & MASK64, padded[5] & MASK64
-        work.eflags &= ~(ptrace.X86_EFLAGS_TF | ptrace.X86_EFLAGS_DF)
-        result = 0
-        for _attempt in range(5):
-            ptrace.set_regs(self.tid, work)
-            ptrace.singlestep(self.tid, 0)
-            result = self._result()
-            if result not in RESTART_CODES:
-                break
-        return result
-
-    def _result(self) -> int:
-        ip, out = self.syscall_ip, self._out
-        while True:
-            # The thread runs our system call with our registers: it is waited for whatever comes (inject.NO_DEADLINE).
-            status = wait_stop(self.pid, self.tid, inject.NO_DEADLINE, peek_exit=self.peek_exit, interruptible=False)
-            event = ptrace.stop_event(status)
-            if event == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
-                ptrace.get_regs(self.tid, out)
-                if out.rip == ip + 2:
-                    return signed64(out.rax)
-                if out.rip != ip:
-                    raise OperationFailed(
-                        f"thread {self.tid} of process {self.pid} stopped at {out.rip:#x} instead of after the "
-                        f"injected system call at {ip:#x}",
-                        pid=self.pid,
-                    )
-            elif event == 0:
-                self.stashed.append(os.WSTOPSIG(status))  # suppressed now; the caller re-sends it
-            ptrace.singlestep(self.tid, 0)
-
-    def restore(self) -> None:
-        """Put the original registers back; the task stays in its (signal-path) stop."""
-        ptrace.set_regs(self.tid, self.saved)
-
-
-def wait_stop(pid: int, tid: int, deadline: float, *, peek_exit: bool = False, interruptible: bool = True) -> int:
-    """The next ptrace-stop status of `tid` (on the tracer thread); ProcessGone or Timeout otherwise."""
-    while True:
-        status = poll_status(tid, peek_exit=peek_exit)
-        if status >= 0:
-            return status
-        if status == -2:
-            raise ProcessGone(f"process {pid} {how_it_ended(tid)} while pss-dup held its thread {tid}", pid=pid)
-        if not pause_for_stop(deadline, interruptible=interruptible):
-            raise Timeout(f"thread {tid} of process {pid} did not stop in time; pss-dup let go of it", pid=pid)
 
 
 # ---- the clone ------------------------------------------------------------------------------------------------
@@ -215,15 +127,15 @@ class VaClone:
     tracer: TracerThread
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: Signals that reached the borrowed thread during the injection; re-sent once the process is thawed.
-    stashed: list[int] = dataclasses.field(default_factory=list)
+    stashed: list[ptrace.siginfo_t] = dataclasses.field(default_factory=list)
     alive: bool = True
     #: How long the reaping wait4 held one thread of the source.
     reap_stopped_ms: float | None = None
 
     def resend_stashed(self) -> None:
-        for signo in self.stashed:
+        for info in self.stashed:
             with contextlib.suppress(OSError):
-                ptrace.tgkill(self.source_pid, self.source_tid, signo)
+                ptrace.tgkill(self.source_pid, self.source_tid, info.si_signo)
         self.stashed.clear()
 
     def kill_and_reap(self, *, timeout: float) -> None:
@@ -326,7 +238,7 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
     peek = tid == pid and _parent_of(pid) == os.getpid()
     ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options)
     try:
-        task = HeldTask(pid, tid, plan.syscall_ip, peek_exit=peek)
+        task = RemoteCalls(pid, tid, syscall_ip=plan.syscall_ip, peek_exit=peek)
         try:
             return _clone_and_hold(task, tracer, plan, deadline)
         finally:
@@ -335,7 +247,7 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
         ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, ptrace.PTRACE_O_TRACECLONE)
 
 
-def _clone_and_hold(task: HeldTask, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
+def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
     child = 0
     try:
         started = time.perf_counter()
@@ -370,7 +282,7 @@ def _hold(child: int, plan: ClonePlan, deadline: float) -> list[str]:
     if plan.suspend_seccomp:
         options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
     ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, child, 0, options)
-    task = HeldTask(child, child, plan.syscall_ip)
+    task = RemoteCalls(child, child, syscall_ip=plan.syscall_ip)
     if task.saved.rax != 0:
         raise OperationFailed(f"the VA clone {child} does not look like a fresh clone (rax={task.saved.rax:#x})")
     warnings: list[str] = []
@@ -383,15 +295,17 @@ def _hold(child: int, plan: ClonePlan, deadline: float) -> list[str]:
     if plan.scratch_ok(scratch, rsp):
         with contextlib.suppress(OSError):
             original = ptrace.process_vm_readv(child, scratch, len(CLONE_NAME))
-            ptrace.process_vm_writev(child, scratch, CLONE_NAME)
-            task.syscall(SYS_prctl, PR_SET_NAME, scratch)
-            ptrace.process_vm_writev(child, scratch, original)  # the clone's image stays the source's, byte for byte
+            try:
+                ptrace.process_vm_writev(child, scratch, CLONE_NAME)
+                task.syscall(SYS_prctl, PR_SET_NAME, scratch)
+            finally:  # the clone's image is what the core holds: it stays the source's, byte for byte
+                ptrace.process_vm_writev(child, scratch, original)
     task.syscall(SYS_prctl, PR_SET_PDEATHSIG, signal.SIGKILL)
     task.restore()
     return warnings
 
 
-def _discard_child(task: HeldTask, child: int) -> None:
+def _discard_child(task: RemoteCalls, child: int) -> None:
     """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source."""
     with contextlib.suppress(OSError):
         os.kill(child, signal.SIGKILL)
