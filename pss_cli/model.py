@@ -352,6 +352,19 @@ class Performance:
 
 
 @dataclass(frozen=True, slots=True)
+class Interruption:
+    """A thread that pss-dup's stop woke out of a blocked call that fails with EINTR: whether the call was issued
+    again (the process saw nothing), with what timeout, or why the process saw EINTR."""
+
+    tid: int
+    call: str
+    restarted: bool
+    #: The timeout the re-issued call got, in ms (what was left of the program's own); None: unchanged.
+    timeout_ms: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One captured process. `threads`, `handles` and `va_space` are None when their flag was not asked for."""
 
@@ -366,6 +379,8 @@ class Snapshot:
     performance: Performance
     memory: MemoryCapture | None = None
     warnings: tuple[str, ...] = field(default=())
+    #: Blocked calls the freeze interrupted (Linux); None where the platform has no such thing.
+    interruptions: tuple[Interruption, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +407,8 @@ class DuplicateResult:
     target_stopped_ms: float | None
     actions: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: Blocked calls of the target's thread that the injection interrupted (Linux).
+    interruptions: tuple[Interruption, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,3 +422,5 @@ class FreeResult:
     stopped_ms: float | None
     actions: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: Blocked calls of the holder's thread that the injection interrupted (Linux).
+    interruptions: tuple[Interruption, ...] | None = None

@@ -5,8 +5,8 @@ another tracer, an LSM) is not in the error, so `explain_denied` works it out ag
 kernel applies the rules (ptrace(2), "Ptrace access mode checking"), and names the rule and what to do.
 
 `check_traceable` refuses, before anything is seized, what pss-dup must not or cannot stop: zombies, kernel threads,
-processes someone else already traces, 32-bit tasks. `eintr_hazard` tells whether a ptrace stop would make the
-thread's current system call fail with EINTR (signal(7), "Interruption of system calls ... by stop signals").
+processes someone else already traces, 32-bit tasks. (Whether a stop would show a process an EINTR, and how that
+is undone, is restart.py's.)
 """
 
 from __future__ import annotations
@@ -37,42 +37,6 @@ EM_X86_64 = 62
 SECCOMP_MODE_DISABLED, SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 0, 1, 2
 #: How /proc/PID/status's `Seccomp:` values read in a message.
 SECCOMP_MODE_NAMES = {SECCOMP_MODE_STRICT: "seccomp strict mode", SECCOMP_MODE_FILTER: "a seccomp filter"}
-
-#: System calls that return EINTR (not a restart code) when a ptrace stop interrupts them, by x86_64 number.
-#: Both epoll_wait and its siblings, SysV semaphores, sigtimedwait and AIO waits are in signal(7)'s list or return
-#: -EINTR outright in the kernel source; io_uring_enter only when it waits for completions.
-EINTR_SYSCALLS: dict[int, str] = {
-    232: "epoll_wait",
-    281: "epoll_pwait",
-    441: "epoll_pwait2",
-    65: "semop",
-    220: "semtimedop",
-    128: "rt_sigtimedwait",
-    208: "io_getevents",
-    333: "io_pgetevents",
-}
-SYS_io_uring_enter = 426
-IORING_ENTER_GETEVENTS = 1
-
-#: Socket calls that fail with EINTR instead of restarting when the socket has a receive (or send) timeout.
-SOCKET_RECEIVE_SYSCALLS: dict[int, str] = {
-    0: "read",
-    19: "readv",
-    45: "recvfrom",
-    47: "recvmsg",
-    299: "recvmmsg",
-    43: "accept",
-    288: "accept4",
-}
-SOCKET_SEND_SYSCALLS: dict[int, str] = {
-    1: "write",
-    20: "writev",
-    44: "sendto",
-    46: "sendmsg",
-    307: "sendmmsg",
-    42: "connect",
-}
-SYS_recvmmsg = 299
 
 
 def require_supported_arch() -> None:
@@ -396,36 +360,9 @@ def blocked_syscall(pid: int, tid: int) -> tuple[int, tuple[int, ...], int, int]
         return None
 
 
-def eintr_hazard(pid: int, tid: int, pidfd: int | None = None) -> str | None:
-    """Why stopping `tid` now would make its blocked system call fail with EINTR, or None if it would restart.
-
-    Sockets count only with SO_RCVTIMEO/SO_SNDTIMEO set (read through a pidfd_getfd copy when `pidfd` is given);
-    recvmmsg counts with a timeout argument, io_uring_enter when it waits for completions.
-    """
-    blocked = blocked_syscall(pid, tid)
-    if blocked is None:
-        return None
-    nr, args, _sp, _pc = blocked
-    name = EINTR_SYSCALLS.get(nr)
-    if name is None and nr == SYS_io_uring_enter and args[3] & IORING_ENTER_GETEVENTS:
-        name = "io_uring_enter (waiting for completions)"
-    if name is None and nr == SYS_recvmmsg and args[4]:
-        name = "recvmmsg with a timeout"
-    if name is None and (nr in SOCKET_RECEIVE_SYSCALLS or nr in SOCKET_SEND_SYSCALLS):
-        option = socket.SO_RCVTIMEO if nr in SOCKET_RECEIVE_SYSCALLS else socket.SO_SNDTIMEO
-        if _socket_timeout(pid, args[0], option, pidfd):
-            verb = SOCKET_RECEIVE_SYSCALLS.get(nr) or SOCKET_SEND_SYSCALLS[nr]
-            label = "SO_RCVTIMEO" if option == socket.SO_RCVTIMEO else "SO_SNDTIMEO"
-            name = f"{verb} on a socket with {label}"
-    if name is None:
-        return None
-    return (
-        f"thread {tid} ({process_name(pid, tid)}) of process {pid} is blocked in {name}, which fails with EINTR "
-        "when a ptrace stop interrupts it (signal(7)); the program may treat that as an error"
-    )
-
-
-def _socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
+def socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
+    """Whether fd `fd` of `pid` is a socket with SO_RCVTIMEO/SO_SNDTIMEO set (read through a pidfd_getfd copy);
+    True when it cannot be told (the caller then assumes the worst)."""
     if fd > 0x7FFFFFFF:
         return False
     try:

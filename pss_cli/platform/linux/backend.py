@@ -36,6 +36,7 @@ from pss_cli.model import (
     DuplicateResult,
     FreeResult,
     HandleEntry,
+    Interruption,
     Performance,
     Snapshot,
     ThreadContext,
@@ -169,6 +170,7 @@ def capture(
         threads: tuple[ThreadEntry, ...] | None = None
         stopped_ms: float | None = None
         handles_ms = va_ms = None
+        interruptions: tuple[Interruption, ...] | None = None
         # The fd table and the memory map are read in full while the process runs, then checked again while it
         # is frozen: only what changed in between is read under the freeze.
         reader = procfs.HandleReader(
@@ -201,6 +203,7 @@ def capture(
                 if grab is not None:
                     grab.during_freeze(frozen, va_space)
             stopped_ms = frozen.stopped_ms
+            interruptions = tuple(frozen.interruptions)
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
         info = dataclasses.replace(
@@ -223,6 +226,7 @@ def capture(
             handles_ms=handles_ms,
             va_space_ms=va_ms,
         ),
+        interruptions=interruptions,
     )
     if grab is not None:
         with os_errors(pid, "capture"), _released_on_error(lambda: grab):
@@ -428,6 +432,7 @@ class LinuxBackend:
                 target_stopped_ms=pushed.stopped_ms,
                 actions=tuple(actions),
                 warnings=pushed.warnings,
+                interruptions=pushed.interruptions,
             )
         finally:
             if owned and local_fd is not None:
@@ -448,7 +453,7 @@ class LinuxBackend:
                     *inject.dry_run_close(pid, handle, force=force),
                 )
                 return FreeResult(pid=pid, handle=handle, access=used, dry_run=True, stopped_ms=None, actions=actions)
-            stopped = inject.close_remote_fd(
+            closed = inject.close_remote_fd(
                 pid, handle, verify=snapshot_check(pid, handle), force=force, timeout=timeout
             )
         return FreeResult(
@@ -456,8 +461,9 @@ class LinuxBackend:
             handle=handle,
             access=used,
             dry_run=False,
-            stopped_ms=stopped,
+            stopped_ms=closed.stopped_ms,
             actions=(f"closed fd {handle} in process {pid}",),
+            interruptions=closed.interruptions,
         )
 
     def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:

@@ -45,7 +45,8 @@ from pss_cli.errors import (
     Refused,
     Timeout,
 )
-from pss_cli.platform.linux import access, ptrace
+from pss_cli.model import Interruption
+from pss_cli.platform.linux import access, ptrace, restart
 
 T = TypeVar("T")
 
@@ -461,6 +462,10 @@ class SeizedThread:
         self.stopped = False
         self.gone = False
         self.session: TracerSession | None = None
+        #: What the thread was seen blocked in just before the stop (restart.observe), and what our stop did to it.
+        self.blocked: restart.Blocked | None = None
+        self.interruption: Interruption | None = None
+        self._stopped_at = 0.0
         #: We are also the process's parent: its leader's exit status is the parent's, to be peeked at, not reaped.
         self.peek_exit = tid == pid and _parent_of(pid) == os.getpid()
         self._first: float | None = None
@@ -495,6 +500,7 @@ class SeizedThread:
                 raise _seize_refused(self.pid, self.tid, "stop (PTRACE_SEIZE)") from None
             raise OperationFailed(f"PTRACE_SEIZE of thread {self.tid} failed: {exc.strerror}", pid=self.pid) from None
         self._first = time.perf_counter()
+        self._stopped_at = time.monotonic()
         with contextlib.suppress(ProcessLookupError):  # exited between the two calls: the wait sees it
             ptrace.interrupt(self.tid)
         status = self.wait(time.monotonic() + self.timeout)
@@ -531,8 +537,15 @@ class SeizedThread:
             return
         self.stopped = False
         try:
-            if self.restore_regs is not None:
-                ptrace.set_regs(self.tid, self.restore_regs)
+            regs = self.restore_regs
+            if regs is None:
+                regs = ptrace.user_regs_struct()
+                ptrace.get_regs(self.tid, regs)
+            self.interruption = restart.decide(
+                self.pid, self.tid, regs, self.blocked, real_signal=bool(self.stashed), stopped_at=self._stopped_at
+            )
+            if self.restore_regs is not None or (self.interruption is not None and self.interruption.restarted):
+                ptrace.set_regs(self.tid, regs)
             later = self.stashed
             if self.stashed and self.in_signal_stop:
                 first, later = self.stashed[0], self.stashed[1:]
@@ -631,6 +644,10 @@ class FrozenProcess:
         self.signals: dict[int, int] = {}
         #: Threads that exited during the freeze.
         self.exited: set[int] = set()
+        #: Blocked calls the freeze interrupted with EINTR, and what the thaw did about each (see restart.py).
+        self.interruptions: list[Interruption] = []
+        self._blocked: dict[int, restart.Blocked] = {}
+        self._stopped_at = 0.0
         self._stopped: dict[int, ptrace.siginfo_t | None] = {}
         self._known: set[int] = set()
         self._skipped: set[int] = set()
@@ -646,6 +663,10 @@ class FrozenProcess:
     def __enter__(self) -> FrozenProcess:
         access.check_traceable(self.pid)
         self._initial = self._list_tasks()
+        for tid in self._initial:  # what each thread is blocked in, read before any is stopped
+            blocked = restart.observe(self.pid, tid)
+            if blocked is not None:
+                self._blocked[tid] = blocked
         self._leader_is_child = _parent_of(self.pid) == os.getpid()
         if self.want_regs or self.want_fp or self.want_xstate:
             self._reader = ptrace.RegsetReader(fp=self.want_fp, xstate=self.want_xstate)
@@ -715,6 +736,7 @@ class FrozenProcess:
                 seized.append(tid)
             if seized and self._first is None:
                 self._first = time.perf_counter()
+                self._stopped_at = time.monotonic()
             for tid in seized:
                 with contextlib.suppress(ProcessLookupError):  # it is exiting: the wait reports that
                     interrupt(tid)
@@ -838,6 +860,7 @@ class FrozenProcess:
         failures = []
         for tid, info in self._stopped.items():
             try:
+                self._undo_our_eintr(tid, info)
                 if info is not None:
                     ptrace.set_siginfo(tid, info)
                     ptrace.detach(tid, info.si_signo)
@@ -852,6 +875,21 @@ class FrozenProcess:
             self.stopped_ms = (time.perf_counter() - self._first) * 1000
         if failures:  # the tracer thread's exit detaches these; say so rather than hide it
             raise OperationFailed(f"PTRACE_DETACH failed for threads of process {self.pid}: {', '.join(failures)}")
+
+    def _undo_our_eintr(self, tid: int, info: ptrace.siginfo_t | None) -> None:
+        """A thread our interrupt woke out of a call that fails with EINTR issues it again (restart.py)."""
+        known = self.regs.get(tid)
+        if known is not None and known.gpr and not restart.may_show_eintr(known.gpr):
+            return  # the registers read during the freeze say it is not in that state: no extra system call
+        regs = ptrace.user_regs_struct()
+        ptrace.get_regs(tid, regs)
+        decision = restart.decide(
+            self.pid, tid, regs, self._blocked.get(tid), real_signal=info is not None, stopped_at=self._stopped_at
+        )
+        if decision is not None:
+            self.interruptions.append(decision)
+            if decision.restarted:
+                ptrace.set_regs(tid, regs)
 
     def _alive(self) -> bool:
         try:

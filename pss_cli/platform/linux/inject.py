@@ -42,8 +42,8 @@ from pss_cli.errors import (
     Refused,
     own_error,
 )
-from pss_cli.model import MAX_HANDLE, MAX_PID
-from pss_cli.platform.linux import access, ptrace
+from pss_cli.model import MAX_HANDLE, MAX_PID, Interruption
+from pss_cli.platform.linux import access, ptrace, restart
 from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread, wait_stop
 
 T = TypeVar("T")
@@ -121,6 +121,8 @@ class InjectionPlan:
     vdso_insn: int | None
     libc_insn: int | None
     go_runtime: bool
+    #: What the thread is blocked in, seen just before the stop (for undoing an EINTR our stop causes).
+    blocked: restart.Blocked | None = None
     closed: bool = field(default=False)
 
     def close(self) -> None:
@@ -181,6 +183,7 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
             vdso_insn=vdso,
             libc_insn=libc,
             go_runtime=is_go_program(pid, chosen),
+            blocked=restart.observe(pid, chosen),
         )
     except FileNotFoundError:
         os.close(pidfd)
@@ -242,7 +245,7 @@ def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tupl
             fallback = (candidate, name, state)
         if state == "D" and tid is None:
             continue
-        hazard = access.eintr_hazard(pid, candidate, pidfd)
+        _blocked, hazard = restart.plan(pid, candidate, pidfd)
         if hazard is not None:
             hazards.append(hazard)
             continue
@@ -475,6 +478,8 @@ class Injector:
         self.scratch = 0
         self.warnings: tuple[str, ...] = ()
         self.stopped_ms: float | None = None
+        #: What the stop did to a blocked call of the thread (set on exit; see restart.py).
+        self.interruptions: tuple[Interruption, ...] = ()
 
     @property
     def tid(self) -> int:
@@ -493,6 +498,7 @@ class Injector:
         self.warnings = plan.warnings
         options = ptrace.PTRACE_O_SUSPEND_SECCOMP if plan.suspend_seccomp else 0
         self._context = seized_thread(self.pid, plan.tid, self.timeout, options=options)
+        self._context.held.blocked = plan.blocked
         try:
             self._held = self._context.__enter__()
             try:
@@ -525,6 +531,8 @@ class Injector:
                 self._context.__exit__(exc_type, exc, tb)
             finally:
                 self.stopped_ms = self._held.stopped_ms
+                interruption = self._held.interruption
+                self.interruptions = (interruption,) if interruption is not None else ()
                 self._close_plan()
 
     def _hand_back(self) -> None:
@@ -666,6 +674,7 @@ class PushResult:
     fd: int
     stopped_ms: float
     warnings: tuple[str, ...] = ()
+    interruptions: tuple[Interruption, ...] = ()
 
 
 def _run_injected(
@@ -716,7 +725,9 @@ def push_fd(target_pid: int, local_fd: int, *, cloexec: bool, force: bool, timeo
         done=lambda fd: f"process {target_pid} received it as fd {fd}, which it keeps (pss-dup free closes it)",
     )
     assert injector.stopped_ms is not None
-    return PushResult(fd=new_fd, stopped_ms=injector.stopped_ms, warnings=injector.warnings)
+    return PushResult(
+        fd=new_fd, stopped_ms=injector.stopped_ms, warnings=injector.warnings, interruptions=injector.interruptions
+    )
 
 
 def _push_steps(inj: Injector, local_fd: int, cloexec: bool) -> int:
@@ -780,8 +791,16 @@ def parse_rights(head: bytes) -> int:
     return int(fd)
 
 
-def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: bool, timeout: float) -> float:
-    """Close fd `fd` in process `pid`, but only after `verify` accepted it; returns the stop time in ms.
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    """What close_remote_fd did to the process: how long its thread was stopped, and any blocked call it woke."""
+
+    stopped_ms: float
+    interruptions: tuple[Interruption, ...] = ()
+
+
+def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: bool, timeout: float) -> CloseResult:
+    """Close fd `fd` in process `pid`, but only after `verify` accepted it.
 
     The thread is held while the fd is checked, so no other thread of *this* thread's making can swap it; other
     threads keep running, so a program that closes and reuses the number at that instant can still race (see the
@@ -806,7 +825,7 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
         pid, force=force, timeout=timeout, what=f"close fd {fd}", steps=steps, done=lambda _: f"fd {fd} was closed"
     )
     assert injector.stopped_ms is not None
-    return injector.stopped_ms
+    return CloseResult(injector.stopped_ms, injector.interruptions)
 
 
 def get_remote_fd(pid: int, fd: int) -> int:
