@@ -117,6 +117,8 @@ class FakeSnapshot:
     context_flags: int
     vm_allocations: bool
     clone_pid: int | None
+    #: PSS could duplicate the process's handles to query them (the capture held PROCESS_DUP_HANDLE).
+    handles_duplicated: bool = True
     #: Keeps the memory that entries point into (names, CONTEXT records) alive while the snapshot lives.
     keep: list[Any] = field(default_factory=list)
 
@@ -286,13 +288,6 @@ class FakeKernel32:
         )
         if flags & walks:
             required |= QUERY_INFORMATION
-        handle_info = (
-            CaptureFlags.HANDLE_NAME_INFORMATION
-            | CaptureFlags.HANDLE_BASIC_INFORMATION
-            | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
-        )
-        if flags & handle_info:
-            required |= DUP_HANDLE
         if flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION:
             if not flags & CaptureFlags.VA_SPACE:
                 return abi.ERROR_INVALID_PARAMETER, 0
@@ -307,6 +302,8 @@ class FakeKernel32:
         snap = self._build(
             proc, SELF, capture_flags, thread_context_flags, bool(flags & CaptureFlags.CREATE_USE_VM_ALLOCATIONS)
         )
+        # ntdll does not fail the capture when it cannot duplicate a handle: it records the handle untyped.
+        snap.handles_duplicated = bool(access & DUP_HANDLE)
         return abi.ERROR_SUCCESS, snap.hpss
 
     def _local(self, what: str, hpss: int) -> FakeSnapshot:
@@ -493,41 +490,45 @@ class FakeKernel32:
         return out
 
     def _handles(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
+        """Entries as ntdll writes them (PsspWalkHandleTable, PsspHandleDumper): each handle is duplicated into the
+        capturing process first; when that fails (no PROCESS_DUP_HANDLE) the entry has no flags at all. Otherwise the
+        type name is always there, the object name only with HANDLE_NAME_INFORMATION and never for type "File", and
+        ObjectType only with HANDLE_TYPE_SPECIFIC_INFORMATION for the six types PSS knows."""
         f = CaptureFlags(snap.flags)
         out = []
         for o in snap.source.objects:
             e = A.PSS_HANDLE_ENTRY()
             e.Handle = o.handle
-            e.ObjectType = o.object_type
             e.CaptureTime.dwHighDateTime = 0x01DA0001
             flags = 0
-            if f & (
-                CaptureFlags.HANDLE_NAME_INFORMATION
-                | CaptureFlags.HANDLE_BASIC_INFORMATION
-                | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
-            ):
+            if snap.handles_duplicated:
                 flags |= abi.PSS_HANDLE_HAVE_TYPE
                 e.TypeName, e.TypeNameLength = self._wide(snap, o.type_name)
-            if f & CaptureFlags.HANDLE_NAME_INFORMATION and o.name is not None:
-                flags |= abi.PSS_HANDLE_HAVE_NAME
-                e.ObjectName, e.ObjectNameLength = self._wide(snap, o.name)
-            if f & CaptureFlags.HANDLE_BASIC_INFORMATION:
-                flags |= abi.PSS_HANDLE_HAVE_BASIC_INFORMATION
-                e.GrantedAccess = o.granted_access
-                e.Attributes = abi.OBJ_INHERIT if o.inherit else 0
-                e.HandleCount, e.PointerCount = 1, 2
-            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_EVENT:
-                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
-                e.TypeSpecificInformation.Event.ManualReset = 1
-                e.TypeSpecificInformation.Event.Signaled = 0
-            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_MUTANT:
-                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
-                e.TypeSpecificInformation.Mutant.CurrentCount = 1
-                e.TypeSpecificInformation.Mutant.OwnerProcessId = snap.source.pid
-                e.TypeSpecificInformation.Mutant.OwnerThreadId = 77
+                if f & CaptureFlags.HANDLE_NAME_INFORMATION and o.type_name.lower() != "file" and o.name is not None:
+                    flags |= abi.PSS_HANDLE_HAVE_NAME
+                    e.ObjectName, e.ObjectNameLength = self._wide(snap, o.name)
+                if f & CaptureFlags.HANDLE_BASIC_INFORMATION:
+                    flags |= abi.PSS_HANDLE_HAVE_BASIC_INFORMATION
+                    e.GrantedAccess = o.granted_access
+                    e.Attributes = abi.OBJ_INHERIT if o.inherit else 0
+                    e.HandleCount, e.PointerCount = 1, 2
+                if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type != abi.PSS_OBJECT_TYPE_UNKNOWN:
+                    flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
+                    e.ObjectType = o.object_type
+                    self._type_specific(snap, o, e.TypeSpecificInformation)
             e.Flags = flags
             out.append(e)
         return out
+
+    @staticmethod
+    def _type_specific(snap: FakeSnapshot, o: FakeObject, u: ctypes.Union) -> None:
+        if o.object_type == abi.PSS_OBJECT_TYPE_EVENT:
+            u.Event.ManualReset = 1
+            u.Event.Signaled = 0
+        elif o.object_type == abi.PSS_OBJECT_TYPE_MUTANT:
+            u.Mutant.CurrentCount = 1
+            u.Mutant.OwnerProcessId = snap.source.pid
+            u.Mutant.OwnerThreadId = 77
 
     def _regions(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
         with_names = snap.flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION

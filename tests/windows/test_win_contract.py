@@ -55,7 +55,7 @@ def assert_clean(fake: FakeKernel32) -> None:
         (CaptureFlags.NONE, 0x1000),
         (CaptureFlags.THREADS, 0x1400),
         (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT, 0x1400),
-        (CaptureFlags.HANDLES, 0x1400),
+        (CaptureFlags.HANDLES, 0x1440),
         (CaptureFlags.HANDLES | CaptureFlags.HANDLE_NAME_INFORMATION, 0x1440),
         (CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION, 0x1410),
         (CaptureFlags.VA_CLONE, 0x1080),
@@ -142,12 +142,13 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
 
     assert model.handles is not None
     handles = {h.handle: h for h in model.handles}
-    assert handles[0x4].type is HandleType.FILE and handles[0x4].name == "\\Device\\HarddiskVolume3\\data\\log.txt"
+    assert handles[0x4].type is HandleType.FILE and handles[0x4].type_name == "File" and handles[0x4].name is None
     assert handles[0x8].type is HandleType.EVENT and handles[0x8].close_on_exec is False
+    assert handles[0x8].name == "\\BaseNamedObjects\\ready"
     assert ("manual_reset", 1) in handles[0x8].type_specific
     assert handles[0xC].type is HandleType.MUTANT and handles[0xC].name is None
     assert handles[0xC].granted_access == 0x1F0001 and ("owner_tid", 77) in handles[0xC].type_specific
-    assert handles[0x10].type is HandleType.PIPE and handles[0x14].type is HandleType.SOCKET
+    assert handles[0x10].type is HandleType.FILE and handles[0x14].type is HandleType.FILE, "PSS names no File"
 
     assert model.va_space is not None
     regions = {r.base: r for r in model.va_space}
@@ -161,6 +162,24 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
     assert model.memory.bytes_captured == 0x2000 + 0x5000 + 0x1000
     assert model.performance.threads_ms == 1.0 and model.performance.va_clone_ms == 0.75
     assert any("handle trace" in w for w in model.warnings) is False  # HANDLE_TRACE was not asked for
+    assert_clean(fake)
+
+
+def test_handles_alone_asks_for_dup_handle_so_that_pss_can_type_each_handle() -> None:
+    fake = make_world()
+    with backend_for(fake).capture(TARGET, CaptureFlags.HANDLES, timeout=5) as snap:
+        handles = snap.model.handles
+    assert opened(fake) == [(TARGET, 0x1440)]
+    assert handles is not None and len(handles) == 5
+    kinds = {h.handle: h.type for h in handles}
+    assert kinds == {
+        0x4: HandleType.FILE,
+        0x8: HandleType.EVENT,
+        0xC: HandleType.MUTANT,
+        0x10: HandleType.FILE,
+        0x14: HandleType.FILE,
+    }
+    assert all(h.name is None for h in handles), "names need HANDLE_NAME_INFORMATION"
     assert_clean(fake)
 
 

@@ -2,7 +2,9 @@
 
 Every mask is computed from the operation and, for a capture, from the capture flags; nothing is opened with
 PROCESS_ALL_ACCESS. `needed_by` keeps the reason for each right so that an ERROR_ACCESS_DENIED can name the flag that
-asked for it. Sources ([DOC] documented, [INF] inferred from what ntdll does) are in pss-windows.md.
+asked for it. Each reason says where the rule comes from: [DOC] Microsoft's documentation of the function or flag,
+[NTDLL] ntdll's PssNt* code as public decompilations show it, [INF] inferred, with no source checked (docs/windows.md
+lists the sources).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ CAPTURE_RIGHTS: tuple[tuple[CaptureFlags, int, str], ...] = (
     (CaptureFlags.NONE, PROCESS_QUERY_LIMITED_INFORMATION, "process information [INF]"),
     (CaptureFlags.VA_CLONE, PROCESS_CREATE_PROCESS, "VA_CLONE: the clone is created with the target as parent [INF]"),
     (CaptureFlags.HANDLES, PROCESS_QUERY_INFORMATION, "HANDLES [INF]"),
+    (CaptureFlags.HANDLES, PROCESS_DUP_HANDLE, "HANDLES: PSS duplicates each handle to learn its type [NTDLL]"),
     (CaptureFlags.HANDLE_NAME_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_NAME_INFORMATION [INF]"),
     (CaptureFlags.HANDLE_BASIC_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_BASIC_INFORMATION [INF]"),
     (CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_TYPE_SPECIFIC_INFORMATION [INF]"),
