@@ -33,6 +33,14 @@ A = abi.NATIVE
 PSEUDO_HANDLE = (1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1
 SELF = os.getpid()
 
+#: The first DWORD of every PSS snapshot descriptor, 'PSSD' (ntdll's PssNtValidateDescriptor checks it).
+PSSD = 0x44535350
+#: How many bytes ntdll reads of a descriptor another process holds (PssNtFreeRemoteSnapshot: 0x478 x64, 976 x86).
+DESCRIPTOR_SIZE = 0x478 if A.pointer_size == 8 else 976
+#: The first address above user space; reading there is a probe failure (STATUS_ACCESS_VIOLATION, ERROR_NOACCESS).
+USER_LIMIT = 0x7FFF_FFFF_0000 if A.pointer_size == 8 else 0x7FFF_0000
+ERROR_NOACCESS = 998
+
 # The rights, spelled out again on purpose (not imported from access.py).
 QUERY_LIMITED = 0x1000
 QUERY_INFORMATION = 0x400
@@ -50,6 +58,8 @@ MESSAGES = {
     50: "The request is not supported.",
     87: "The parameter is incorrect.",
     259: "No more data is available.",
+    299: "Only part of a ReadProcessMemory or WriteProcessMemory request was completed.",
+    998: "Invalid access to memory location.",
     1168: "Element not found.",
 }
 
@@ -119,8 +129,22 @@ class FakeSnapshot:
     clone_pid: int | None
     #: PSS could duplicate the process's handles to query them (the capture held PROCESS_DUP_HANDLE).
     handles_duplicated: bool = True
+    #: The kernel handles the descriptor holds (VA clone, sections) are still open in the holder.
+    handles_open: bool = True
+    #: Its descriptor is damaged past the marker: ntdll faults on it after validating the marker.
+    corrupt: bool = False
     #: Keeps the memory that entries point into (names, CONTEXT records) alive while the snapshot lives.
     keep: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class FakeMemory:
+    """Committed memory in a process that is not a snapshot descriptor: it starts with `marker`, then zeros."""
+
+    base: int
+    size: int
+    marker: int = 0
+    protect: int = MemoryProtection.READWRITE
 
 
 @dataclass
@@ -146,6 +170,12 @@ class FakeKernel32:
         self.fail_index: int | None = None
         self.debug_privilege = debug_privilege
         self.callback_answers: list[int] = []
+        #: Memory that is not a snapshot, by PID (see add_memory).
+        self.memory: dict[int, list[FakeMemory]] = {}
+        #: Snapshots whose memory was freed while their kernel handles stayed open in the holder.
+        self.leaked: list[str] = []
+        #: Frees that closed handle values a half-freed snapshot had already closed (they may name other objects now).
+        self.stray_closes: list[str] = []
         self._last_error = 0
         self._next = 0x1000
 
@@ -176,9 +206,42 @@ class FakeKernel32:
     def held_by(self, pid: int) -> list[FakeSnapshot]:
         return [s for (holder, _), s in self.snapshots.items() if holder == pid]
 
+    def half_freed(self) -> list[FakeSnapshot]:
+        """Descriptors whose handles were closed but whose memory was not freed: they still look like snapshots, and
+        a later free or duplicate there would use handle values that may now name other objects."""
+        return [s for s in self.snapshots.values() if not s.handles_open]
+
+    def add_memory(self, pid: int, base: int, size: int = 0x1000, *, marker: int = 0) -> int:
+        """Map committed read-write memory that is not a snapshot into `pid`; its address."""
+        self.memory.setdefault(pid, []).append(FakeMemory(base, size, marker))
+        return base
+
     def _fault(self, what: str, hpss: int) -> FakeFault:
         self.faults.append(f"{what}(0x{hpss:x})")
         return FakeFault(f"exception: access violation reading 0x{hpss:016x}")
+
+    def _invalid_handle_exception(self, what: str, hpss: int) -> FakeFault:
+        """PssNtValidateDescriptor's answer to a readable address without the marker: it raises STATUS_INVALID_HANDLE
+        (RtlRaiseException), which ctypes reports as an OSError, like a fault."""
+        self.faults.append(f"{what}(0x{hpss:x}): STATUS_INVALID_HANDLE raised")
+        return FakeFault("exception code 0xc0000008")
+
+    def _region(self, pid: int, address: int) -> FakeMemory | None:
+        return next((m for m in self.memory.get(pid, ()) if m.base <= address < m.base + m.size), None)
+
+    def _read(self, pid: int, address: int, size: int) -> bytes | int:
+        """`size` bytes at `address` in `pid` as NtReadVirtualMemory would copy them, or the Win32 code of its
+        failure: ERROR_NOACCESS outside user space, ERROR_PARTIAL_COPY for unmapped or too short memory."""
+        if address <= 0 or address + size > USER_LIMIT:
+            return ERROR_NOACCESS
+        if (pid, address) in self.snapshots:
+            return (PSSD.to_bytes(4, "little") + bytes(DESCRIPTOR_SIZE - 4))[:size]
+        region = self._region(pid, address)
+        if region is None or address + size > region.base + region.size:
+            return abi.ERROR_PARTIAL_COPY
+        content = region.marker.to_bytes(4, "little") + bytes(region.size - 4)
+        offset = address - region.base
+        return content[offset : offset + size]
 
     def _process_of(self, handle: int) -> tuple[int, int] | None:
         """(pid, access) for a process handle, None for anything else."""
@@ -250,16 +313,39 @@ class FakeKernel32:
     def VirtualQuery(self, address: int, buffer: ctypes.Structure) -> int:
         if self._log("VirtualQuery", address):
             return 0
-        if (SELF, address) not in self.snapshots:
+        region = self._region(SELF, address)
+        if (SELF, address) in self.snapshots:
+            base, size, protect = address & ~0xFFF, 0x1000, int(MemoryProtection.READWRITE)
+        elif region is not None:
+            base, size, protect = region.base, region.size, region.protect
+        else:
             return 0
         ctypes.memset(ctypes.addressof(buffer), 0, ctypes.sizeof(buffer))
-        buffer.BaseAddress = address & ~0xFFF
-        buffer.AllocationBase = address & ~0xFFF
-        buffer.RegionSize = 0x1000
+        buffer.BaseAddress = base
+        buffer.AllocationBase = base
+        buffer.RegionSize = size
         buffer.State = MemoryState.COMMIT
         buffer.Type = MemoryType.PRIVATE
-        buffer.Protect = MemoryProtection.READWRITE
+        buffer.Protect = protect
         return ctypes.sizeof(buffer)
+
+    def ReadProcessMemory(self, process: int, address: int, size: int) -> bytes | None:
+        if self._log("ReadProcessMemory", process, address, size):
+            self._last_error = abi.ERROR_PARTIAL_COPY
+            return None
+        found = self._process_of(process)
+        if found is None:
+            self._last_error = abi.ERROR_INVALID_HANDLE
+            return None
+        pid, access = found
+        if not access & VM_READ:
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return None
+        data = self._read(pid, address, size)
+        if isinstance(data, int):
+            self._last_error = data
+            return None
+        return data
 
     def FormatMessageW(self, code: int) -> str:
         self.calls.append(("FormatMessageW", code))
@@ -307,9 +393,16 @@ class FakeKernel32:
         return abi.ERROR_SUCCESS, snap.hpss
 
     def _local(self, what: str, hpss: int) -> FakeSnapshot:
+        """The snapshot this process holds at `hpss`, as ntdll finds it: an unreadable address faults, a readable one
+        without the 'PSSD' marker raises STATUS_INVALID_HANDLE, a corrupt descriptor faults past the marker."""
         snap = self.snapshots.get((SELF, hpss))
         if snap is None:
-            raise self._fault(what, hpss)
+            data = self._read(SELF, hpss, 4)
+            if isinstance(data, int):
+                raise self._fault(what, hpss)
+            raise self._invalid_handle_exception(what, hpss)
+        if snap.corrupt:
+            raise self._fault(what, hpss + 0x388)
         return snap
 
     def PssQuerySnapshot(self, snapshot: int, information_class: int, buffer: ctypes.Structure, length: int) -> int:
@@ -547,24 +640,36 @@ class FakeKernel32:
     def PssDuplicateSnapshot(
         self, source_process: int, snapshot: int, target_process: int, flags: int
     ) -> tuple[int, int]:
-        if self._log("PssDuplicateSnapshot", source_process, snapshot, target_process, flags):
-            source = self._process_of(source_process)
-            if source is not None and flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
-                self.snapshots.pop((source[0], snapshot), None)  # the source is freed even when duplication fails
-            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        fail = self._log("PssDuplicateSnapshot", source_process, snapshot, target_process, flags)
         source = self._process_of(source_process)
         if source is None:
             return abi.ERROR_INVALID_HANDLE, 0
         source_pid, source_access = source
-        if source_pid != SELF and (VM_READ | DUP_HANDLE) & ~source_access:
-            return abi.ERROR_ACCESS_DENIED, 0
-        snap = self.snapshots.get((source_pid, snapshot))
+        close_source = bool(flags & abi.PSS_DUPLICATE_CLOSE_SOURCE)
+        if source_pid == SELF:
+            snap = self._local("PssDuplicateSnapshot", snapshot)
+            rc, copy = (abi.ERROR_NOT_ENOUGH_MEMORY, 0) if fail else self._into(snap, target_process)
+            if close_source:  # PssNtFreeSnapshot, even when the duplication failed
+                del self.snapshots[(SELF, snapshot)]
+            return rc, copy
+        rc, copy = self._duplicate_remote(source_pid, source_access, snapshot, target_process, fail)
+        if close_source:  # PsspDuplicateSnapshotRemoteToRemote calls it on every path and ignores its result
+            self._free_remote(source_pid, source_access, snapshot)
+        return rc, copy
+
+    def _duplicate_remote(self, pid: int, access: int, hpss: int, target_process: int, fail: bool) -> tuple[int, int]:
+        snap, code = self._descriptor(pid, access, hpss)
         if snap is None:
-            if source_pid == SELF:
-                raise self._fault("PssDuplicateSnapshot", snapshot)
+            return code, 0
+        if fail:
+            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        if not access & DUP_HANDLE:  # ZwDuplicateObject of the descriptor's handles out of the holder
+            return abi.ERROR_ACCESS_DENIED, 0
+        if not snap.handles_open:  # those handle values were closed (or now name something else)
             return abi.ERROR_INVALID_HANDLE, 0
-        if flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
-            del self.snapshots[(source_pid, snapshot)]
+        return self._into(snap, target_process)
+
+    def _into(self, snap: FakeSnapshot, target_process: int) -> tuple[int, int]:
         target = self._process_of(target_process)
         if target is None:
             return abi.ERROR_INVALID_HANDLE, 0
@@ -573,6 +678,38 @@ class FakeKernel32:
             return abi.ERROR_ACCESS_DENIED, 0
         return abi.ERROR_SUCCESS, self._copy(snap, target_pid).hpss
 
+    def _descriptor(self, pid: int, access: int, hpss: int) -> tuple[FakeSnapshot | None, int]:
+        """ntdll's read of a descriptor that another process holds (ZwReadVirtualMemory of the whole descriptor, then
+        the marker check): the snapshot, or the Win32 code of the failure."""
+        if not access & VM_READ:
+            return None, abi.ERROR_ACCESS_DENIED
+        data = self._read(pid, hpss, DESCRIPTOR_SIZE)
+        if isinstance(data, int):
+            return None, data
+        if int.from_bytes(data[:4], "little") != PSSD:
+            return None, abi.ERROR_INVALID_HANDLE
+        return self.snapshots[(pid, hpss)], abi.ERROR_SUCCESS
+
+    def _free_remote(self, pid: int, access: int, hpss: int) -> int:
+        """PssNtFreeRemoteSnapshot: read and check the descriptor; STATUS_NOT_SUPPORTED unless it is in VirtualAlloc'ed
+        memory; then close its handles in the holder (ZwDuplicateObject with DUPLICATE_CLOSE_SOURCE: needs
+        PROCESS_DUP_HANDLE) and free its memory (ZwFreeVirtualMemory: needs PROCESS_VM_OPERATION), ignoring both
+        results, and report success."""
+        snap, code = self._descriptor(pid, access, hpss)
+        if snap is None:
+            return code
+        if not snap.vm_allocations:
+            return abi.ERROR_NOT_SUPPORTED
+        if access & DUP_HANDLE:
+            if not snap.handles_open:
+                self.stray_closes.append(f"process {pid}: the closed handle values of snapshot 0x{hpss:x}")
+            snap.handles_open = False
+        if access & VM_OPERATION:
+            del self.snapshots[(pid, hpss)]
+            if snap.handles_open:
+                self.leaked.append(f"process {pid}: the handles of snapshot 0x{hpss:x}")
+        return abi.ERROR_SUCCESS
+
     def PssFreeSnapshot(self, process: int, snapshot: int) -> int:
         self._log("PssFreeSnapshot", process, snapshot)
         found = self._process_of(process)
@@ -580,19 +717,10 @@ class FakeKernel32:
             return abi.ERROR_INVALID_HANDLE
         pid, access = found
         if pid == SELF:
-            if (SELF, snapshot) not in self.snapshots:
-                raise self._fault("PssFreeSnapshot", snapshot)
+            self._local("PssFreeSnapshot", snapshot)
             del self.snapshots[(SELF, snapshot)]
             return abi.ERROR_SUCCESS
-        if (VM_READ | VM_OPERATION | DUP_HANDLE) & ~access:
-            return abi.ERROR_ACCESS_DENIED
-        snap = self.snapshots.get((pid, snapshot))
-        if snap is None:
-            return abi.ERROR_INVALID_HANDLE
-        if not snap.vm_allocations:
-            return abi.ERROR_NOT_SUPPORTED
-        del self.snapshots[(pid, snapshot)]
-        return abi.ERROR_SUCCESS
+        return self._free_remote(pid, access, snapshot)
 
     # --- advapi32 --------------------------------------------------------------------------------------------------
 

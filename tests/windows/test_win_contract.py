@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeFault, FakeKernel32
+from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeKernel32
 from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
@@ -361,6 +361,84 @@ def test_a_local_handle_that_is_not_ours_is_refused_before_any_pss_call() -> Non
     assert fake.faults == []
 
 
+def _stale_handle(fake: FakeKernel32, where: str) -> int:
+    """A value RECEIVER does not hold as a snapshot: unmapped, mapped but too short for a descriptor, in kernel space,
+    or readable memory that does not start with the descriptor marker."""
+    if where == "unmapped":
+        return 0x5000_0000
+    if where == "short":
+        return fake.add_memory(RECEIVER, 0x6000_0000, 0x1000) + 0x1000 - 0x100
+    if where == "kernel":
+        return 0xFFFF_8000_0000_0000
+    return fake.add_memory(RECEIVER, 0x7000_0000, 0x10000, marker=0x1234_5678)
+
+
+@pytest.mark.parametrize(
+    ("where", "code"), [("unmapped", 299), ("short", 299), ("kernel", 998), ("not-a-descriptor", 6)]
+)
+def test_a_stale_handle_in_another_process_is_not_a_snapshot_for_dup_inspect_and_free(where: str, code: int) -> None:
+    fake = make_world()
+    handle = _stale_handle(fake, where)
+    keep = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
+    backend = backend_for(fake)
+    attempts = [
+        lambda: backend.duplicate(
+            None, RECEIVER, handle, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        ),
+        lambda: backend.inspect(RECEIVER, handle, timeout=5),
+        lambda: backend.free(RECEIVER, handle, dry_run=False, force=False, timeout=5),
+    ]
+    for attempt in attempts:
+        with pytest.raises(errors.BadSnapshot, match=rf"not a process snapshot.*\(Win32 error {code}\)") as info:
+            attempt()
+        assert info.value.exit_code == errors.ExitCode.BAD_SNAPSHOT
+    assert [s.hpss for s in fake.held_by(RECEIVER)] == [keep]
+    assert [c for c in fake.calls if c[0] == "PssFreeSnapshot"] == []
+    assert_clean(fake)
+
+
+def _local_attempts(backend: WindowsBackend, handle: int) -> list[Any]:
+    return [
+        lambda: backend.duplicate(
+            None, SELF, handle, RECEIVER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        ),
+        lambda: backend.free(SELF, handle, dry_run=False, force=False, timeout=5),
+        lambda: backend.open_snapshot(handle),
+        lambda: backend.inspect(SELF, handle, timeout=5),
+    ]
+
+
+def test_local_memory_that_is_not_a_snapshot_is_refused_by_its_marker_before_any_pss_call() -> None:
+    fake = make_world()
+    handle = fake.add_memory(SELF, 0x5000_0000, marker=0x1234_5678)
+    for attempt in _local_attempts(backend_for(fake), handle):
+        fake.calls.clear()
+        with pytest.raises(errors.BadSnapshot, match="does not start with PSS's descriptor marker") as info:
+            attempt()
+        assert info.value.exit_code == errors.ExitCode.BAD_SNAPSHOT
+        assert pss_calls(fake) == ["VirtualQuery", "ReadProcessMemory"]
+    assert fake.faults == []
+    assert_clean(fake)
+
+
+def test_a_fault_in_any_local_pss_call_is_bad_snapshot_never_a_traceback() -> None:
+    fake = make_world()
+    backend = backend_for(fake)
+    for attempt in _local_attempts(backend, fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)):
+        fake.held_by(SELF)[0].corrupt = True
+        with pytest.raises(errors.BadSnapshot, match="faulted"):
+            attempt()
+    snap = backend.capture(TARGET, CaptureFlags.NONE, timeout=5)
+    fake.snapshots[(SELF, snap.handle())].corrupt = True
+    with pytest.raises(errors.BadSnapshot, match="faulted"):
+        backend.duplicate(
+            snap, TARGET, None, RECEIVER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        )
+    with pytest.raises(errors.BadSnapshot, match="faulted"):
+        snap.close()
+    assert fake.open_process_handles() == {}
+
+
 def test_dup_dry_run_proves_the_rights_and_duplicates_nothing() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
@@ -442,7 +520,7 @@ def test_free_of_our_own_snapshot_by_handle_value() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
     backend_for(fake).free(SELF, hpss, dry_run=False, force=False, timeout=5)
-    assert pss_calls(fake) == ["VirtualQuery", "PssFreeSnapshot"]
+    assert pss_calls(fake) == ["VirtualQuery", "ReadProcessMemory", "PssFreeSnapshot"]
     assert_clean(fake)
 
 
@@ -483,21 +561,6 @@ def test_open_snapshot_of_a_foreign_address_is_bad_snapshot_without_a_fault() ->
     with pytest.raises(errors.BadSnapshot):
         backend_for(fake).open_snapshot(0x7FFE_0000)
     assert fake.faults == [] and fake.names() == ["VirtualQuery"]
-
-
-def test_a_fault_inside_pss_becomes_bad_snapshot() -> None:
-    fake = make_world()
-    hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
-    backend = backend_for(fake)
-    original = fake.PssQuerySnapshot
-
-    def faulting(snapshot: int, information_class: int, buffer: Any, length: int) -> int:
-        raise FakeFault("exception: access violation reading 0x0000000000000010")
-
-    fake.PssQuerySnapshot = faulting  # type: ignore[method-assign]
-    with pytest.raises(errors.BadSnapshot, match="faulted"):
-        backend.open_snapshot(hpss)
-    fake.PssQuerySnapshot = original  # type: ignore[method-assign]
 
 
 # --- dump ---------------------------------------------------------------------------------------------------------

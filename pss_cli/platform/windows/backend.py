@@ -4,10 +4,12 @@ Rules kept on every path:
 - each process is opened with the least mask the operation needs (access.py) and closed again, success or not;
 - a snapshot this process holds is freed exactly once (PSS_DUPLICATE_CLOSE_SOURCE counts as the free);
 - an HPSS value that did not come from this process's own PSS calls is never handed to a local PSS call before
-  VirtualQuery shows it is committed, private, read-write memory here: a foreign or stale HPSS makes ntdll fault
-  (ctypes turns that fault into OSError, which becomes BadSnapshot, but the fault may leave ntdll state behind);
-- a snapshot held by another process is read by duplicating it into this process (which validates it: the call
-  answers ERROR_INVALID_HANDLE for anything that is not a snapshot there), then freeing the copy.
+  VirtualQuery shows committed, private, read-write memory here that starts with the descriptor marker: ntdll raises
+  STATUS_INVALID_HANDLE for anything else, or faults on an unreadable address;
+- an OSError out of any local PSS call (ctypes' report of such an exception) is BadSnapshot, never a traceback;
+- a snapshot held by another process is read by duplicating it into this process (which validates it: ntdll reads
+  the descriptor and checks its marker there), then freeing the copy; it is freed there by PssFreeSnapshot with the
+  documented rights, never by PSS_DUPLICATE_CLOSE_SOURCE, whose remote free ignores its own failures.
 PSS calls are synchronous and take no timeout: `timeout` is accepted for the common interface and not used.
 """
 
@@ -54,6 +56,12 @@ from pss_cli.platform.windows.winerror import access_denied, describe, error_for
 #: Added to every capture: the descriptor in VirtualAlloc'ed memory can later be freed remotely or handed on with
 #: PSS_DUPLICATE_CLOSE_SOURCE, and the performance counters fill the report's timings.
 CAPTURE_CREATE_FLAGS = CaptureFlags.CREATE_USE_VM_ALLOCATIONS | CaptureFlags.CREATE_MEASURE_PERFORMANCE
+
+#: The first DWORD of every snapshot descriptor ('PSSD'); ntdll's PssNtValidateDescriptor refuses anything else.
+PSS_DESCRIPTOR_MARKER = 0x44535350
+#: What PssDuplicateSnapshot answers when the value is not a snapshot in the holder: the descriptor's marker is wrong
+#: (ERROR_INVALID_HANDLE), or it cannot be read whole (ERROR_PARTIAL_COPY, ERROR_NOACCESS).
+NOT_A_SNAPSHOT = frozenset({abi.ERROR_INVALID_HANDLE, abi.ERROR_PARTIAL_COPY, abi.ERROR_NOACCESS})
 
 #: HRESULT_FROM_WIN32: MiniDumpWriteDump leaves an HRESULT in the last error.
 _FACILITY_WIN32_MASK = 0xFFFF0000
@@ -103,9 +111,7 @@ class WindowsSnapshot:
         if self._freed:
             return
         self._freed = True
-        rc = self._k.PssFreeSnapshot(self._k.GetCurrentProcess(), self._hpss)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self._k, rc, "PssFreeSnapshot")
+        free_local(self._k, self._hpss)
 
     def __enter__(self) -> WindowsSnapshot:
         return self
@@ -114,6 +120,24 @@ class WindowsSnapshot:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def local_pss_call(hpss: int, what: str) -> Iterator[None]:
+    """BadSnapshot for an OSError out of a PSS call on a local HPSS: ctypes' report of the exception ntdll raised
+    (STATUS_INVALID_HANDLE for a bad marker, an access violation for a damaged descriptor)."""
+    try:
+        yield
+    except OSError as exc:
+        raise errors.BadSnapshot(f"{what} on snapshot 0x{hpss:x} faulted: {exc}", pid=os.getpid()) from exc
+
+
+def free_local(k: Kernel32Like, hpss: int) -> None:
+    """PssFreeSnapshot of a snapshot this process holds."""
+    with local_pss_call(hpss, "PssFreeSnapshot"):
+        rc = k.PssFreeSnapshot(k.GetCurrentProcess(), hpss)
+    if rc != abi.ERROR_SUCCESS:
+        raise error_for(k, rc, "PssFreeSnapshot", pid=os.getpid())
 
 
 def enable_debug_privilege(kernel32: Kernel32Like | None = None) -> bool:
@@ -222,8 +246,9 @@ class WindowsBackend:
         return AccessUse(pid=pid, role=role, names=access_names(request.mask), mask=request.mask)
 
     def _validated_local(self, handle: int) -> int:
-        """`handle` as an HPSS of this process, after checking that reading it cannot fault: committed, private,
-        read-write memory, pointer-aligned. BadSnapshot otherwise."""
+        """`handle` as an HPSS of this process: committed, private, read-write memory (no guard page, whose first
+        touch would change it), pointer-aligned, starting with the descriptor marker that ntdll checks. The marker is
+        read with ReadProcessMemory, which cannot fault. BadSnapshot otherwise."""
         info = self.abi.MEMORY_BASIC_INFORMATION()
         reason = None
         if handle <= 0 or handle % self.abi.pointer_size:
@@ -232,8 +257,14 @@ class WindowsBackend:
             reason = "not an address in this process"
         elif int(info.State) != MemoryState.COMMIT or int(info.Type) != MemoryType.PRIVATE:
             reason = "not committed private memory"
-        elif int(info.Protect) & 0xFF != MemoryProtection.READWRITE:
+        elif int(info.Protect) & 0xFF != MemoryProtection.READWRITE or int(info.Protect) & MemoryProtection.GUARD:
             reason = "not read-write memory"
+        else:
+            marker = self.k.ReadProcessMemory(self.k.GetCurrentProcess(), handle, 4)
+            if marker is None:
+                reason = f"it cannot be read ({describe(self.k, self.k.GetLastError())})"
+            elif int.from_bytes(marker, "little") != PSS_DESCRIPTOR_MARKER:
+                reason = "it does not start with PSS's descriptor marker"
         if reason:
             raise errors.BadSnapshot(
                 f"0x{handle:x} is not a snapshot (HPSS) of this process: {reason}. An HPSS is an address in the "
@@ -243,27 +274,23 @@ class WindowsBackend:
         return handle
 
     def _read(self, hpss: int, options: ReadOptions, captured_at: float, capture_ms: float) -> Snapshot:
-        try:
+        with local_pss_call(hpss, "reading"):
             return SnapshotReader(self.k, hpss, self.abi).read(
                 options, captured_at=captured_at, capture_ms=capture_ms, thread_count=self._thread_count
             )
-        except OSError as exc:  # ctypes' report of an access violation inside ntdll
-            raise errors.BadSnapshot(f"reading snapshot 0x{hpss:x} faulted: {exc}", pid=self._pid) from exc
 
-    def _free_local(self, hpss: int) -> None:
-        rc = self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssFreeSnapshot", pid=self._pid)
+    def _not_a_snapshot(self, handle: int, pid: int, rc: int) -> errors.BadSnapshot:
+        return errors.BadSnapshot(
+            f"0x{handle:x} is not a process snapshot (HPSS) held by process {pid} "
+            f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
+            pid=pid,
+        )
 
     def _copy_here(self, holder: int, pid: int, handle: int) -> int:
         """Duplicate the snapshot that `pid` holds as `handle` into this process (validating it); the local HPSS."""
         rc, copy = self.k.PssDuplicateSnapshot(holder, handle, self.k.GetCurrentProcess(), abi.PSS_DUPLICATE_NONE)
-        if rc == abi.ERROR_INVALID_HANDLE:
-            raise errors.BadSnapshot(
-                f"0x{handle:x} is not a process snapshot (HPSS) held by process {pid} "
-                f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
-                pid=pid,
-            )
+        if rc in NOT_A_SNAPSHOT:
+            raise self._not_a_snapshot(handle, pid, rc)
         if rc == abi.ERROR_ACCESS_DENIED:
             raise access_denied(self.k, "PssDuplicateSnapshot", pid, duplicate_source_access())
         if rc != abi.ERROR_SUCCESS:
@@ -291,7 +318,8 @@ class WindowsBackend:
         try:
             model = self._read(hpss, ReadOptions(call_flags), captured_at, capture_ms)
         except BaseException:
-            self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
+            with contextlib.suppress(OSError):  # the descriptor may be what faulted: keep the first error
+                self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
             raise
         return WindowsSnapshot(self.k, hpss, model, self._use(pid, "captured", request))
 
@@ -359,15 +387,12 @@ class WindowsBackend:
                     target_stopped_ms=None,
                     actions=tuple(actions),
                 )
-            rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
+            with local_pss_call(hpss, "PssDuplicateSnapshot") if source_request is None else contextlib.nullcontext():
+                rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
             if close_source and local is not None:
                 local.forget()
-        if rc == abi.ERROR_INVALID_HANDLE:
-            raise errors.BadSnapshot(
-                f"0x{hpss:x} is not a process snapshot (HPSS) held by process {holder_pid} "
-                f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
-                pid=holder_pid,
-            )
+        if rc in NOT_A_SNAPSHOT:
+            raise self._not_a_snapshot(hpss, holder_pid, rc)
         if rc == abi.ERROR_ACCESS_DENIED:
             both = AccessRequest(
                 target_request.mask | (source_request.mask if source_request else 0),
@@ -399,13 +424,13 @@ class WindowsBackend:
             access = (self._use(pid, "holder", None),)
             if dry_run:
                 return FreeResult(pid, handle, access, True, None, (f"would free local snapshot 0x{hpss:x}",))
-            self._free_local(hpss)
+            free_local(self.k, hpss)
             return FreeResult(pid, handle, access, False, None, (f"freed local snapshot 0x{hpss:x}",))
         request = remote_free_access()
         access = (self._use(pid, "holder", request),)
         actions = [f"open process {pid} with {format_access(request.mask)}"]
         with self._process(pid, request, "PssFreeSnapshot") as process:
-            self._free_local(self._copy_here(process, pid, handle))
+            free_local(self.k, self._copy_here(process, pid, handle))
             actions.append(f"checked that 0x{handle:x} is a snapshot there (duplicated it here and freed the copy)")
             if dry_run:
                 actions.append(f"would call PssFreeSnapshot(0x{handle:x}) in process {pid}")
@@ -435,7 +460,7 @@ class WindowsBackend:
         try:
             return self._read(copy, ReadOptions(CaptureFlags.NONE, probe=True), time.time(), 0.0)
         finally:
-            self._free_local(copy)
+            free_local(self.k, copy)
 
     def open_snapshot(self, handle: int) -> Snapshot:
         """The receiver side: a process that was handed an HPSS (by PssDuplicateSnapshot into it) reads it. It stays
