@@ -18,7 +18,15 @@ from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, 
 from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
-from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags, HandleType, MemoryType, ThreadState
+from pss_cli.model import (
+    DEFAULT_CAPTURE,
+    EVERYTHING,
+    CaptureFlags,
+    DuplicateResult,
+    HandleType,
+    MemoryType,
+    ThreadState,
+)
 from pss_cli.platform.windows import abi
 from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from pss_cli.platform.windows.reader import ReadOptions, SnapshotReader
@@ -44,6 +52,15 @@ def assert_clean(fake: FakeKernel32) -> None:
     assert fake.markers == {}
     assert fake.faults == []
     assert fake.bad_closes == []
+    assert fake.half_freed() == [] and fake.leaked == [] and fake.stray_closes == []
+
+
+def dup_held(fake: FakeKernel32, handle: int, *, close_source: bool = False, dry_run: bool = False) -> DuplicateResult:
+    """`pss-dup dup --handle HANDLE RECEIVER OTHER`: duplicate what RECEIVER holds as `handle` into OTHER."""
+    return backend_for(fake).duplicate(
+        None, RECEIVER, handle, OTHER, close_source=close_source, inherit=False, dry_run=dry_run, force=False,
+        timeout=5,
+    )  # fmt: skip
 
 
 # --- capture ----------------------------------------------------------------------------------------------------
@@ -332,9 +349,7 @@ def test_dup_close_source_failing_inside_pss_does_not_free_twice() -> None:
 def test_dup_from_another_holder_opens_source_with_vm_read_dup_handle_and_target_with_0x68() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
-    result = backend_for(fake).duplicate(
-        None, RECEIVER, hpss, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
-    )
+    result = dup_held(fake, hpss)
     assert opened(fake) == [(RECEIVER, 0x50), (OTHER, 0x68)]
     assert pss_calls(fake) == ["OpenProcess", "OpenProcess", "PssDuplicateSnapshot", "CloseHandle", "CloseHandle"]
     assert [s.hpss for s in fake.held_by(OTHER)] == [result.target_handle]
@@ -342,12 +357,54 @@ def test_dup_from_another_holder_opens_source_with_vm_read_dup_handle_and_target
     assert_clean(fake)
 
 
+def test_dup_close_source_from_another_holder_frees_it_there_with_0x58_and_checks_the_result() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
+    result = dup_held(fake, hpss, close_source=True)
+    assert opened(fake) == [(RECEIVER, 0x58), (OTHER, 0x68)]
+    assert (
+        pss_calls(fake)
+        == ["OpenProcess", "OpenProcess", "PssDuplicateSnapshot", "PssFreeSnapshot"] + ["CloseHandle"] * 2
+    )
+    dup = next(c for c in fake.calls if c[0] == "PssDuplicateSnapshot")
+    assert dup[4] == abi.PSS_DUPLICATE_NONE, "CLOSE_SOURCE's remote free ignores its own failures"
+    free = next(c for c in fake.calls if c[0] == "PssFreeSnapshot")
+    assert free[1] == dup[1] and free[2] == hpss, "freed in the holder, through the handle opened with 0x58"
+    assert fake.held_by(RECEIVER) == [], "freed whole: memory and handles"
+    assert [s.hpss for s in fake.held_by(OTHER)] == [result.target_handle]
+    assert result.source_closed is True
+    assert f"PssFreeSnapshot freed 0x{hpss:x} in process {RECEIVER}" in result.actions
+    masks = {(a.pid, a.role): a.mask for a in result.access}
+    assert masks[(RECEIVER, "source (holds the snapshot)")] == 0x58
+    assert_clean(fake)
+
+
+def test_dup_close_source_of_a_heap_snapshot_elsewhere_says_what_happened_and_leaves_it_whole() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE, vm_allocations=False)
+    with pytest.raises(errors.NotSupported, match="PSS_CREATE_USE_VM_ALLOCATIONS") as info:
+        dup_held(fake, hpss, close_source=True)
+    copy = fake.held_by(OTHER)[0].hpss
+    assert f"process {OTHER} already received the snapshot as 0x{copy:x}" in str(info.value)
+    assert [(s.hpss, s.handles_open) for s in fake.held_by(RECEIVER)] == [(hpss, True)]
+    assert_clean(fake)
+
+
+def test_dup_close_source_from_another_holder_keeps_the_source_when_duplication_fails() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
+    fake.fail_index = 2  # OpenProcess, OpenProcess, then PssDuplicateSnapshot
+    with pytest.raises(errors.OperationFailed):
+        dup_held(fake, hpss, close_source=True)
+    assert "PssFreeSnapshot" not in fake.names()
+    assert [(s.hpss, s.handles_open) for s in fake.held_by(RECEIVER)] == [(hpss, True)]
+    assert_clean(fake)
+
+
 def test_dup_of_something_that_is_not_a_snapshot_there_is_bad_snapshot_and_closes_both_handles() -> None:
     fake = make_world()
     with pytest.raises(errors.BadSnapshot, match="not a process snapshot"):
-        backend_for(fake).duplicate(
-            None, RECEIVER, 0xDEAD00, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
-        )
+        dup_held(fake, 0xDEAD00)
     assert_clean(fake)
 
 
@@ -382,9 +439,7 @@ def test_a_stale_handle_in_another_process_is_not_a_snapshot_for_dup_inspect_and
     keep = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
     backend = backend_for(fake)
     attempts = [
-        lambda: backend.duplicate(
-            None, RECEIVER, handle, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
-        ),
+        lambda: dup_held(fake, handle),
         lambda: backend.inspect(RECEIVER, handle, timeout=5),
         lambda: backend.free(RECEIVER, handle, dry_run=False, force=False, timeout=5),
     ]
@@ -442,12 +497,14 @@ def test_a_fault_in_any_local_pss_call_is_bad_snapshot_never_a_traceback() -> No
 def test_dup_dry_run_proves_the_rights_and_duplicates_nothing() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
-    result = backend_for(fake).duplicate(
-        None, RECEIVER, hpss, OTHER, close_source=True, inherit=False, dry_run=True, force=False, timeout=5
-    )
+    result = dup_held(fake, hpss, close_source=True, dry_run=True)
     assert result.dry_run and result.target_handle is None
-    assert "PssDuplicateSnapshot" not in fake.names()
-    assert opened(fake) == [(RECEIVER, 0x50), (OTHER, 0x68)]
+    assert "PssDuplicateSnapshot" not in fake.names() and "PssFreeSnapshot" not in fake.names()
+    assert opened(fake) == [(RECEIVER, 0x58), (OTHER, 0x68)]
+    assert result.actions[-2:] == (
+        f"would call PssDuplicateSnapshot(0x{hpss:x}, flags=NONE)",
+        f"would call PssFreeSnapshot(0x{hpss:x}) in process {RECEIVER}",
+    )
     assert [s.hpss for s in fake.held_by(RECEIVER)] == [hpss]
     assert_clean(fake)
 
@@ -644,9 +701,7 @@ def _operations(tmp: Path) -> dict[str, Any]:
 
     def dup_remote(fake: FakeKernel32) -> None:
         hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
-        backend_for(fake).duplicate(
-            None, RECEIVER, hpss, OTHER, close_source=True, inherit=False, dry_run=False, force=False, timeout=5
-        )
+        dup_held(fake, hpss, close_source=True)
 
     def free_remote(fake: FakeKernel32) -> None:
         hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)

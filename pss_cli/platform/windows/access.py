@@ -80,8 +80,9 @@ CAPTURE_RIGHTS: tuple[tuple[CaptureFlags, int, str], ...] = (
 DUPLICATE_SOURCE_ACCESS = PROCESS_VM_READ | PROCESS_DUP_HANDLE
 #: PssDuplicateSnapshot, on the process that receives the copy [DOC].
 DUPLICATE_TARGET_ACCESS = PROCESS_VM_OPERATION | PROCESS_VM_WRITE | PROCESS_DUP_HANDLE
-#: PssFreeSnapshot on a snapshot held by another process [INF]; it includes DUPLICATE_SOURCE_ACCESS, which `free`
-#: uses to check that the handle really is a snapshot before freeing it.
+#: PssFreeSnapshot on a snapshot held by another process [DOC]; it includes DUPLICATE_SOURCE_ACCESS, which `free`
+#: uses to check that the handle really is a snapshot before freeing it. ntdll does not check it up front: without
+#: PROCESS_VM_OPERATION it closes the snapshot's handles, leaves its memory and still reports success [NTDLL].
 REMOTE_FREE_ACCESS = PROCESS_VM_READ | PROCESS_VM_OPERATION | PROCESS_DUP_HANDLE
 
 
@@ -108,14 +109,17 @@ def capture_access(flags: CaptureFlags) -> AccessRequest:
     return AccessRequest(mask, tuple(needed))
 
 
-def duplicate_source_access() -> AccessRequest:
-    return AccessRequest(
-        DUPLICATE_SOURCE_ACCESS,
-        (
-            (PROCESS_VM_READ, "PssDuplicateSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
-            (PROCESS_DUP_HANDLE, "PssDuplicateSnapshot copies the snapshot's kernel handles out of the holder [DOC]"),
-        ),
+def duplicate_source_access(*, free_source: bool = False) -> AccessRequest:
+    """The holder of a snapshot that is duplicated; with `free_source` it is freed there afterwards, so the mask is
+    the remote free's (never PSS_DUPLICATE_CLOSE_SOURCE, whose remote free ignores its own failures [NTDLL])."""
+    needed_by = (
+        (PROCESS_VM_READ, "PssDuplicateSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
+        (PROCESS_DUP_HANDLE, "PssDuplicateSnapshot copies the snapshot's kernel handles out of the holder [DOC]"),
     )
+    if not free_source:
+        return AccessRequest(DUPLICATE_SOURCE_ACCESS, needed_by)
+    free = remote_free_access()
+    return AccessRequest(DUPLICATE_SOURCE_ACCESS | free.mask, needed_by + free.needed_by)
 
 
 def duplicate_target_access() -> AccessRequest:
@@ -133,9 +137,9 @@ def remote_free_access() -> AccessRequest:
     return AccessRequest(
         REMOTE_FREE_ACCESS,
         (
-            (PROCESS_VM_READ, "PssFreeSnapshot reads the snapshot's bookkeeping from the holder [INF]"),
-            (PROCESS_VM_OPERATION, "PssFreeSnapshot releases the snapshot's memory in the holder [INF]"),
-            (PROCESS_DUP_HANDLE, "PssFreeSnapshot closes the snapshot's kernel handles in the holder [INF]"),
+            (PROCESS_VM_READ, "PssFreeSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
+            (PROCESS_VM_OPERATION, "PssFreeSnapshot releases the snapshot's memory in the holder [DOC]"),
+            (PROCESS_DUP_HANDLE, "PssFreeSnapshot closes the snapshot's kernel handles in the holder [DOC]"),
         ),
     )
 

@@ -351,7 +351,10 @@ class WindowsBackend:
             holder_pid, hpss = self._pid, self._validated_local(source_handle)
         else:
             holder_pid, hpss = source_pid, source_handle
-        source_request = duplicate_source_access() if holder_pid != self._pid else None
+        # A snapshot held elsewhere is freed there by PssFreeSnapshot after the duplication, and its result checked:
+        # PSS_DUPLICATE_CLOSE_SOURCE would free it with the duplication's rights and ignore its own failures.
+        remote = holder_pid != self._pid
+        source_request = duplicate_source_access(free_source=close_source) if remote else None
         target_request = duplicate_target_access()
         access: list[AccessUse] = []
         if local is not None and local.access is not None:
@@ -364,7 +367,8 @@ class WindowsBackend:
             else "use this process's pseudo-handle as the source",
             f"open process {target_pid} with {format_access(target_request.mask)}",
         ]
-        dup_flags = abi.PSS_DUPLICATE_CLOSE_SOURCE if close_source else abi.PSS_DUPLICATE_NONE
+        close_here = close_source and not remote
+        dup_flags = abi.PSS_DUPLICATE_CLOSE_SOURCE if close_here else abi.PSS_DUPLICATE_NONE
         with contextlib.ExitStack() as stack:
             source = (
                 stack.enter_context(self._process(holder_pid, source_request, "PssDuplicateSnapshot"))
@@ -374,8 +378,10 @@ class WindowsBackend:
             target = stack.enter_context(self._process(target_pid, target_request, "PssDuplicateSnapshot"))
             if dry_run:
                 actions.append(
-                    f"would call PssDuplicateSnapshot(0x{hpss:x}, flags={'CLOSE_SOURCE' if close_source else 'NONE'})"
+                    f"would call PssDuplicateSnapshot(0x{hpss:x}, flags={'CLOSE_SOURCE' if close_here else 'NONE'})"
                 )
+                if close_source and remote:
+                    actions.append(f"would call PssFreeSnapshot(0x{hpss:x}) in process {holder_pid}")
                 return DuplicateResult(
                     source_pid=source_pid,
                     target_pid=target_pid,
@@ -387,23 +393,31 @@ class WindowsBackend:
                     target_stopped_ms=None,
                     actions=tuple(actions),
                 )
-            with local_pss_call(hpss, "PssDuplicateSnapshot") if source_request is None else contextlib.nullcontext():
+            with contextlib.nullcontext() if remote else local_pss_call(hpss, "PssDuplicateSnapshot"):
                 rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
-            if close_source and local is not None:
+            if close_here and local is not None:
                 local.forget()
-        if rc in NOT_A_SNAPSHOT:
-            raise self._not_a_snapshot(hpss, holder_pid, rc)
-        if rc == abi.ERROR_ACCESS_DENIED:
-            both = AccessRequest(
-                target_request.mask | (source_request.mask if source_request else 0),
-                target_request.needed_by + (source_request.needed_by if source_request else ()),
-            )
-            raise access_denied(self.k, "PssDuplicateSnapshot", target_pid, both)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssDuplicateSnapshot", pid=target_pid)
-        actions.append(f"PssDuplicateSnapshot: process {target_pid} now holds 0x{copy:x}")
-        if close_source:
-            actions.append(f"freed the source snapshot in process {holder_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
+            if rc in NOT_A_SNAPSHOT:
+                raise self._not_a_snapshot(hpss, holder_pid, rc)
+            if rc == abi.ERROR_ACCESS_DENIED:
+                both = AccessRequest(
+                    target_request.mask | (source_request.mask if source_request else 0),
+                    target_request.needed_by + (source_request.needed_by if source_request else ()),
+                )
+                raise access_denied(self.k, "PssDuplicateSnapshot", target_pid, both)
+            if rc != abi.ERROR_SUCCESS:
+                raise error_for(self.k, rc, "PssDuplicateSnapshot", pid=target_pid)
+            actions.append(f"PssDuplicateSnapshot: process {target_pid} now holds 0x{copy:x}")
+            if close_here:
+                actions.append("freed the source snapshot in this process (PSS_DUPLICATE_CLOSE_SOURCE)")
+            elif close_source:
+                assert source_request is not None
+                rc = self.k.PssFreeSnapshot(source, hpss)
+                if rc != abi.ERROR_SUCCESS:
+                    exc = self._remote_free_error(holder_pid, rc, source_request)
+                    exc.args = (f"{exc}; process {target_pid} already received the snapshot as 0x{copy:x}",)
+                    raise exc
+                actions.append(f"PssFreeSnapshot freed 0x{hpss:x} in process {holder_pid}")
         return DuplicateResult(
             source_pid=source_pid,
             target_pid=target_pid,
@@ -415,6 +429,19 @@ class WindowsBackend:
             target_stopped_ms=None,
             actions=tuple(actions),
         )
+
+    def _remote_free_error(self, pid: int, rc: int, request: AccessRequest) -> errors.PssError:
+        """The typed error for a failed PssFreeSnapshot of a snapshot that `pid` holds."""
+        if rc == abi.ERROR_NOT_SUPPORTED:
+            return errors.NotSupported(
+                f"PssFreeSnapshot in process {pid}: {describe(self.k, rc)}. A snapshot can be freed from another "
+                "process only when its bookkeeping is in VirtualAlloc'ed memory: captured with "
+                "PSS_CREATE_USE_VM_ALLOCATIONS (pss-dup always does) or duplicated there",
+                pid=pid,
+            )
+        if rc == abi.ERROR_ACCESS_DENIED:
+            return access_denied(self.k, "PssFreeSnapshot", pid, request)
+        return error_for(self.k, rc, "PssFreeSnapshot", pid=pid)
 
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
         """PssFreeSnapshot in `pid`, after proving `handle` is a snapshot there (a duplicate of it into this process
@@ -436,17 +463,8 @@ class WindowsBackend:
                 actions.append(f"would call PssFreeSnapshot(0x{handle:x}) in process {pid}")
                 return FreeResult(pid, handle, access, True, None, tuple(actions))
             rc = self.k.PssFreeSnapshot(process, handle)
-        if rc == abi.ERROR_NOT_SUPPORTED:
-            raise errors.NotSupported(
-                f"PssFreeSnapshot in process {pid}: {describe(self.k, rc)}. A snapshot can be freed from another "
-                "process only when its bookkeeping is in VirtualAlloc'ed memory: captured with "
-                "PSS_CREATE_USE_VM_ALLOCATIONS (pss-dup always does) or duplicated there",
-                pid=pid,
-            )
-        if rc == abi.ERROR_ACCESS_DENIED:
-            raise access_denied(self.k, "PssFreeSnapshot", pid, request)
         if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssFreeSnapshot", pid=pid)
+            raise self._remote_free_error(pid, rc, request)
         actions.append(f"PssFreeSnapshot freed 0x{handle:x} in process {pid}")
         return FreeResult(pid, handle, access, False, None, tuple(actions))
 
