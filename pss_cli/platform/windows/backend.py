@@ -521,7 +521,7 @@ class WindowsBackend:
         done = False
         try:
             with os.fdopen(fd, "wb") as stream, self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
-                self._write_minidump(snap, pid, self.k.get_osfhandle(stream.fileno()), dump_type)
+                unread = self._write_minidump(snap, pid, self.k.get_osfhandle(stream.fileno()), dump_type)
                 model = snap.model
             if partial != target:
                 os.replace(partial, target)
@@ -534,7 +534,7 @@ class WindowsBackend:
         clone_pid = model.memory.clone_pid if model.memory else None
         regions = model.memory.regions if model.memory else 0
         memory = MemoryCapture(method="va-clone+minidump", bytes_captured=size, regions=regions, clone_pid=clone_pid)
-        return _replace_memory(model, memory)
+        return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
         self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
@@ -542,14 +542,32 @@ class WindowsBackend:
         """Not yet on Windows (see _dump_held_unsupported)."""
         raise _dump_held_unsupported(pid)
 
-    def _write_minidump(self, snap: WindowsSnapshot, pid: int, file_handle: int, dump_type: int) -> None:
+    def _write_minidump(
+        self, snap: WindowsSnapshot, pid: int, file_handle: int, dump_type: int
+    ) -> list[tuple[int, int]]:
+        """MiniDumpWriteDump from the snapshot; the (address, size) of each block the clone could not give.
+
+        The callback answers as Microsoft's own PSS dump sample does: IsProcessSnapshotCallback with S_FALSE (the
+        handle is a snapshot), CancelCallback with Cancel and CheckCancel FALSE (no cancelling, no more asking), and
+        ReadMemoryFailureCallback with TRUE and S_OK, the only answer that makes dbghelp leave the block out instead
+        of abandoning the dump (MINIDUMP_CALLBACK_TYPE)."""
         layout = self.abi
+        unread: list[tuple[int, int]] = []
 
         def routine(_param: int | None, input_address: int | None, output_address: int | None) -> int:
             if input_address and output_address:
                 callback = layout.MINIDUMP_CALLBACK_INPUT.from_address(input_address)
-                if int(callback.CallbackType) == abi.IsProcessSnapshotCallback:
-                    layout.MINIDUMP_CALLBACK_OUTPUT.from_address(output_address).Status = abi.S_FALSE
+                output = layout.MINIDUMP_CALLBACK_OUTPUT.from_address(output_address)
+                kind = int(callback.CallbackType)
+                if kind == abi.IsProcessSnapshotCallback:
+                    output.Status = abi.S_FALSE
+                elif kind == abi.CancelCallback:
+                    output.Cancel = 0
+                    output.CheckCancel = 0
+                elif kind == abi.ReadMemoryFailureCallback:
+                    failure = callback.ReadMemoryFailure
+                    unread.append((int(failure.Offset), int(failure.Bytes)))
+                    output.Status = abi.S_OK
             return 1
 
         function = MINIDUMP_CALLBACK_ROUTINE(routine)
@@ -562,6 +580,20 @@ class WindowsBackend:
             if code & _FACILITY_WIN32_MASK == _FACILITY_WIN32_PREFIX:
                 code &= 0xFFFF
             raise error_for(self.k, code, "MiniDumpWriteDump", pid=pid)
+        return unread
+
+
+def _unread_warnings(unread: list[tuple[int, int]]) -> tuple[str, ...]:
+    """One warning for the memory a minidump left out because the VA clone could not give it."""
+    if not unread:
+        return ()
+    total = sum(size for _, size in unread)
+    first = ", ".join(f"0x{address:x} ({size} bytes)" for address, size in unread[:3])
+    more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
+    return (
+        f"{total} bytes in {len(unread)} block(s) could not be read from the VA clone and are not in the dump: "
+        f"{first}{more}",
+    )
 
 
 def _dump_held_unsupported(pid: int) -> errors.NotSupported:
@@ -583,10 +615,6 @@ def _create_beside(target: Path) -> tuple[int, Path]:
             raise errors.OutputExists(f"cannot create a file in {target.parent}: {exc.strerror}") from exc
         return fd, partial
     raise errors.OutputExists(f"cannot create a temporary file beside {target}")
-
-
-def _replace_memory(model: Snapshot, memory: MemoryCapture) -> Snapshot:
-    return dataclasses.replace(model, memory=memory)
 
 
 def _conforms(backend: WindowsBackend) -> Backend:
