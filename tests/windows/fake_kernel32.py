@@ -177,6 +177,8 @@ class FakeKernel32:
         self.bad_closes: list[int] = []
         self.files: dict[int, int] = {}
         self.fail_index: int | None = None
+        #: An HRESULT MiniDumpWriteDump fails with (a knob for the tests, not a rule).
+        self.dump_failure: int | None = None
         self.debug_privilege = debug_privilege
         #: (CallbackType, returned TRUE, Status) of every minidump callback, in order.
         self.callback_answers: list[tuple[int, bool, int]] = []
@@ -288,8 +290,9 @@ class FakeKernel32:
         return PSEUDO_HANDLE
 
     def GetLastError(self) -> int:
+        """As ctypes.get_last_error() reports it: a C int, so an HRESULT such as 0x80070005 comes back negative."""
         self.calls.append(("GetLastError",))
-        return self._last_error
+        return ctypes.c_int32(self._last_error).value
 
     def OpenProcess(self, desired_access: int, inherit_handle: bool, process_id: int) -> int:
         if self._log("OpenProcess", desired_access, process_id):
@@ -782,6 +785,9 @@ class FakeKernel32:
     ) -> bool:
         if self._log("MiniDumpWriteDump", process, process_id, file, dump_type):
             self._last_error = 0x8007_0008
+            return False
+        if self.dump_failure is not None:
+            self._last_error = self.dump_failure
             return False
         snap = self.snapshots.get((SELF, process))
         if snap is None or file not in self.files:

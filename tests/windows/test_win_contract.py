@@ -283,6 +283,16 @@ def test_a_wrong_structure_size_is_error_bad_length_and_the_marker_is_still_free
     assert fake.markers == {}
 
 
+def test_information_a_snapshot_does_not_hold_is_not_a_missing_process() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
+    reader = SnapshotReader(fake, hpss)
+    with pytest.raises(errors.OperationFailed, match="not in the snapshot") as info:
+        reader.query(abi.PSS_QUERY_THREAD_INFORMATION, abi.NATIVE.PSS_THREAD_INFORMATION)
+    assert info.value.exit_code == errors.ExitCode.FAILED
+    assert "Element not found" in str(info.value)
+
+
 # --- duplicate ----------------------------------------------------------------------------------------------------
 
 
@@ -682,6 +692,23 @@ def test_the_callback_types_of_the_dump_are_the_sdk_values_in_the_backend_and_th
     }
     assert {name: md.find_constant(name, ["System.Diagnostics.Debug"]) for name in expected} == expected
     assert (abi.CancelCallback, abi.ReadMemoryFailureCallback) == (CANCEL_CALLBACK, READ_MEMORY_FAILURE_CALLBACK)
+
+
+@pytest.mark.parametrize(
+    ("hresult", "shown"),
+    [(0x8000_4005, "HRESULT 0x80004005"), (0xD000_0005, "HRESULT 0xD0000005"), (0x8007_0008, "Win32 error 8")],
+)
+def test_a_failed_minidump_shows_its_hresult_in_hex_never_as_a_negative_number(
+    tmp_path: Path, hresult: int, shown: str
+) -> None:
+    fake = make_world()
+    fake.dump_failure = hresult
+    with pytest.raises(errors.OperationFailed) as info:
+        backend_for(fake).dump(TARGET, tmp_path / "target.dmp", force=False, timeout=5)
+    assert f"MiniDumpWriteDump on process {TARGET}" in str(info.value) and shown in str(info.value)
+    assert "-" not in str(info.value).split(":", 1)[1]
+    assert list(tmp_path.iterdir()) == []
+    assert_clean(fake)
 
 
 def test_dump_never_overwrites_without_force_and_touches_no_process(tmp_path: Path) -> None:

@@ -576,7 +576,7 @@ class WindowsBackend:
         info.CallbackParam = None
         ok = self.k.MiniDumpWriteDump(snap.handle(), pid, file_handle, dump_type, info)
         if not ok:
-            code = self.k.GetLastError()
+            code = self.k.GetLastError() & 0xFFFFFFFF  # an HRESULT, which ctypes hands back as a signed C int
             if code & _FACILITY_WIN32_MASK == _FACILITY_WIN32_PREFIX:
                 code &= 0xFFFF
             raise error_for(self.k, code, "MiniDumpWriteDump", pid=pid)
