@@ -1,21 +1,27 @@
-"""A fake kernel32 that enforces the documented PSS semantics, for contract tests on any platform.
+"""A fake kernel32 that enforces PSS's rules as Microsoft documents them and as ntdll implements them, for contract
+tests on any platform.
 
-It implements pss_cli.platform.windows.kernel32.Kernel32Like over an in-memory world of processes. What it
-enforces, written here independently of pss_cli's access.py (so that a wrong mask there fails a test):
-- OpenProcess grants a mask only if the process allows every right in it (ERROR_ACCESS_DENIED otherwise), and
-  ERROR_INVALID_PARAMETER for a PID that does not exist;
-- PssCaptureSnapshot checks the handle's rights per capture flag; PssDuplicateSnapshot needs
-  PROCESS_VM_READ|PROCESS_DUP_HANDLE on a non-current source and PROCESS_VM_OPERATION|PROCESS_VM_WRITE|
-  PROCESS_DUP_HANDLE on the target, answers ERROR_INVALID_HANDLE for a handle that is not a snapshot held by the
-  source, and with PSS_DUPLICATE_CLOSE_SOURCE frees the source even when the duplication then fails;
-- PssFreeSnapshot on another process needs PROCESS_VM_READ|PROCESS_VM_OPERATION|PROCESS_DUP_HANDLE and
-  ERROR_NOT_SUPPORTED for a snapshot not in VirtualAlloc'ed memory;
-- a local call (query, walk, free, duplicate from the current process) given an HPSS that this process does not hold
-  "faults": it raises OSError as ctypes does for an access violation, and records the fault;
-- buffers must be exactly the structure's size (ERROR_BAD_LENGTH); walks end with ERROR_NO_MORE_ITEMS;
-- MiniDumpWriteDump must get a local HPSS with a VA clone, and the callback must answer IsProcessSnapshotCallback
-  with S_FALSE, or it fails as dbghelp would (it would treat the HPSS as a process handle).
-Every call is logged in `calls` as (name, args...), and `fail_index` makes the Nth call fail.
+It implements pss_cli.platform.windows.kernel32.Kernel32Like over an in-memory world of processes, written
+independently of pss_cli's access.py (so that a wrong mask there fails a test). docs/windows.md lists every rule with
+its source ([DOC] Microsoft's documentation, [NTDLL] ntdll's PssNt* code as public decompilations show it, [SAMPLE],
+or none found). In short:
+- OpenProcess grants a mask only if the process allows every right in it;
+- PssCaptureSnapshot checks the rights per flag; handles are recorded as ntdll's PsspWalkHandleTable records them
+  (untyped without PROCESS_DUP_HANDLE, no name for type File);
+- descriptors live in their holder's memory and start with the 'PSSD' marker; tests can map other memory
+  (add_memory). A local PSS call on an unreadable address faults, on readable memory without the marker raises
+  STATUS_INVALID_HANDLE (both OSError, as ctypes reports them), and records it in `faults`;
+- remote duplication reads the whole descriptor (ERROR_PARTIAL_COPY / ERROR_NOACCESS when it cannot, ERROR_INVALID_
+  HANDLE for a wrong marker); PSS_DUPLICATE_CLOSE_SOURCE frees the source on every path;
+- a remote free is PssNtFreeRemoteSnapshot's: each step needs its own right and its failure is ignored, which can
+  leave a half-freed descriptor (`half_freed()`) or leaked handles (`leaked`);
+- buffers must be exactly the structure's size; a class the snapshot lacks is ERROR_NOT_FOUND; walks end with
+  ERROR_NO_MORE_ITEMS;
+- MiniDumpWriteDump needs a local HPSS with a VA clone and a callback that answers IsProcessSnapshotCallback with
+  S_FALSE, CancelCallback without cancelling, and ReadMemoryFailureCallback with TRUE and S_OK; outputs are not
+  cleared before the callback;
+- GetLastError returns a C int, as ctypes.get_last_error() does.
+Every call is logged in `calls` as (name, args...), and `fail_index` makes the Nth fallible call fail.
 """
 
 from __future__ import annotations
