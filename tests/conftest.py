@@ -37,9 +37,12 @@ class Target:
 
 
 def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill and wait for a child, then close its pipes. SIGCONT first, so that a stopped child dies at once (Windows
+    has no SIGCONT and no stopped processes)."""
     if proc.poll() is None:
         try:
-            os.kill(proc.pid, signal.SIGCONT)
+            if sys.platform != "win32":
+                os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
         except ProcessLookupError:
             pass

@@ -1,21 +1,27 @@
-"""A fake kernel32 that enforces the documented PSS semantics, for contract tests on any platform.
+"""A fake kernel32 that enforces PSS's rules as Microsoft documents them and as ntdll implements them, for contract
+tests on any platform.
 
-It implements pss_cli.platform.windows.kernel32.Kernel32Like over an in-memory world of processes. What it
-enforces, written here independently of pss_cli's access.py (so that a wrong mask there fails a test):
-- OpenProcess grants a mask only if the process allows every right in it (ERROR_ACCESS_DENIED otherwise), and
-  ERROR_INVALID_PARAMETER for a PID that does not exist;
-- PssCaptureSnapshot checks the handle's rights per capture flag; PssDuplicateSnapshot needs
-  PROCESS_VM_READ|PROCESS_DUP_HANDLE on a non-current source and PROCESS_VM_OPERATION|PROCESS_VM_WRITE|
-  PROCESS_DUP_HANDLE on the target, answers ERROR_INVALID_HANDLE for a handle that is not a snapshot held by the
-  source, and with PSS_DUPLICATE_CLOSE_SOURCE frees the source even when the duplication then fails;
-- PssFreeSnapshot on another process needs PROCESS_VM_READ|PROCESS_VM_OPERATION|PROCESS_DUP_HANDLE and
-  ERROR_NOT_SUPPORTED for a snapshot not in VirtualAlloc'ed memory;
-- a local call (query, walk, free, duplicate from the current process) given an HPSS that this process does not hold
-  "faults": it raises OSError as ctypes does for an access violation, and records the fault;
-- buffers must be exactly the structure's size (ERROR_BAD_LENGTH); walks end with ERROR_NO_MORE_ITEMS;
-- MiniDumpWriteDump must get a local HPSS with a VA clone, and the callback must answer IsProcessSnapshotCallback
-  with S_FALSE, or it fails as dbghelp would (it would treat the HPSS as a process handle).
-Every call is logged in `calls` as (name, args...), and `fail_index` makes the Nth call fail.
+It implements pss_cli.platform.windows.kernel32.Kernel32Like over an in-memory world of processes, written
+independently of pss_cli's access.py (so that a wrong mask there fails a test). docs/windows.md lists every rule with
+its source ([DOC] Microsoft's documentation, [NTDLL] ntdll's PssNt* code as public decompilations show it, [SAMPLE],
+or none found). In short:
+- OpenProcess grants a mask only if the process allows every right in it;
+- PssCaptureSnapshot checks the rights per flag; handles are recorded as ntdll's PsspWalkHandleTable records them
+  (untyped without PROCESS_DUP_HANDLE, no name for type File);
+- descriptors live in their holder's memory and start with the 'PSSD' marker; tests can map other memory
+  (add_memory). A local PSS call on an unreadable address faults, on readable memory without the marker raises
+  STATUS_INVALID_HANDLE (both OSError, as ctypes reports them), and records it in `faults`;
+- remote duplication reads the whole descriptor (ERROR_PARTIAL_COPY / ERROR_NOACCESS when it cannot, ERROR_INVALID_
+  HANDLE for a wrong marker); PSS_DUPLICATE_CLOSE_SOURCE frees the source on every path;
+- a remote free is PssNtFreeRemoteSnapshot's: each step needs its own right and its failure is ignored, which can
+  leave a half-freed descriptor (`half_freed()`) or leaked handles (`leaked`);
+- buffers must be exactly the structure's size; a class the snapshot lacks is ERROR_NOT_FOUND; walks end with
+  ERROR_NO_MORE_ITEMS;
+- MiniDumpWriteDump needs a local HPSS with a VA clone and a callback that answers IsProcessSnapshotCallback with
+  S_FALSE, CancelCallback without cancelling, and ReadMemoryFailureCallback with TRUE and S_OK; outputs are not
+  cleared before the callback;
+- GetLastError returns a C int, as ctypes.get_last_error() does.
+Every call is logged in `calls` as (name, args...), and `fail_index` makes the Nth fallible call fail.
 """
 
 from __future__ import annotations
@@ -32,6 +38,21 @@ from pss_cli.platform.windows.kernel32 import MINIDUMP_CALLBACK_ROUTINE
 A = abi.NATIVE
 PSEUDO_HANDLE = (1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1
 SELF = os.getpid()
+
+#: The first DWORD of every PSS snapshot descriptor, 'PSSD' (ntdll's PssNtValidateDescriptor checks it).
+PSSD = 0x44535350
+#: How many bytes ntdll reads of a descriptor another process holds (PssNtFreeRemoteSnapshot: 0x478 x64, 976 x86).
+DESCRIPTOR_SIZE = 0x478 if A.pointer_size == 8 else 976
+#: The first address above user space; reading there is a probe failure (STATUS_ACCESS_VIOLATION, ERROR_NOACCESS).
+USER_LIMIT = 0x7FFF_FFFF_0000 if A.pointer_size == 8 else 0x7FFF_0000
+ERROR_NOACCESS = 998
+#: MINIDUMP_CALLBACK_TYPE values the fake sends besides IsProcessSnapshotCallback (minidumpapiset.h).
+CANCEL_CALLBACK = 6
+READ_MEMORY_FAILURE_CALLBACK = 14
+#: How many CancelCallbacks a dump sends while the callback keeps CheckCancel TRUE.
+CANCEL_CHECKS = 3
+#: The FailureStatus of an unreadable block: HRESULT_FROM_WIN32(ERROR_PARTIAL_COPY) (the fake's choice).
+READ_FAILURE_HRESULT = 0x8007_012B
 
 # The rights, spelled out again on purpose (not imported from access.py).
 QUERY_LIMITED = 0x1000
@@ -50,6 +71,8 @@ MESSAGES = {
     50: "The request is not supported.",
     87: "The parameter is incorrect.",
     259: "No more data is available.",
+    299: "Only part of a ReadProcessMemory or WriteProcessMemory request was completed.",
+    998: "Invalid access to memory location.",
     1168: "Element not found.",
 }
 
@@ -91,6 +114,8 @@ class FakeRegion:
     protect: int
     type: int
     mapped_file: str | None = None
+    #: dbghelp can read it from the VA clone (False: a ReadMemoryFailureCallback while dumping).
+    readable: bool = True
 
 
 @dataclass
@@ -117,8 +142,24 @@ class FakeSnapshot:
     context_flags: int
     vm_allocations: bool
     clone_pid: int | None
+    #: PSS could duplicate the process's handles to query them (the capture held PROCESS_DUP_HANDLE).
+    handles_duplicated: bool = True
+    #: The kernel handles the descriptor holds (VA clone, sections) are still open in the holder.
+    handles_open: bool = True
+    #: Its descriptor is damaged past the marker: ntdll faults on it after validating the marker.
+    corrupt: bool = False
     #: Keeps the memory that entries point into (names, CONTEXT records) alive while the snapshot lives.
     keep: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class FakeMemory:
+    """Committed memory in a process that is not a snapshot descriptor: it starts with `marker`, then zeros."""
+
+    base: int
+    size: int
+    marker: int = 0
+    protect: int = MemoryProtection.READWRITE
 
 
 @dataclass
@@ -142,8 +183,19 @@ class FakeKernel32:
         self.bad_closes: list[int] = []
         self.files: dict[int, int] = {}
         self.fail_index: int | None = None
+        #: An HRESULT MiniDumpWriteDump fails with (a knob for the tests, not a rule).
+        self.dump_failure: int | None = None
         self.debug_privilege = debug_privilege
-        self.callback_answers: list[int] = []
+        #: (CallbackType, returned TRUE, Status) of every minidump callback, in order.
+        self.callback_answers: list[tuple[int, bool, int]] = []
+        #: Memory blocks the last minidump left out after a read failure the callback told it to ignore.
+        self.omitted: list[tuple[int, int]] = []
+        #: Memory that is not a snapshot, by PID (see add_memory).
+        self.memory: dict[int, list[FakeMemory]] = {}
+        #: Snapshots whose memory was freed while their kernel handles stayed open in the holder.
+        self.leaked: list[str] = []
+        #: Frees that closed handle values a half-freed snapshot had already closed (they may name other objects now).
+        self.stray_closes: list[str] = []
         self._last_error = 0
         self._next = 0x1000
 
@@ -174,9 +226,42 @@ class FakeKernel32:
     def held_by(self, pid: int) -> list[FakeSnapshot]:
         return [s for (holder, _), s in self.snapshots.items() if holder == pid]
 
+    def half_freed(self) -> list[FakeSnapshot]:
+        """Descriptors whose handles were closed but whose memory was not freed: they still look like snapshots, and
+        a later free or duplicate there would use handle values that may now name other objects."""
+        return [s for s in self.snapshots.values() if not s.handles_open]
+
+    def add_memory(self, pid: int, base: int, size: int = 0x1000, *, marker: int = 0) -> int:
+        """Map committed read-write memory that is not a snapshot into `pid`; its address."""
+        self.memory.setdefault(pid, []).append(FakeMemory(base, size, marker))
+        return base
+
     def _fault(self, what: str, hpss: int) -> FakeFault:
         self.faults.append(f"{what}(0x{hpss:x})")
         return FakeFault(f"exception: access violation reading 0x{hpss:016x}")
+
+    def _invalid_handle_exception(self, what: str, hpss: int) -> FakeFault:
+        """PssNtValidateDescriptor's answer to a readable address without the marker: it raises STATUS_INVALID_HANDLE
+        (RtlRaiseException), which ctypes reports as an OSError, like a fault."""
+        self.faults.append(f"{what}(0x{hpss:x}): STATUS_INVALID_HANDLE raised")
+        return FakeFault("exception code 0xc0000008")
+
+    def _region(self, pid: int, address: int) -> FakeMemory | None:
+        return next((m for m in self.memory.get(pid, ()) if m.base <= address < m.base + m.size), None)
+
+    def _read(self, pid: int, address: int, size: int) -> bytes | int:
+        """`size` bytes at `address` in `pid` as NtReadVirtualMemory would copy them, or the Win32 code of its
+        failure: ERROR_NOACCESS outside user space, ERROR_PARTIAL_COPY for unmapped or too short memory."""
+        if address <= 0 or address + size > USER_LIMIT:
+            return ERROR_NOACCESS
+        if (pid, address) in self.snapshots:
+            return (PSSD.to_bytes(4, "little") + bytes(DESCRIPTOR_SIZE - 4))[:size]
+        region = self._region(pid, address)
+        if region is None or address + size > region.base + region.size:
+            return abi.ERROR_PARTIAL_COPY
+        content = region.marker.to_bytes(4, "little") + bytes(region.size - 4)
+        offset = address - region.base
+        return content[offset : offset + size]
 
     def _process_of(self, handle: int) -> tuple[int, int] | None:
         """(pid, access) for a process handle, None for anything else."""
@@ -211,8 +296,9 @@ class FakeKernel32:
         return PSEUDO_HANDLE
 
     def GetLastError(self) -> int:
+        """As ctypes.get_last_error() reports it: a C int, so an HRESULT such as 0x80070005 comes back negative."""
         self.calls.append(("GetLastError",))
-        return self._last_error
+        return ctypes.c_int32(self._last_error).value
 
     def OpenProcess(self, desired_access: int, inherit_handle: bool, process_id: int) -> int:
         if self._log("OpenProcess", desired_access, process_id):
@@ -248,16 +334,39 @@ class FakeKernel32:
     def VirtualQuery(self, address: int, buffer: ctypes.Structure) -> int:
         if self._log("VirtualQuery", address):
             return 0
-        if (SELF, address) not in self.snapshots:
+        region = self._region(SELF, address)
+        if (SELF, address) in self.snapshots:
+            base, size, protect = address & ~0xFFF, 0x1000, int(MemoryProtection.READWRITE)
+        elif region is not None:
+            base, size, protect = region.base, region.size, region.protect
+        else:
             return 0
         ctypes.memset(ctypes.addressof(buffer), 0, ctypes.sizeof(buffer))
-        buffer.BaseAddress = address & ~0xFFF
-        buffer.AllocationBase = address & ~0xFFF
-        buffer.RegionSize = 0x1000
+        buffer.BaseAddress = base
+        buffer.AllocationBase = base
+        buffer.RegionSize = size
         buffer.State = MemoryState.COMMIT
         buffer.Type = MemoryType.PRIVATE
-        buffer.Protect = MemoryProtection.READWRITE
+        buffer.Protect = protect
         return ctypes.sizeof(buffer)
+
+    def ReadProcessMemory(self, process: int, address: int, size: int) -> bytes | None:
+        if self._log("ReadProcessMemory", process, address, size):
+            self._last_error = abi.ERROR_PARTIAL_COPY
+            return None
+        found = self._process_of(process)
+        if found is None:
+            self._last_error = abi.ERROR_INVALID_HANDLE
+            return None
+        pid, access = found
+        if not access & VM_READ:
+            self._last_error = abi.ERROR_ACCESS_DENIED
+            return None
+        data = self._read(pid, address, size)
+        if isinstance(data, int):
+            self._last_error = data
+            return None
+        return data
 
     def FormatMessageW(self, code: int) -> str:
         self.calls.append(("FormatMessageW", code))
@@ -286,13 +395,6 @@ class FakeKernel32:
         )
         if flags & walks:
             required |= QUERY_INFORMATION
-        handle_info = (
-            CaptureFlags.HANDLE_NAME_INFORMATION
-            | CaptureFlags.HANDLE_BASIC_INFORMATION
-            | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
-        )
-        if flags & handle_info:
-            required |= DUP_HANDLE
         if flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION:
             if not flags & CaptureFlags.VA_SPACE:
                 return abi.ERROR_INVALID_PARAMETER, 0
@@ -307,12 +409,21 @@ class FakeKernel32:
         snap = self._build(
             proc, SELF, capture_flags, thread_context_flags, bool(flags & CaptureFlags.CREATE_USE_VM_ALLOCATIONS)
         )
+        # ntdll does not fail the capture when it cannot duplicate a handle: it records the handle untyped.
+        snap.handles_duplicated = bool(access & DUP_HANDLE)
         return abi.ERROR_SUCCESS, snap.hpss
 
     def _local(self, what: str, hpss: int) -> FakeSnapshot:
+        """The snapshot this process holds at `hpss`, as ntdll finds it: an unreadable address faults, a readable one
+        without the 'PSSD' marker raises STATUS_INVALID_HANDLE, a corrupt descriptor faults past the marker."""
         snap = self.snapshots.get((SELF, hpss))
         if snap is None:
-            raise self._fault(what, hpss)
+            data = self._read(SELF, hpss, 4)
+            if isinstance(data, int):
+                raise self._fault(what, hpss)
+            raise self._invalid_handle_exception(what, hpss)
+        if snap.corrupt:
+            raise self._fault(what, hpss + 0x388)
         return snap
 
     def PssQuerySnapshot(self, snapshot: int, information_class: int, buffer: ctypes.Structure, length: int) -> int:
@@ -493,41 +604,45 @@ class FakeKernel32:
         return out
 
     def _handles(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
+        """Entries as ntdll writes them (PsspWalkHandleTable, PsspHandleDumper): each handle is duplicated into the
+        capturing process first; when that fails (no PROCESS_DUP_HANDLE) the entry has no flags at all. Otherwise the
+        type name is always there, the object name only with HANDLE_NAME_INFORMATION and never for type "File", and
+        ObjectType only with HANDLE_TYPE_SPECIFIC_INFORMATION for the six types PSS knows."""
         f = CaptureFlags(snap.flags)
         out = []
         for o in snap.source.objects:
             e = A.PSS_HANDLE_ENTRY()
             e.Handle = o.handle
-            e.ObjectType = o.object_type
             e.CaptureTime.dwHighDateTime = 0x01DA0001
             flags = 0
-            if f & (
-                CaptureFlags.HANDLE_NAME_INFORMATION
-                | CaptureFlags.HANDLE_BASIC_INFORMATION
-                | CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION
-            ):
+            if snap.handles_duplicated:
                 flags |= abi.PSS_HANDLE_HAVE_TYPE
                 e.TypeName, e.TypeNameLength = self._wide(snap, o.type_name)
-            if f & CaptureFlags.HANDLE_NAME_INFORMATION and o.name is not None:
-                flags |= abi.PSS_HANDLE_HAVE_NAME
-                e.ObjectName, e.ObjectNameLength = self._wide(snap, o.name)
-            if f & CaptureFlags.HANDLE_BASIC_INFORMATION:
-                flags |= abi.PSS_HANDLE_HAVE_BASIC_INFORMATION
-                e.GrantedAccess = o.granted_access
-                e.Attributes = abi.OBJ_INHERIT if o.inherit else 0
-                e.HandleCount, e.PointerCount = 1, 2
-            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_EVENT:
-                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
-                e.TypeSpecificInformation.Event.ManualReset = 1
-                e.TypeSpecificInformation.Event.Signaled = 0
-            if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type == abi.PSS_OBJECT_TYPE_MUTANT:
-                flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
-                e.TypeSpecificInformation.Mutant.CurrentCount = 1
-                e.TypeSpecificInformation.Mutant.OwnerProcessId = snap.source.pid
-                e.TypeSpecificInformation.Mutant.OwnerThreadId = 77
+                if f & CaptureFlags.HANDLE_NAME_INFORMATION and o.type_name.lower() != "file" and o.name is not None:
+                    flags |= abi.PSS_HANDLE_HAVE_NAME
+                    e.ObjectName, e.ObjectNameLength = self._wide(snap, o.name)
+                if f & CaptureFlags.HANDLE_BASIC_INFORMATION:
+                    flags |= abi.PSS_HANDLE_HAVE_BASIC_INFORMATION
+                    e.GrantedAccess = o.granted_access
+                    e.Attributes = abi.OBJ_INHERIT if o.inherit else 0
+                    e.HandleCount, e.PointerCount = 1, 2
+                if f & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION and o.object_type != abi.PSS_OBJECT_TYPE_UNKNOWN:
+                    flags |= abi.PSS_HANDLE_HAVE_TYPE_SPECIFIC_INFORMATION
+                    e.ObjectType = o.object_type
+                    self._type_specific(snap, o, e.TypeSpecificInformation)
             e.Flags = flags
             out.append(e)
         return out
+
+    @staticmethod
+    def _type_specific(snap: FakeSnapshot, o: FakeObject, u: ctypes.Union) -> None:
+        if o.object_type == abi.PSS_OBJECT_TYPE_EVENT:
+            u.Event.ManualReset = 1
+            u.Event.Signaled = 0
+        elif o.object_type == abi.PSS_OBJECT_TYPE_MUTANT:
+            u.Mutant.CurrentCount = 1
+            u.Mutant.OwnerProcessId = snap.source.pid
+            u.Mutant.OwnerThreadId = 77
 
     def _regions(self, snap: FakeSnapshot) -> list[ctypes.Structure]:
         with_names = snap.flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION
@@ -546,24 +661,36 @@ class FakeKernel32:
     def PssDuplicateSnapshot(
         self, source_process: int, snapshot: int, target_process: int, flags: int
     ) -> tuple[int, int]:
-        if self._log("PssDuplicateSnapshot", source_process, snapshot, target_process, flags):
-            source = self._process_of(source_process)
-            if source is not None and flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
-                self.snapshots.pop((source[0], snapshot), None)  # the source is freed even when duplication fails
-            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        fail = self._log("PssDuplicateSnapshot", source_process, snapshot, target_process, flags)
         source = self._process_of(source_process)
         if source is None:
             return abi.ERROR_INVALID_HANDLE, 0
         source_pid, source_access = source
-        if source_pid != SELF and (VM_READ | DUP_HANDLE) & ~source_access:
-            return abi.ERROR_ACCESS_DENIED, 0
-        snap = self.snapshots.get((source_pid, snapshot))
+        close_source = bool(flags & abi.PSS_DUPLICATE_CLOSE_SOURCE)
+        if source_pid == SELF:
+            snap = self._local("PssDuplicateSnapshot", snapshot)
+            rc, copy = (abi.ERROR_NOT_ENOUGH_MEMORY, 0) if fail else self._into(snap, target_process)
+            if close_source:  # PssNtFreeSnapshot, even when the duplication failed
+                del self.snapshots[(SELF, snapshot)]
+            return rc, copy
+        rc, copy = self._duplicate_remote(source_pid, source_access, snapshot, target_process, fail)
+        if close_source:  # PsspDuplicateSnapshotRemoteToRemote calls it on every path and ignores its result
+            self._free_remote(source_pid, source_access, snapshot)
+        return rc, copy
+
+    def _duplicate_remote(self, pid: int, access: int, hpss: int, target_process: int, fail: bool) -> tuple[int, int]:
+        snap, code = self._descriptor(pid, access, hpss)
         if snap is None:
-            if source_pid == SELF:
-                raise self._fault("PssDuplicateSnapshot", snapshot)
+            return code, 0
+        if fail:
+            return abi.ERROR_NOT_ENOUGH_MEMORY, 0
+        if not access & DUP_HANDLE:  # ZwDuplicateObject of the descriptor's handles out of the holder
+            return abi.ERROR_ACCESS_DENIED, 0
+        if not snap.handles_open:  # those handle values were closed (or now name something else)
             return abi.ERROR_INVALID_HANDLE, 0
-        if flags & abi.PSS_DUPLICATE_CLOSE_SOURCE:
-            del self.snapshots[(source_pid, snapshot)]
+        return self._into(snap, target_process)
+
+    def _into(self, snap: FakeSnapshot, target_process: int) -> tuple[int, int]:
         target = self._process_of(target_process)
         if target is None:
             return abi.ERROR_INVALID_HANDLE, 0
@@ -572,6 +699,38 @@ class FakeKernel32:
             return abi.ERROR_ACCESS_DENIED, 0
         return abi.ERROR_SUCCESS, self._copy(snap, target_pid).hpss
 
+    def _descriptor(self, pid: int, access: int, hpss: int) -> tuple[FakeSnapshot | None, int]:
+        """ntdll's read of a descriptor that another process holds (ZwReadVirtualMemory of the whole descriptor, then
+        the marker check): the snapshot, or the Win32 code of the failure."""
+        if not access & VM_READ:
+            return None, abi.ERROR_ACCESS_DENIED
+        data = self._read(pid, hpss, DESCRIPTOR_SIZE)
+        if isinstance(data, int):
+            return None, data
+        if int.from_bytes(data[:4], "little") != PSSD:
+            return None, abi.ERROR_INVALID_HANDLE
+        return self.snapshots[(pid, hpss)], abi.ERROR_SUCCESS
+
+    def _free_remote(self, pid: int, access: int, hpss: int) -> int:
+        """PssNtFreeRemoteSnapshot: read and check the descriptor; STATUS_NOT_SUPPORTED unless it is in VirtualAlloc'ed
+        memory; then close its handles in the holder (ZwDuplicateObject with DUPLICATE_CLOSE_SOURCE: needs
+        PROCESS_DUP_HANDLE) and free its memory (ZwFreeVirtualMemory: needs PROCESS_VM_OPERATION), ignoring both
+        results, and report success."""
+        snap, code = self._descriptor(pid, access, hpss)
+        if snap is None:
+            return code
+        if not snap.vm_allocations:
+            return abi.ERROR_NOT_SUPPORTED
+        if access & DUP_HANDLE:
+            if not snap.handles_open:
+                self.stray_closes.append(f"process {pid}: the closed handle values of snapshot 0x{hpss:x}")
+            snap.handles_open = False
+        if access & VM_OPERATION:
+            del self.snapshots[(pid, hpss)]
+            if snap.handles_open:
+                self.leaked.append(f"process {pid}: the handles of snapshot 0x{hpss:x}")
+        return abi.ERROR_SUCCESS
+
     def PssFreeSnapshot(self, process: int, snapshot: int) -> int:
         self._log("PssFreeSnapshot", process, snapshot)
         found = self._process_of(process)
@@ -579,19 +738,10 @@ class FakeKernel32:
             return abi.ERROR_INVALID_HANDLE
         pid, access = found
         if pid == SELF:
-            if (SELF, snapshot) not in self.snapshots:
-                raise self._fault("PssFreeSnapshot", snapshot)
+            self._local("PssFreeSnapshot", snapshot)
             del self.snapshots[(SELF, snapshot)]
             return abi.ERROR_SUCCESS
-        if (VM_READ | VM_OPERATION | DUP_HANDLE) & ~access:
-            return abi.ERROR_ACCESS_DENIED
-        snap = self.snapshots.get((pid, snapshot))
-        if snap is None:
-            return abi.ERROR_INVALID_HANDLE
-        if not snap.vm_allocations:
-            return abi.ERROR_NOT_SUPPORTED
-        del self.snapshots[(pid, snapshot)]
-        return abi.ERROR_SUCCESS
+        return self._free_remote(pid, access, snapshot)
 
     # --- advapi32 --------------------------------------------------------------------------------------------------
 
@@ -642,6 +792,9 @@ class FakeKernel32:
         if self._log("MiniDumpWriteDump", process, process_id, file, dump_type):
             self._last_error = 0x8007_0008
             return False
+        if self.dump_failure is not None:
+            self._last_error = self.dump_failure
+            return False
         snap = self.snapshots.get((SELF, process))
         if snap is None or file not in self.files:
             self._last_error = 0x8007_0006  # HRESULT_FROM_WIN32(ERROR_INVALID_HANDLE)
@@ -650,19 +803,45 @@ class FakeKernel32:
             self._last_error = 0x8007_0006  # without the callback dbghelp treats the HPSS as a process handle
             return False
         routine = MINIDUMP_CALLBACK_ROUTINE(int(callback.CallbackRoutine))
-        for kind in (abi.IsProcessSnapshotCallback, 6):  # and CancelCallback, whose output must be left alone
+
+        def ask(kind: int, fill: Any = None) -> tuple[bool, ctypes.Structure]:
             cb_in = A.MINIDUMP_CALLBACK_INPUT()
             cb_in.ProcessId = process_id
             cb_in.ProcessHandle = process
             cb_in.CallbackType = kind
+            if fill is not None:
+                fill(cb_in)
             cb_out = A.MINIDUMP_CALLBACK_OUTPUT()
-            ok = routine(callback.CallbackParam, ctypes.addressof(cb_in), ctypes.addressof(cb_out))
-            self.callback_answers.append(int(cb_out.Status))
-            if not ok:
-                self._last_error = 0x8007_0006
-                return False
-        if self.callback_answers[-2] != abi.S_FALSE or self.callback_answers[-1] != 0:
+            # No source says dbghelp clears the output before these callbacks: the callback must set what it answers.
+            ctypes.memset(ctypes.addressof(cb_out), 0xFF, ctypes.sizeof(cb_out))
+            ok = bool(routine(callback.CallbackParam, ctypes.addressof(cb_in), ctypes.addressof(cb_out)))
+            self.callback_answers.append((kind, ok, ctypes.c_uint32(cb_out.Status).value))
+            return ok, cb_out
+
+        ok, out = ask(abi.IsProcessSnapshotCallback)
+        if not ok or out.Status != abi.S_FALSE:  # else dbghelp treats the HPSS as a process handle
             self._last_error = 0x8007_0006
             return False
+        for _ in range(CANCEL_CHECKS):  # CheckCancel TRUE asks for more; Cancel TRUE (with TRUE returned) cancels
+            ok, out = ask(CANCEL_CALLBACK)
+            if ok and out.Cancel:
+                self._last_error = 0x8007_04C7  # HRESULT_FROM_WIN32(ERROR_CANCELLED), as documented
+                return False
+            if not ok or not out.CheckCancel:
+                break
+        for region in snap.source.regions:
+            if region.readable or region.state != MemoryState.COMMIT:
+                continue
+
+            def failure(cb_in: ctypes.Structure, region: FakeRegion = region) -> None:
+                cb_in.ReadMemoryFailure.Offset = region.base
+                cb_in.ReadMemoryFailure.Bytes = region.size
+                cb_in.ReadMemoryFailure.FailureStatus = READ_FAILURE_HRESULT - (1 << 32)
+
+            ok, out = ask(READ_MEMORY_FAILURE_CALLBACK, failure)
+            if not ok or out.Status != 0:  # only TRUE with S_OK omits the block; anything else fails the dump
+                self._last_error = READ_FAILURE_HRESULT
+                return False
+            self.omitted.append((region.base, region.size))
         os.write(self.files[file], b"MDMP\x93\xa7\x00\x00" + process_id.to_bytes(4, "little"))
         return True

@@ -30,7 +30,7 @@ def test_operation_masks_are_the_documented_ones() -> None:
     ("flag", "right"),
     [
         (CaptureFlags.VA_CLONE, 0x80),
-        (CaptureFlags.HANDLES, 0x400),
+        (CaptureFlags.HANDLES, 0x440),
         (CaptureFlags.HANDLE_NAME_INFORMATION, 0x40),
         (CaptureFlags.HANDLE_BASIC_INFORMATION, 0x40),
         (CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION, 0x40),
@@ -56,7 +56,10 @@ def test_create_flags_need_no_right() -> None:
 
 def test_reasons_name_the_flags_behind_a_right() -> None:
     request = capture_access(CaptureFlags.HANDLES | CaptureFlags.HANDLE_NAME_INFORMATION | CaptureFlags.VA_CLONE)
-    assert request.reasons(0x40) == ("HANDLE_NAME_INFORMATION [INF]",)
+    assert request.reasons(0x40) == (
+        "HANDLES: PSS duplicates each handle to learn its type [NTDLL]",
+        "HANDLE_NAME_INFORMATION [INF]",
+    )
     assert any(r.startswith("VA_CLONE") for r in request.reasons(0x80))
 
 

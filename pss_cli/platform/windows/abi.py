@@ -96,8 +96,10 @@ ERROR_INVALID_PARAMETER = 87
 ERROR_CALL_NOT_IMPLEMENTED = 120
 ERROR_NO_MORE_ITEMS = 259
 ERROR_PARTIAL_COPY = 299
+ERROR_NOACCESS = 998
 ERROR_NOT_FOUND = 1168
 ERROR_NOT_ALL_ASSIGNED = 1300
+S_OK = 0
 S_FALSE = 1
 #: GetExitCodeProcess / PSS ExitStatus of a process or thread that has not exited.
 STILL_ACTIVE = 259
@@ -114,6 +116,8 @@ CONTEXT_ALL_X86 = 0x0001003F
 CONTEXT_XSTATE_X86 = 0x00010040
 
 # --- minidumpapiset.h ---------------------------------------------------------------------------------------------
+CancelCallback = 6
+ReadMemoryFailureCallback = 14
 IsProcessSnapshotCallback = 16
 MiniDumpWithFullMemory = 0x00000002
 MiniDumpWithHandleData = 0x00000004

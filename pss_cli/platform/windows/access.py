@@ -2,7 +2,9 @@
 
 Every mask is computed from the operation and, for a capture, from the capture flags; nothing is opened with
 PROCESS_ALL_ACCESS. `needed_by` keeps the reason for each right so that an ERROR_ACCESS_DENIED can name the flag that
-asked for it. Sources ([DOC] documented, [INF] inferred from what ntdll does) are in pss-windows.md.
+asked for it. Each reason says where the rule comes from: [DOC] Microsoft's documentation of the function or flag,
+[NTDLL] ntdll's PssNt* code as public decompilations show it, [INF] inferred, with no source checked (docs/windows.md
+lists the sources).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ CAPTURE_RIGHTS: tuple[tuple[CaptureFlags, int, str], ...] = (
     (CaptureFlags.NONE, PROCESS_QUERY_LIMITED_INFORMATION, "process information [INF]"),
     (CaptureFlags.VA_CLONE, PROCESS_CREATE_PROCESS, "VA_CLONE: the clone is created with the target as parent [INF]"),
     (CaptureFlags.HANDLES, PROCESS_QUERY_INFORMATION, "HANDLES [INF]"),
+    (CaptureFlags.HANDLES, PROCESS_DUP_HANDLE, "HANDLES: PSS duplicates each handle to learn its type [NTDLL]"),
     (CaptureFlags.HANDLE_NAME_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_NAME_INFORMATION [INF]"),
     (CaptureFlags.HANDLE_BASIC_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_BASIC_INFORMATION [INF]"),
     (CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION, PROCESS_DUP_HANDLE, "HANDLE_TYPE_SPECIFIC_INFORMATION [INF]"),
@@ -77,8 +80,9 @@ CAPTURE_RIGHTS: tuple[tuple[CaptureFlags, int, str], ...] = (
 DUPLICATE_SOURCE_ACCESS = PROCESS_VM_READ | PROCESS_DUP_HANDLE
 #: PssDuplicateSnapshot, on the process that receives the copy [DOC].
 DUPLICATE_TARGET_ACCESS = PROCESS_VM_OPERATION | PROCESS_VM_WRITE | PROCESS_DUP_HANDLE
-#: PssFreeSnapshot on a snapshot held by another process [INF]; it includes DUPLICATE_SOURCE_ACCESS, which `free`
-#: uses to check that the handle really is a snapshot before freeing it.
+#: PssFreeSnapshot on a snapshot held by another process [DOC]; it includes DUPLICATE_SOURCE_ACCESS, which `free`
+#: uses to check that the handle really is a snapshot before freeing it. ntdll does not check it up front: without
+#: PROCESS_VM_OPERATION it closes the snapshot's handles, leaves its memory and still reports success [NTDLL].
 REMOTE_FREE_ACCESS = PROCESS_VM_READ | PROCESS_VM_OPERATION | PROCESS_DUP_HANDLE
 
 
@@ -105,14 +109,17 @@ def capture_access(flags: CaptureFlags) -> AccessRequest:
     return AccessRequest(mask, tuple(needed))
 
 
-def duplicate_source_access() -> AccessRequest:
-    return AccessRequest(
-        DUPLICATE_SOURCE_ACCESS,
-        (
-            (PROCESS_VM_READ, "PssDuplicateSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
-            (PROCESS_DUP_HANDLE, "PssDuplicateSnapshot copies the snapshot's kernel handles out of the holder [DOC]"),
-        ),
+def duplicate_source_access(*, free_source: bool = False) -> AccessRequest:
+    """The holder of a snapshot that is duplicated; with `free_source` it is freed there afterwards, so the mask is
+    the remote free's (never PSS_DUPLICATE_CLOSE_SOURCE, whose remote free ignores its own failures [NTDLL])."""
+    needed_by = (
+        (PROCESS_VM_READ, "PssDuplicateSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
+        (PROCESS_DUP_HANDLE, "PssDuplicateSnapshot copies the snapshot's kernel handles out of the holder [DOC]"),
     )
+    if not free_source:
+        return AccessRequest(DUPLICATE_SOURCE_ACCESS, needed_by)
+    free = remote_free_access()
+    return AccessRequest(DUPLICATE_SOURCE_ACCESS | free.mask, needed_by + free.needed_by)
 
 
 def duplicate_target_access() -> AccessRequest:
@@ -130,9 +137,9 @@ def remote_free_access() -> AccessRequest:
     return AccessRequest(
         REMOTE_FREE_ACCESS,
         (
-            (PROCESS_VM_READ, "PssFreeSnapshot reads the snapshot's bookkeeping from the holder [INF]"),
-            (PROCESS_VM_OPERATION, "PssFreeSnapshot releases the snapshot's memory in the holder [INF]"),
-            (PROCESS_DUP_HANDLE, "PssFreeSnapshot closes the snapshot's kernel handles in the holder [INF]"),
+            (PROCESS_VM_READ, "PssFreeSnapshot reads the snapshot's bookkeeping from the holder [DOC]"),
+            (PROCESS_VM_OPERATION, "PssFreeSnapshot releases the snapshot's memory in the holder [DOC]"),
+            (PROCESS_DUP_HANDLE, "PssFreeSnapshot closes the snapshot's kernel handles in the holder [DOC]"),
         ),
     )
 

@@ -4,10 +4,12 @@ Rules kept on every path:
 - each process is opened with the least mask the operation needs (access.py) and closed again, success or not;
 - a snapshot this process holds is freed exactly once (PSS_DUPLICATE_CLOSE_SOURCE counts as the free);
 - an HPSS value that did not come from this process's own PSS calls is never handed to a local PSS call before
-  VirtualQuery shows it is committed, private, read-write memory here: a foreign or stale HPSS makes ntdll fault
-  (ctypes turns that fault into OSError, which becomes BadSnapshot, but the fault may leave ntdll state behind);
-- a snapshot held by another process is read by duplicating it into this process (which validates it: the call
-  answers ERROR_INVALID_HANDLE for anything that is not a snapshot there), then freeing the copy.
+  VirtualQuery shows committed, private, read-write memory here that starts with the descriptor marker: ntdll raises
+  STATUS_INVALID_HANDLE for anything else, or faults on an unreadable address;
+- an OSError out of any local PSS call (ctypes' report of such an exception) is BadSnapshot, never a traceback;
+- a snapshot held by another process is read by duplicating it into this process (which validates it: ntdll reads
+  the descriptor and checks its marker there), then freeing the copy; it is freed there by PssFreeSnapshot with the
+  documented rights, never by PSS_DUPLICATE_CLOSE_SOURCE, whose remote free ignores its own failures.
 PSS calls are synchronous and take no timeout: `timeout` is accepted for the common interface and not used.
 """
 
@@ -54,6 +56,12 @@ from pss_cli.platform.windows.winerror import access_denied, describe, error_for
 #: Added to every capture: the descriptor in VirtualAlloc'ed memory can later be freed remotely or handed on with
 #: PSS_DUPLICATE_CLOSE_SOURCE, and the performance counters fill the report's timings.
 CAPTURE_CREATE_FLAGS = CaptureFlags.CREATE_USE_VM_ALLOCATIONS | CaptureFlags.CREATE_MEASURE_PERFORMANCE
+
+#: The first DWORD of every snapshot descriptor ('PSSD'); ntdll's PssNtValidateDescriptor refuses anything else.
+PSS_DESCRIPTOR_MARKER = 0x44535350
+#: What PssDuplicateSnapshot answers when the value is not a snapshot in the holder: the descriptor's marker is wrong
+#: (ERROR_INVALID_HANDLE), or it cannot be read whole (ERROR_PARTIAL_COPY, ERROR_NOACCESS).
+NOT_A_SNAPSHOT = frozenset({abi.ERROR_INVALID_HANDLE, abi.ERROR_PARTIAL_COPY, abi.ERROR_NOACCESS})
 
 #: HRESULT_FROM_WIN32: MiniDumpWriteDump leaves an HRESULT in the last error.
 _FACILITY_WIN32_MASK = 0xFFFF0000
@@ -103,9 +111,7 @@ class WindowsSnapshot:
         if self._freed:
             return
         self._freed = True
-        rc = self._k.PssFreeSnapshot(self._k.GetCurrentProcess(), self._hpss)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self._k, rc, "PssFreeSnapshot")
+        free_local(self._k, self._hpss)
 
     def __enter__(self) -> WindowsSnapshot:
         return self
@@ -114,6 +120,24 @@ class WindowsSnapshot:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def local_pss_call(hpss: int, what: str) -> Iterator[None]:
+    """BadSnapshot for an OSError out of a PSS call on a local HPSS: ctypes' report of the exception ntdll raised
+    (STATUS_INVALID_HANDLE for a bad marker, an access violation for a damaged descriptor)."""
+    try:
+        yield
+    except OSError as exc:
+        raise errors.BadSnapshot(f"{what} on snapshot 0x{hpss:x} faulted: {exc}", pid=os.getpid()) from exc
+
+
+def free_local(k: Kernel32Like, hpss: int) -> None:
+    """PssFreeSnapshot of a snapshot this process holds."""
+    with local_pss_call(hpss, "PssFreeSnapshot"):
+        rc = k.PssFreeSnapshot(k.GetCurrentProcess(), hpss)
+    if rc != abi.ERROR_SUCCESS:
+        raise error_for(k, rc, "PssFreeSnapshot", pid=os.getpid())
 
 
 def enable_debug_privilege(kernel32: Kernel32Like | None = None) -> bool:
@@ -222,8 +246,9 @@ class WindowsBackend:
         return AccessUse(pid=pid, role=role, names=access_names(request.mask), mask=request.mask)
 
     def _validated_local(self, handle: int) -> int:
-        """`handle` as an HPSS of this process, after checking that reading it cannot fault: committed, private,
-        read-write memory, pointer-aligned. BadSnapshot otherwise."""
+        """`handle` as an HPSS of this process: committed, private, read-write memory (no guard page, whose first
+        touch would change it), pointer-aligned, starting with the descriptor marker that ntdll checks. The marker is
+        read with ReadProcessMemory, which cannot fault. BadSnapshot otherwise."""
         info = self.abi.MEMORY_BASIC_INFORMATION()
         reason = None
         if handle <= 0 or handle % self.abi.pointer_size:
@@ -232,8 +257,14 @@ class WindowsBackend:
             reason = "not an address in this process"
         elif int(info.State) != MemoryState.COMMIT or int(info.Type) != MemoryType.PRIVATE:
             reason = "not committed private memory"
-        elif int(info.Protect) & 0xFF != MemoryProtection.READWRITE:
+        elif int(info.Protect) & 0xFF != MemoryProtection.READWRITE or int(info.Protect) & MemoryProtection.GUARD:
             reason = "not read-write memory"
+        else:
+            marker = self.k.ReadProcessMemory(self.k.GetCurrentProcess(), handle, 4)
+            if marker is None:
+                reason = f"it cannot be read ({describe(self.k, self.k.GetLastError())})"
+            elif int.from_bytes(marker, "little") != PSS_DESCRIPTOR_MARKER:
+                reason = "it does not start with PSS's descriptor marker"
         if reason:
             raise errors.BadSnapshot(
                 f"0x{handle:x} is not a snapshot (HPSS) of this process: {reason}. An HPSS is an address in the "
@@ -243,27 +274,23 @@ class WindowsBackend:
         return handle
 
     def _read(self, hpss: int, options: ReadOptions, captured_at: float, capture_ms: float) -> Snapshot:
-        try:
+        with local_pss_call(hpss, "reading"):
             return SnapshotReader(self.k, hpss, self.abi).read(
                 options, captured_at=captured_at, capture_ms=capture_ms, thread_count=self._thread_count
             )
-        except OSError as exc:  # ctypes' report of an access violation inside ntdll
-            raise errors.BadSnapshot(f"reading snapshot 0x{hpss:x} faulted: {exc}", pid=self._pid) from exc
 
-    def _free_local(self, hpss: int) -> None:
-        rc = self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssFreeSnapshot", pid=self._pid)
+    def _not_a_snapshot(self, handle: int, pid: int, rc: int) -> errors.BadSnapshot:
+        return errors.BadSnapshot(
+            f"0x{handle:x} is not a process snapshot (HPSS) held by process {pid} "
+            f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
+            pid=pid,
+        )
 
     def _copy_here(self, holder: int, pid: int, handle: int) -> int:
         """Duplicate the snapshot that `pid` holds as `handle` into this process (validating it); the local HPSS."""
         rc, copy = self.k.PssDuplicateSnapshot(holder, handle, self.k.GetCurrentProcess(), abi.PSS_DUPLICATE_NONE)
-        if rc == abi.ERROR_INVALID_HANDLE:
-            raise errors.BadSnapshot(
-                f"0x{handle:x} is not a process snapshot (HPSS) held by process {pid} "
-                f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
-                pid=pid,
-            )
+        if rc in NOT_A_SNAPSHOT:
+            raise self._not_a_snapshot(handle, pid, rc)
         if rc == abi.ERROR_ACCESS_DENIED:
             raise access_denied(self.k, "PssDuplicateSnapshot", pid, duplicate_source_access())
         if rc != abi.ERROR_SUCCESS:
@@ -291,7 +318,8 @@ class WindowsBackend:
         try:
             model = self._read(hpss, ReadOptions(call_flags), captured_at, capture_ms)
         except BaseException:
-            self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
+            with contextlib.suppress(OSError):  # the descriptor may be what faulted: keep the first error
+                self.k.PssFreeSnapshot(self.k.GetCurrentProcess(), hpss)
             raise
         return WindowsSnapshot(self.k, hpss, model, self._use(pid, "captured", request))
 
@@ -323,7 +351,10 @@ class WindowsBackend:
             holder_pid, hpss = self._pid, self._validated_local(source_handle)
         else:
             holder_pid, hpss = source_pid, source_handle
-        source_request = duplicate_source_access() if holder_pid != self._pid else None
+        # A snapshot held elsewhere is freed there by PssFreeSnapshot after the duplication, and its result checked:
+        # PSS_DUPLICATE_CLOSE_SOURCE would free it with the duplication's rights and ignore its own failures.
+        remote = holder_pid != self._pid
+        source_request = duplicate_source_access(free_source=close_source) if remote else None
         target_request = duplicate_target_access()
         access: list[AccessUse] = []
         if local is not None and local.access is not None:
@@ -336,7 +367,8 @@ class WindowsBackend:
             else "use this process's pseudo-handle as the source",
             f"open process {target_pid} with {format_access(target_request.mask)}",
         ]
-        dup_flags = abi.PSS_DUPLICATE_CLOSE_SOURCE if close_source else abi.PSS_DUPLICATE_NONE
+        close_here = close_source and not remote
+        dup_flags = abi.PSS_DUPLICATE_CLOSE_SOURCE if close_here else abi.PSS_DUPLICATE_NONE
         with contextlib.ExitStack() as stack:
             source = (
                 stack.enter_context(self._process(holder_pid, source_request, "PssDuplicateSnapshot"))
@@ -346,8 +378,10 @@ class WindowsBackend:
             target = stack.enter_context(self._process(target_pid, target_request, "PssDuplicateSnapshot"))
             if dry_run:
                 actions.append(
-                    f"would call PssDuplicateSnapshot(0x{hpss:x}, flags={'CLOSE_SOURCE' if close_source else 'NONE'})"
+                    f"would call PssDuplicateSnapshot(0x{hpss:x}, flags={'CLOSE_SOURCE' if close_here else 'NONE'})"
                 )
+                if close_source and remote:
+                    actions.append(f"would call PssFreeSnapshot(0x{hpss:x}) in process {holder_pid}")
                 return DuplicateResult(
                     source_pid=source_pid,
                     target_pid=target_pid,
@@ -359,26 +393,31 @@ class WindowsBackend:
                     target_stopped_ms=None,
                     actions=tuple(actions),
                 )
-            rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
-            if close_source and local is not None:
+            with contextlib.nullcontext() if remote else local_pss_call(hpss, "PssDuplicateSnapshot"):
+                rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
+            if close_here and local is not None:
                 local.forget()
-        if rc == abi.ERROR_INVALID_HANDLE:
-            raise errors.BadSnapshot(
-                f"0x{hpss:x} is not a process snapshot (HPSS) held by process {holder_pid} "
-                f"(PssDuplicateSnapshot: {describe(self.k, rc)})",
-                pid=holder_pid,
-            )
-        if rc == abi.ERROR_ACCESS_DENIED:
-            both = AccessRequest(
-                target_request.mask | (source_request.mask if source_request else 0),
-                target_request.needed_by + (source_request.needed_by if source_request else ()),
-            )
-            raise access_denied(self.k, "PssDuplicateSnapshot", target_pid, both)
-        if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssDuplicateSnapshot", pid=target_pid)
-        actions.append(f"PssDuplicateSnapshot: process {target_pid} now holds 0x{copy:x}")
-        if close_source:
-            actions.append(f"freed the source snapshot in process {holder_pid} (PSS_DUPLICATE_CLOSE_SOURCE)")
+            if rc in NOT_A_SNAPSHOT:
+                raise self._not_a_snapshot(hpss, holder_pid, rc)
+            if rc == abi.ERROR_ACCESS_DENIED:
+                both = AccessRequest(
+                    target_request.mask | (source_request.mask if source_request else 0),
+                    target_request.needed_by + (source_request.needed_by if source_request else ()),
+                )
+                raise access_denied(self.k, "PssDuplicateSnapshot", target_pid, both)
+            if rc != abi.ERROR_SUCCESS:
+                raise error_for(self.k, rc, "PssDuplicateSnapshot", pid=target_pid)
+            actions.append(f"PssDuplicateSnapshot: process {target_pid} now holds 0x{copy:x}")
+            if close_here:
+                actions.append("freed the source snapshot in this process (PSS_DUPLICATE_CLOSE_SOURCE)")
+            elif close_source:
+                assert source_request is not None
+                rc = self.k.PssFreeSnapshot(source, hpss)
+                if rc != abi.ERROR_SUCCESS:
+                    exc = self._remote_free_error(holder_pid, rc, source_request)
+                    exc.args = (f"{exc}; process {target_pid} already received the snapshot as 0x{copy:x}",)
+                    raise exc
+                actions.append(f"PssFreeSnapshot freed 0x{hpss:x} in process {holder_pid}")
         return DuplicateResult(
             source_pid=source_pid,
             target_pid=target_pid,
@@ -391,6 +430,19 @@ class WindowsBackend:
             actions=tuple(actions),
         )
 
+    def _remote_free_error(self, pid: int, rc: int, request: AccessRequest) -> errors.PssError:
+        """The typed error for a failed PssFreeSnapshot of a snapshot that `pid` holds."""
+        if rc == abi.ERROR_NOT_SUPPORTED:
+            return errors.NotSupported(
+                f"PssFreeSnapshot in process {pid}: {describe(self.k, rc)}. A snapshot can be freed from another "
+                "process only when its bookkeeping is in VirtualAlloc'ed memory: captured with "
+                "PSS_CREATE_USE_VM_ALLOCATIONS (pss-dup always does) or duplicated there",
+                pid=pid,
+            )
+        if rc == abi.ERROR_ACCESS_DENIED:
+            return access_denied(self.k, "PssFreeSnapshot", pid, request)
+        return error_for(self.k, rc, "PssFreeSnapshot", pid=pid)
+
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
         """PssFreeSnapshot in `pid`, after proving `handle` is a snapshot there (a duplicate of it into this process
         succeeds, and is freed at once)."""
@@ -399,29 +451,20 @@ class WindowsBackend:
             access = (self._use(pid, "holder", None),)
             if dry_run:
                 return FreeResult(pid, handle, access, True, None, (f"would free local snapshot 0x{hpss:x}",))
-            self._free_local(hpss)
+            free_local(self.k, hpss)
             return FreeResult(pid, handle, access, False, None, (f"freed local snapshot 0x{hpss:x}",))
         request = remote_free_access()
         access = (self._use(pid, "holder", request),)
         actions = [f"open process {pid} with {format_access(request.mask)}"]
         with self._process(pid, request, "PssFreeSnapshot") as process:
-            self._free_local(self._copy_here(process, pid, handle))
+            free_local(self.k, self._copy_here(process, pid, handle))
             actions.append(f"checked that 0x{handle:x} is a snapshot there (duplicated it here and freed the copy)")
             if dry_run:
                 actions.append(f"would call PssFreeSnapshot(0x{handle:x}) in process {pid}")
                 return FreeResult(pid, handle, access, True, None, tuple(actions))
             rc = self.k.PssFreeSnapshot(process, handle)
-        if rc == abi.ERROR_NOT_SUPPORTED:
-            raise errors.NotSupported(
-                f"PssFreeSnapshot in process {pid}: {describe(self.k, rc)}. A snapshot can be freed from another "
-                "process only when its bookkeeping is in VirtualAlloc'ed memory: captured with "
-                "PSS_CREATE_USE_VM_ALLOCATIONS (pss-dup always does) or duplicated there",
-                pid=pid,
-            )
-        if rc == abi.ERROR_ACCESS_DENIED:
-            raise access_denied(self.k, "PssFreeSnapshot", pid, request)
         if rc != abi.ERROR_SUCCESS:
-            raise error_for(self.k, rc, "PssFreeSnapshot", pid=pid)
+            raise self._remote_free_error(pid, rc, request)
         actions.append(f"PssFreeSnapshot freed 0x{handle:x} in process {pid}")
         return FreeResult(pid, handle, access, False, None, tuple(actions))
 
@@ -435,7 +478,7 @@ class WindowsBackend:
         try:
             return self._read(copy, ReadOptions(CaptureFlags.NONE, probe=True), time.time(), 0.0)
         finally:
-            self._free_local(copy)
+            free_local(self.k, copy)
 
     def open_snapshot(self, handle: int) -> Snapshot:
         """The receiver side: a process that was handed an HPSS (by PssDuplicateSnapshot into it) reads it. It stays
@@ -478,7 +521,7 @@ class WindowsBackend:
         done = False
         try:
             with os.fdopen(fd, "wb") as stream, self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
-                self._write_minidump(snap, pid, self.k.get_osfhandle(stream.fileno()), dump_type)
+                unread = self._write_minidump(snap, pid, self.k.get_osfhandle(stream.fileno()), dump_type)
                 model = snap.model
             if partial != target:
                 os.replace(partial, target)
@@ -491,7 +534,7 @@ class WindowsBackend:
         clone_pid = model.memory.clone_pid if model.memory else None
         regions = model.memory.regions if model.memory else 0
         memory = MemoryCapture(method="va-clone+minidump", bytes_captured=size, regions=regions, clone_pid=clone_pid)
-        return _replace_memory(model, memory)
+        return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
         self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
@@ -499,14 +542,32 @@ class WindowsBackend:
         """Not yet on Windows (see _dump_held_unsupported)."""
         raise _dump_held_unsupported(pid)
 
-    def _write_minidump(self, snap: WindowsSnapshot, pid: int, file_handle: int, dump_type: int) -> None:
+    def _write_minidump(
+        self, snap: WindowsSnapshot, pid: int, file_handle: int, dump_type: int
+    ) -> list[tuple[int, int]]:
+        """MiniDumpWriteDump from the snapshot; the (address, size) of each block the clone could not give.
+
+        The callback answers as Microsoft's own PSS dump sample does: IsProcessSnapshotCallback with S_FALSE (the
+        handle is a snapshot), CancelCallback with Cancel and CheckCancel FALSE (no cancelling, no more asking), and
+        ReadMemoryFailureCallback with TRUE and S_OK, the only answer that makes dbghelp leave the block out instead
+        of abandoning the dump (MINIDUMP_CALLBACK_TYPE)."""
         layout = self.abi
+        unread: list[tuple[int, int]] = []
 
         def routine(_param: int | None, input_address: int | None, output_address: int | None) -> int:
             if input_address and output_address:
                 callback = layout.MINIDUMP_CALLBACK_INPUT.from_address(input_address)
-                if int(callback.CallbackType) == abi.IsProcessSnapshotCallback:
-                    layout.MINIDUMP_CALLBACK_OUTPUT.from_address(output_address).Status = abi.S_FALSE
+                output = layout.MINIDUMP_CALLBACK_OUTPUT.from_address(output_address)
+                kind = int(callback.CallbackType)
+                if kind == abi.IsProcessSnapshotCallback:
+                    output.Status = abi.S_FALSE
+                elif kind == abi.CancelCallback:
+                    output.Cancel = 0
+                    output.CheckCancel = 0
+                elif kind == abi.ReadMemoryFailureCallback:
+                    failure = callback.ReadMemoryFailure
+                    unread.append((int(failure.Offset), int(failure.Bytes)))
+                    output.Status = abi.S_OK
             return 1
 
         function = MINIDUMP_CALLBACK_ROUTINE(routine)
@@ -515,10 +576,24 @@ class WindowsBackend:
         info.CallbackParam = None
         ok = self.k.MiniDumpWriteDump(snap.handle(), pid, file_handle, dump_type, info)
         if not ok:
-            code = self.k.GetLastError()
+            code = self.k.GetLastError() & 0xFFFFFFFF  # an HRESULT, which ctypes hands back as a signed C int
             if code & _FACILITY_WIN32_MASK == _FACILITY_WIN32_PREFIX:
                 code &= 0xFFFF
             raise error_for(self.k, code, "MiniDumpWriteDump", pid=pid)
+        return unread
+
+
+def _unread_warnings(unread: list[tuple[int, int]]) -> tuple[str, ...]:
+    """One warning for the memory a minidump left out because the VA clone could not give it."""
+    if not unread:
+        return ()
+    total = sum(size for _, size in unread)
+    first = ", ".join(f"0x{address:x} ({size} bytes)" for address, size in unread[:3])
+    more = f" and {len(unread) - 3} more" if len(unread) > 3 else ""
+    return (
+        f"{total} bytes in {len(unread)} block(s) could not be read from the VA clone and are not in the dump: "
+        f"{first}{more}",
+    )
 
 
 def _dump_held_unsupported(pid: int) -> errors.NotSupported:
@@ -540,10 +615,6 @@ def _create_beside(target: Path) -> tuple[int, Path]:
             raise errors.OutputExists(f"cannot create a file in {target.parent}: {exc.strerror}") from exc
         return fd, partial
     raise errors.OutputExists(f"cannot create a temporary file beside {target}")
-
-
-def _replace_memory(model: Snapshot, memory: MemoryCapture) -> Snapshot:
-    return dataclasses.replace(model, memory=memory)
 
 
 def _conforms(backend: WindowsBackend) -> Backend:

@@ -53,6 +53,7 @@ PROTOTYPES: dict[str, Prototype] = {
     "GetCurrentProcess": Prototype("kernel32", _ptr, ()),
     "GetProcessId": Prototype("kernel32", _u32, (_ptr,)),
     "VirtualQuery": Prototype("kernel32", _size, (_ptr, _ptr, _size)),
+    "ReadProcessMemory": Prototype("kernel32", _i32, (_ptr, _ptr, _ptr, _size, _ptr)),
     "FormatMessageW": Prototype("kernel32", _u32, (_u32, _ptr, _u32, _u32, _ptr, _u32, _ptr)),
     # securitybaseapi.h / winbase.h (advapi32)
     "OpenProcessToken": Prototype("advapi32", _i32, (_ptr, _u32, _ptr)),
@@ -91,6 +92,11 @@ class Kernel32Like(Protocol):
 
     def VirtualQuery(self, address: int, buffer: ctypes.Structure) -> int:
         """Fill a MEMORY_BASIC_INFORMATION for this process's `address`; bytes written, 0 on failure."""
+        ...
+
+    def ReadProcessMemory(self, process: int, address: int, size: int) -> bytes | None:
+        """Exactly `size` bytes at `address` in `process`, or None with the reason in GetLastError(). It never faults,
+        which is why it reads memory whose owner is not known."""
         ...
 
     def FormatMessageW(self, code: int) -> str:
@@ -189,6 +195,12 @@ if sys.platform == "win32":
 
         def VirtualQuery(self, address: int, buffer: ctypes.Structure) -> int:
             return int(self._fn["VirtualQuery"](address, ctypes.byref(buffer), ctypes.sizeof(buffer)))
+
+        def ReadProcessMemory(self, process: int, address: int, size: int) -> bytes | None:
+            buffer = ctypes.create_string_buffer(size)
+            done = ctypes.c_size_t()
+            ok = self._fn["ReadProcessMemory"](process, address, buffer, size, ctypes.byref(done))
+            return buffer.raw[:size] if ok and done.value == size else None
 
         def FormatMessageW(self, code: int) -> str:
             text = ctypes.create_unicode_buffer(1024)

@@ -303,17 +303,14 @@ class SnapshotReader:
         )
 
     def handle_entry(self, e: ctypes.Structure) -> HandleEntry:
+        """A PSS_HANDLE_ENTRY. Pipes and sockets stay FILE: PSS never names a handle of type File (ntdll skips
+        ObjectNameInformation for it), so nothing tells them apart from files."""
         self._saw(e.CaptureTime)
         flags = HandleFlags(int(e.Flags) & 0xF)
         type_name = utf16_at(_int(e.TypeName), int(e.TypeNameLength)) if flags & HandleFlags.HAVE_TYPE else None
         name = utf16_at(_int(e.ObjectName), int(e.ObjectNameLength)) if flags & HandleFlags.HAVE_NAME else None
         object_type = int(e.ObjectType)
         kind = _OBJECT_TYPES.get(object_type) or _TYPE_NAMES.get(type_name or "", HandleType.UNKNOWN)
-        if kind is HandleType.FILE and name:
-            if name.startswith("\\Device\\NamedPipe"):
-                kind = HandleType.PIPE
-            elif name.startswith("\\Device\\Afd"):
-                kind = HandleType.SOCKET
         basic = bool(flags & HandleFlags.HAVE_BASIC_INFORMATION)
         attributes = int(e.Attributes) if basic else None
         specific: tuple[tuple[str, str | int], ...] = ()

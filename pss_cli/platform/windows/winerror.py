@@ -25,9 +25,12 @@ ACCESS_DENIED_ADVICE = (
 
 
 def describe(k: Kernel32Like, code: int) -> str:
-    """`Access is denied. (Win32 error 5)`, or just the number when the system has no text for it."""
+    """`Access is denied (Win32 error 5)`, or an HRESULT in hex (`HRESULT 0x80004005`): GetLastError comes back
+    from ctypes as a C int, so a code with the top bit set would otherwise print as a negative number."""
+    code &= 0xFFFFFFFF
+    label = f"Win32 error {code}" if code <= 0xFFFF else f"HRESULT 0x{code:08X}"
     text = k.FormatMessageW(code).strip().rstrip(".")
-    return f"{text} (Win32 error {code})" if text else f"Win32 error {code}"
+    return f"{text} ({label})" if text else label
 
 
 def access_denied(
@@ -59,8 +62,8 @@ def error_for(k: Kernel32Like, code: int, what: str, *, pid: int | None = None) 
         return errors.AccessDenied(f"{message}. {ACCESS_DENIED_ADVICE}", pid=pid)
     if code == ERROR_INVALID_HANDLE:
         return errors.BadSnapshot(f"{message}: that handle is not a process snapshot (HPSS) there", pid=pid)
-    if code == ERROR_NOT_FOUND:
-        return errors.NoSuchProcess(message, pid=pid)
+    if code == ERROR_NOT_FOUND:  # from PSS: the snapshot was not captured with that information
+        return errors.OperationFailed(f"{message}: that information is not in the snapshot", pid=pid)
     if code in (ERROR_NOT_SUPPORTED, ERROR_CALL_NOT_IMPLEMENTED):
         return errors.NotSupported(message, pid=pid)
     if code == ERROR_BAD_LENGTH:
