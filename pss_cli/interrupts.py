@@ -11,12 +11,16 @@ ending a clone) runs under `held()`: a signal that arrives there is remembered a
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType, TracebackType
 from typing import Final
 
 #: What ends pss-dup through its cleanup paths. SIGPIPE is ignored by Python at start-up (writes get EPIPE);
 #: a SIGPIPE sent on purpose (`kill -PIPE`, `timeout -s PIPE`) is a request to stop like the others.
-HANDLED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
+if sys.platform == "win32":  # Windows has no SIGHUP or SIGPIPE
+    HANDLED: Final[tuple[int, ...]] = (signal.SIGINT, signal.SIGTERM)
+else:
+    HANDLED: Final[tuple[int, ...]] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
 
 
 class Terminated(KeyboardInterrupt):
