@@ -465,7 +465,7 @@ class SeizedThread:
         #: What the thread was seen blocked in just before the stop (restart.observe), and what our stop did to it.
         self.blocked: restart.Blocked | None = None
         self.interruption: Interruption | None = None
-        self._stopped_at = 0.0
+        self._stopped_at: float | None = None
         #: We are also the process's parent: its leader's exit status is the parent's, to be peeked at, not reaped.
         self.peek_exit = tid == pid and _parent_of(pid) == os.getpid()
         self._first: float | None = None
@@ -500,10 +500,11 @@ class SeizedThread:
                 raise _seize_refused(self.pid, self.tid, "stop (PTRACE_SEIZE)") from None
             raise OperationFailed(f"PTRACE_SEIZE of thread {self.tid} failed: {exc.strerror}", pid=self.pid) from None
         self._first = time.perf_counter()
-        self._stopped_at = time.monotonic()
         with contextlib.suppress(ProcessLookupError):  # exited between the two calls: the wait sees it
             ptrace.interrupt(self.tid)
         status = self.wait(time.monotonic() + self.timeout)
+        self._stopped_at = time.monotonic()
+        self.blocked = restart.at_stop(self.pid, self.tid, self.blocked)
         self.stopped = True
         self.note_stop(status)
 
@@ -647,7 +648,8 @@ class FrozenProcess:
         #: Blocked calls the freeze interrupted with EINTR, and what the thaw did about each (see restart.py).
         self.interruptions: list[Interruption] = []
         self._blocked: dict[int, restart.Blocked] = {}
-        self._stopped_at = 0.0
+        #: When the first thread was interrupted (time.monotonic()).
+        self._stopped_at: float | None = None
         self._stopped: dict[int, ptrace.siginfo_t | None] = {}
         self._known: set[int] = set()
         self._skipped: set[int] = set()
@@ -823,6 +825,9 @@ class FrozenProcess:
             self._gone(tid)
             return
         self._stopped[tid] = info
+        blocked = self._blocked.get(tid)
+        if blocked is not None and blocked.timed:  # a finite epoll timeout: its switch count, now
+            self._blocked[tid] = restart.at_stop(self.pid, tid, blocked) or blocked
 
     def _gone(self, tid: int) -> None:
         self._stopped.pop(tid, None)

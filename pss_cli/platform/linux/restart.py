@@ -4,25 +4,29 @@ Any ptrace stop (PTRACE_INTERRUPT) wakes a thread blocked in a system call. Most
 and the kernel re-issues them by itself; a few return plain -EINTR (signal(7): epoll_wait, semop, sigtimedwait,
 io_getevents, sockets with a timeout, ...), which the program would see. At our stop such a thread sits with
 `rax = -EINTR`, `orig_rax` = the call and `rip` just past its `syscall` instruction, and x86_64's `syscall`
-preserves the argument registers. Setting `rip -= 2; rax = orig_rax` before letting it go re-issues the same call,
-as the kernel itself does for -ERESTARTNOINTR.
+preserves the argument registers. Setting `rax = -ERESTARTNOHAND` before letting it go turns the EINTR into the
+restart code the kernel applies on that very exit path (it reads rax after the stop): with no signal to handle it
+re-issues the call (rip -= 2, rax = orig_rax); with a signal whose handler runs at that moment it returns EINTR,
+as the call would have without pss-dup. So a real signal that arrived meanwhile still interrupts the call, with no
+window in which pss-dup could get that wrong.
 
-Only our interruption is undone: when a real signal arrived (it would have interrupted the call anyway), the EINTR
-stays and the signal is delivered as it would have been. Only calls known to do nothing before failing with EINTR
-are re-issued (never `close`, or a `connect` that would then say EALREADY).
+Only calls known to do nothing before they fail with EINTR are turned back (never `close`, whose fd is already
+gone; sendfile, splice, tty and FUSE calls are left alone; kernel return paths checked in the 6.12 source).
 
 Timeouts. A call re-issued with a finite timeout would wait its whole timeout again. epoll_wait and epoll_pwait
-take theirs by value (r10, milliseconds): the call is re-issued with what is left of it, computed from the time the
-thread last ran before our stop (/proc/PID/task/TID/sched `se.exec_start`, read just before the stop) to its
-release; the elapsed time comes out slightly short (the scheduler's task clock leaves out interrupt and steal
-time, and a wake-up inside the call that found nothing moves the start later), so the call ends at most that much
-late, never early. r10 is a caller-saved register in the SysV ABI, and the raw-syscall users we know (glibc, Go)
-do not reuse it after the call, so the changed value is not seen. Where that time cannot be known (no
-CONFIG_SCHED_DEBUG, the thread ran in between), and for the calls whose timeout is a pointer to a timespec
-(epoll_pwait2, semtimedop, rt_sigtimedwait, io_getevents, io_pgetevents, recvmmsg) or a socket option
-(SO_RCVTIMEO/SO_SNDTIMEO), the EINTR is left: re-issuing would stretch the program's own deadline by up to the
-time already waited, and rewriting the program's timespec would change its memory. The process sees one EINTR it
-must handle anyway (any signal can cause it), and the report says so.
+take theirs by value (r10, milliseconds): the call is re-issued with what is left of it. When the wait began is
+read just before the stop: the thread's /proc/PID/task/TID/sched `se.exec_start` (when it last ran), placed on
+CLOCK_MONOTONIC by a per-CPU offset measured at that moment (started_waiting). On bare metal that is within a few
+ms (a wake-up inside the call that found nothing moves it later, so the call ends that much late). On a VM, the
+time the host stole from that CPU while the thread waited is missing from its task clock and counts as waited: the
+call may end early by that much (measured on this project's 2-vCPU VM under load: up to ~5% of the wait).
+r10 is a caller-saved register in the SysV ABI, and the raw-syscall users we know (glibc, Go) do not reuse it after
+the call, so the changed value is not seen. Where that time cannot be known (no CONFIG_SCHED_DEBUG, the thread ran
+between our look and our stop), and for the calls whose timeout is a pointer to a timespec (epoll_pwait2,
+semtimedop, rt_sigtimedwait, io_getevents, io_pgetevents, recvmmsg) or a socket option (SO_RCVTIMEO/SO_SNDTIMEO),
+the EINTR is left: re-issuing would stretch the program's own deadline by up to the time already waited, and
+rewriting the program's timespec would change its memory. The process sees one EINTR it must handle anyway (any
+signal can cause it), the report says so, and dup/free refuse such a thread unless --force.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ import sys
 # Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
 assert sys.platform == "linux"
 
+import dataclasses
+import os
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -42,6 +49,8 @@ from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, ptrace
 
 EINTR: Final = 4
+ERESTARTNOHAND: Final = 514
+MASK64: Final = (1 << 64) - 1
 SYS_io_uring_enter: Final = 426
 IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG = 0x1, 0x8
 
@@ -85,6 +94,10 @@ SOCKET_RECEIVE_SYSCALLS: Final[dict[int, str]] = {
     288: "accept4",
 }
 SOCKET_SEND_SYSCALLS: Final[dict[int, str]] = {1: "write", 20: "writev", 44: "sendto", 46: "sendmsg", 307: "sendmmsg"}
+SIGNAL_MEANWHILE: Final = "a signal with a handler arrived meanwhile: it interrupts the call, as it would have anyway"
+UNKNOWN_WAIT: Final = (
+    "how long it had waited is unknown (no /proc/PID/task/TID/sched), so what is left of its timeout is too"
+)
 #: Signals whose default action is to do nothing: pending with SIG_DFL, they interrupt no call.
 DEFAULT_IGNORED: Final = frozenset({17, 18, 23, 28})  # SIGCHLD, SIGCONT, SIGURG, SIGWINCH
 
@@ -103,9 +116,26 @@ class Blocked:
     nr: int
     args: tuple[int, ...]
     pc: int
-    #: /proc/PID/task/TID/sched: when it last ran (ms, scheduler clock) and how often it has been switched out.
-    exec_start_ms: float | None = None
+    #: When it last ran before our look, on CLOCK_MONOTONIC (s): the start of its wait. With a finite by-value
+    #: timeout only, and only where the scheduler clock could be read and placed (see started_waiting).
+    waiting_since: float | None = None
+    #: How often it had been switched out, at our look and once it sat in our stop.
     switches: int | None = None
+    stop_switches: int | None = None
+
+    @property
+    def timed(self) -> bool:
+        """Its by-value timeout can be kept: the start of its wait is known."""
+        return self.waiting_since is not None and self.switches is not None
+
+
+def at_stop(pid: int, tid: int, blocked: Blocked | None) -> Blocked | None:
+    """`blocked` with the thread's switch count read at pss-dup's stop: if it grew by more than the one switch our
+    stop made, the thread ran in between and its call may have started anew. Read right at the stop: injected
+    calls that follow make the thread run too."""
+    if blocked is None or not blocked.timed:
+        return blocked
+    return dataclasses.replace(blocked, stop_switches=read_sched(pid, tid)[1])
 
 
 def has_finite_value_timeout(nr: int, args: tuple[int, ...]) -> bool:
@@ -122,7 +152,36 @@ def observe(pid: int, tid: int) -> Blocked | None:
     if not has_finite_value_timeout(nr, args):
         return Blocked(nr, args, pc)
     exec_start, switches = read_sched(pid, tid)
-    return Blocked(nr, args, pc, exec_start, switches)
+    return Blocked(nr, args, pc, started_waiting(pid, tid, exec_start), switches)
+
+
+def started_waiting(pid: int, tid: int, exec_start_ms: float | None) -> float | None:
+    """A blocked thread's `se.exec_start` (when it last ran, on the scheduler's task clock of the CPU it ran on)
+    placed on CLOCK_MONOTONIC. Each CPU's task clock leaves out that CPU's own interrupt and steal time, so the
+    clocks of two CPUs drift apart by seconds on a VM: the offset is measured on that very CPU, now, by moving
+    this thread there for a moment and reading its own exec_start (set when it was switched in) beside
+    time.monotonic(). Measured here (a 2-vCPU VM): within 0.3-14 ms of the true start of the wait, plus the CPU's
+    steal time since, which makes it look earlier."""
+    if exec_start_ms is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            cpu = int(f.read().rsplit(b")", 1)[1].split()[36])
+        mine = os.sched_getaffinity(0)
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.sched_setaffinity(0, {cpu})
+        try:
+            here, _ = read_sched(os.getpid(), threading.get_native_id())
+            now = time.monotonic()
+        finally:
+            os.sched_setaffinity(0, mine)
+    except OSError:  # that CPU is not ours to run on (a cpuset)
+        return None
+    if here is None:
+        return None
+    return (exec_start_ms + (now * 1000 - here)) / 1000
 
 
 def read_sched(pid: int, tid: int) -> tuple[float | None, int | None]:
@@ -169,56 +228,64 @@ def decide(
     blocked: Blocked | None,
     *,
     real_signal: bool,
-    stopped_at: float,
+    stopped_at: float | None = None,
 ) -> Interruption | None:
     """Whether our stop interrupted `tid` out of a call with EINTR, and if so undo it in `regs` (set them back
-    yourself) where that is invisible; None when the thread was not interrupted that way."""
+    yourself) where that is invisible; None when the thread was not interrupted that way.
+
+    The undoing is `rax = -ERESTARTNOHAND`, not a rewind of our own: the kernel reads rax after the stop, in the
+    same exit path, and then re-issues the call itself when no handler runs, or turns it into EINTR when a signal
+    with a handler is delivered at that moment (`real_signal`, a stashed one, or one that comes in the last
+    microseconds): exactly what the program would have seen without pss-dup, with no race.
+    """
     if _signed64(regs.rax) != -EINTR or _signed64(regs.orig_rax) < 0:
         return None
     nr = regs.orig_rax
     if blocked is not None and (blocked.nr != nr or blocked.pc != regs.rip):
-        blocked = None  # a different call than the one seen before the stop: nothing is known of its start
+        blocked = None  # not the call seen before the stop: it began between our look and our stop
     rule = rule_for(nr)
     name = rule.name if rule else _name(nr)
     if rule is None:
         return Interruption(tid, name, restarted=False, note="pss-dup does not know this call to be safe to re-issue")
-    if real_signal or signal_would_interrupt(pid, tid):
-        return Interruption(tid, name, restarted=False, note="a signal arrived meanwhile and interrupts it anyway")
     args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
-    why = _why_visible(nr, rule, args, blocked)
+    why = _why_visible(nr, rule, args)
     if why is not None:
         return Interruption(tid, name, restarted=False, note=why)
     timeout_ms: int | None = None
     if has_finite_value_timeout(nr, args):
-        assert blocked is not None
-        timeout_ms = _remaining_ms(pid, tid, blocked, _signed32(args[rule.timeout_arg]), stopped_at)
+        timeout_ms = _remaining_ms(blocked, _signed32(args[rule.timeout_arg]), stopped_at)
         if timeout_ms is None:
-            return Interruption(tid, name, restarted=False, note="it ran between pss-dup's look and its stop")
+            return Interruption(tid, name, restarted=False, note=UNKNOWN_WAIT)
         regs.r10 = timeout_ms
-    regs.rip -= 2
-    regs.rax = nr
+    regs.rax = -ERESTARTNOHAND & MASK64
+    if real_signal or signal_would_interrupt(pid, tid):
+        return Interruption(tid, name, restarted=False, note=SIGNAL_MEANWHILE)
     return Interruption(tid, name, restarted=True, timeout_ms=timeout_ms)
 
 
-def _remaining_ms(pid: int, tid: int, blocked: Blocked | None, timeout: int, stopped_at: float) -> int | None:
-    if blocked is None or blocked.exec_start_ms is None or blocked.switches is None:
+def _remaining_ms(blocked: Blocked | None, timeout: int, stopped_at: float | None) -> int | None:
+    """What is left of a by-value timeout, now; None where the start of the wait cannot be known.
+
+    Seen blocked in it just before the stop, and run since only to reach the stop: its wait began when it last
+    ran (`waiting_since`). Otherwise the call began between our look and our stop (`stopped_at`, the stop's
+    time): counting from the stop makes it end at most that window late.
+    """
+    if blocked is not None and blocked.timed and blocked.stop_switches == (blocked.switches or 0) + 1:
+        assert blocked.waiting_since is not None
+        since = blocked.waiting_since
+    elif stopped_at is not None and (blocked is None or blocked.timed):
+        since = stopped_at
+    else:
         return None
-    exec_start, switches = read_sched(pid, tid)
-    if exec_start is None or switches is None or switches != blocked.switches + 1:
-        return None  # it ran in between (not only to reach our stop): its call may have started anew
-    waited = (exec_start - blocked.exec_start_ms) + (time.monotonic() - stopped_at) * 1000
-    return max(0, int(timeout - waited))
+    return max(0, int(timeout - (time.monotonic() - since) * 1000))
 
 
-def _why_visible(nr: int, rule: Rule, args: tuple[int, ...], blocked: Blocked | None) -> str | None:
+def _why_visible(nr: int, rule: Rule, args: tuple[int, ...]) -> str | None:
     """Why issuing this call again would not go unseen (it would wait longer than the program asked), or None."""
     if rule.timeout == TIMESPEC and args[rule.timeout_arg]:
         return "its timeout is a timespec of the program's: issued again, it would wait longer than asked"
     if nr == SYS_io_uring_enter and args[3] & IORING_ENTER_EXT_ARG and args[4]:
         return "it may wait with a timeout of the program's: issued again, it would wait longer than asked"
-    unknown_start = blocked is None or blocked.exec_start_ms is None or blocked.switches is None
-    if has_finite_value_timeout(nr, args) and unknown_start:
-        return "how long it had waited is unknown (no /proc/PID/task/TID/sched), so what is left of its timeout is"
     if rule.timeout == SOCKET_OPTION:
         return "a receive or send timeout on its socket ends it with EINTR: issued again, it would wait longer"
     return None
@@ -238,7 +305,9 @@ def plan(pid: int, tid: int, pidfd: int | None) -> tuple[Blocked | None, str | N
         option = socket.SO_RCVTIMEO if nr in SOCKET_RECEIVE_SYSCALLS else socket.SO_SNDTIMEO
         if not access.socket_timeout(pid, args[0], option, pidfd):
             return blocked, None  # no timeout: the kernel restarts it by itself
-    why = _why_visible(nr, rule, args, blocked)
+    why = _why_visible(nr, rule, args)
+    if why is None and has_finite_value_timeout(nr, args) and not blocked.timed:
+        why = UNKNOWN_WAIT
     if why is None:
         return blocked, None
     return blocked, (
