@@ -118,6 +118,31 @@ def test_handle_that_is_not_a_snapshot_is_refused_untouched(target: Target, rece
     assert receiver.fds() == before
 
 
+def unused_fd(pid: int) -> int:
+    return max(int(n) for n in os.listdir(f"/proc/{pid}/fd")) + 5
+
+
+@pytest.mark.parametrize(
+    "command", [("free",), ("free", "--dry-run"), ("inspect",), ("dump", "--from"), ("dup", "--handle")]
+)
+def test_an_fd_that_does_not_exist_is_said_to_be_missing_with_exit_10(
+    target: Target, receiver: Receiver, command: tuple[str, ...], tmp_path: Path
+) -> None:
+    missing = unused_fd(target.pid)
+    if command[0] == "dump":
+        args = ["dump", "--from", str(target.pid), "--handle", str(missing), str(tmp_path / "x.core")]
+    elif command[0] == "dup":
+        args = ["dup", str(target.pid), str(receiver.pid), "--handle", str(missing)]
+    else:
+        args = [*command, str(target.pid), str(missing)]
+    before = receiver.fds()
+    result = run_cli(*args)
+    assert result.returncode == 10, result.stderr
+    assert result.stderr.strip() == f"pss-dup: process {target.pid} has no fd {missing}"
+    assert receiver.fds() == before and not (tmp_path / "x.core").exists()
+    assert proc_status(target.pid)["TracerPid"] == "0"
+
+
 def test_free_closes_the_snapshot_and_nothing_else(target: Target, receiver: Receiver) -> None:
     before = receiver.fds()
     fd = dup_json(str(target.pid), str(receiver.pid), "--flags", "0")["target"]["handle"]

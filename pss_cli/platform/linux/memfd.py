@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from pss_cli.errors import BadSnapshot, OperationFailed
+from pss_cli.errors import BadSnapshot, NoSuchHandle, OperationFailed
 from pss_cli.model import Snapshot
 from pss_cli.platform.linux import elfcore
 
@@ -147,7 +147,9 @@ def _sealed_memfd_size(fd: int, label: str) -> int:
     try:
         st = os.fstat(fd)
     except OSError as exc:
-        raise BadSnapshot(f"{label} is not an open file descriptor ({exc.strerror})") from None
+        if exc.errno == errno.EBADF:
+            raise NoSuchHandle(f"{label} is not an open file descriptor") from None
+        raise BadSnapshot(f"{label} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadSnapshot(f"{label} is not a pss-dup snapshot: not a regular file (a {_kind(st.st_mode)})")
     try:
