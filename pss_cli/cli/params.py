@@ -81,9 +81,10 @@ def live_processes() -> Iterator[LiveProcess]:
 
 
 def snapshot_fds(pid: int) -> list[int] | None:
-    """The fds of `pid` that are pss-dup snapshots (Linux), or None when its fd table cannot be read.
+    """The fds of `pid` named like pss-dup snapshots (Linux), or None when its fd table cannot be read.
 
-    Only readlink, never open: looking must not disturb the process or its files.
+    Only readlink: a TAB must stay quick, so the name nominates and the completed command checks the format
+    (`ps` checks it up front, through the backend).
     """
     if sys.platform != "linux":
         return None

@@ -66,6 +66,11 @@ class Backend(Protocol):
         """Read a snapshot that another process holds."""
         ...
 
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        """The handles `pid` holds that are pss-dup snapshots, checked as `free` checks them; None where that
+        cannot be told from outside (an fd table we may not read; Windows, where an HPSS is an address)."""
+        ...
+
     def enable_debug_privilege(self) -> bool:
         """Windows: enable SeDebugPrivilege for this run and say whether it could; elsewhere NotSupported."""
         ...

@@ -466,6 +466,9 @@ class LinuxBackend:
         finally:
             os.close(local)
 
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        return memfd.held_snapshots(pid)
+
     def enable_debug_privilege(self) -> bool:
         raise NotSupported(
             "--debug-privilege is a Windows option (SeDebugPrivilege); on Linux run as root or with CAP_SYS_PTRACE"

@@ -443,6 +443,10 @@ class WindowsBackend:
         hpss = self._validated_local(handle)
         return self._read(hpss, ReadOptions(CaptureFlags.NONE, probe=True), time.time(), 0.0)
 
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
+        return None
+
     def enable_debug_privilege(self) -> bool:
         return enable_debug_privilege(self.k)
 
