@@ -8,6 +8,7 @@ platform cannot fill is None, never an invented value. This module does no I/O a
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -19,6 +20,18 @@ SCHEMA_VERSION = 1
 MAX_PID = 0xFFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
 #: The largest snapshot handle: an HPSS (a pointer) on Windows, an fd (an int) on Linux.
 MAX_HANDLE = 0xFFFF_FFFF_FFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
+#: The bounds of --timeout, in seconds: below MIN_TIMEOUT a freeze of a busy process fails for no reason; an hour
+#: is already far longer than any process should be kept waiting.
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 3600.0
+
+
+def timeout_problem(seconds: float) -> str | None:
+    """Why `seconds` cannot bound a wait, or None. NaN slips through any range check (every comparison with it is
+    false), so finiteness is tested on its own."""
+    if not math.isfinite(seconds) or not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        return f"{seconds} is not a timeout: give a number of seconds from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g}"
+    return None
 
 
 class CaptureFlags(enum.IntFlag):

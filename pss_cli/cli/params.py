@@ -17,7 +17,7 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
-from pss_cli.model import MAX_HANDLE, MAX_PID
+from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
 from pss_cli.render import printable
 
 #: What readlink(/proc/PID/fd/N) says for a pss-dup snapshot: memfd_create("pss-snapshot", ...).
@@ -267,6 +267,22 @@ def describe_size(pid: int, fd: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+class Seconds(click.ParamType[float, Any]):
+    """--timeout: a finite number of seconds within the model's bounds (click's FloatRange lets NaN through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        problem = timeout_problem(seconds)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return seconds
 
 
 #: The shared instances commands declare their arguments with.
