@@ -354,7 +354,11 @@ class MemoryCapture:
 
 @dataclass(frozen=True, slots=True)
 class Performance:
-    """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen."""
+    """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen.
+
+    wait_ms is how long the capture waited, before the freeze and with nothing stopped, for threads to leave an
+    uninterruptible wait (state D); None when nothing was frozen (or on Windows, where PSS does not say).
+    """
 
     capture_ms: float
     stopped_ms: float | None
@@ -362,6 +366,7 @@ class Performance:
     handles_ms: float | None = None
     va_space_ms: float | None = None
     va_clone_ms: float | None = None
+    wait_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

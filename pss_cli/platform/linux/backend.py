@@ -168,6 +168,7 @@ def capture(
         va_space: tuple[VaRegion, ...] | None = None
         threads: tuple[ThreadEntry, ...] | None = None
         stopped_ms: float | None = None
+        wait_ms: float | None = None
         handles_ms = va_ms = None
         # The fd table and the memory map are read in full while the process runs, then checked again while it
         # is frozen: only what changed in between is read under the freeze.
@@ -200,6 +201,7 @@ def capture(
                 if grab is not None:
                     grab.during_freeze(frozen, va_space)
             stopped_ms = frozen.stopped_ms
+            wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
         info = dataclasses.replace(
@@ -221,6 +223,7 @@ def capture(
             stopped_ms=stopped_ms,
             handles_ms=handles_ms,
             va_space_ms=va_ms,
+            wait_ms=wait_ms,
         ),
     )
     if grab is not None:
