@@ -397,6 +397,19 @@ class AccessUse:
 
 
 @dataclass(frozen=True, slots=True)
+class CapturePlan:
+    """A capture a dry run would make, checked without stopping the process: the access it would take (each check
+    that can be made without stopping it passed) and the steps it would take. It stands for the snapshot in a
+    dry run of `dup`."""
+
+    pid: int
+    flags: CaptureFlags
+    access: AccessUse
+    actions: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
 class DuplicateResult:
     """What `dup` did (PssDuplicateSnapshot): the handle that the target now holds, and what it cost."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TARGETS, Target, proc_status, reap, run_cli
+from tests.conftest import PSS_DUP, TARGETS, Target, proc_status, reap, run_cli
 
 NOBODY = 65534
 
@@ -165,6 +166,61 @@ def test_dry_run_dup_changes_nothing(target: Target, receiver: Receiver) -> None
     assert record["dry_run"] is True and record["target"]["handle"] is None
     assert any("socketpair" in a or "PTRACE_SEIZE" in a for a in record["actions"])
     assert receiver.fds() == before
+
+
+def context_switches(pid: int) -> dict[int, tuple[str, str]]:
+    """Each thread's (voluntary, nonvoluntary) context switches: a thread blocked in a wait that nobody touches
+    does not switch; a ptrace stop wakes it (and it switches again to go back to sleep)."""
+    switches = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        switches[int(tid)] = (fields["voluntary_ctxt_switches"], fields["nonvoluntary_ctxt_switches"])
+    return switches
+
+
+@pytest.mark.parametrize("selection", [(), ("--everything",)])
+def test_dry_run_dup_stops_and_traces_no_process(
+    target: Target, receiver: Receiver, tmp_path: Path, selection: tuple[str, ...]
+) -> None:
+    before = receiver.fds()
+    time.sleep(0.2)  # the target's threads settle in their waits
+    switches = context_switches(target.pid), context_switches(receiver.pid)
+    command = [PSS_DUP, "dup", str(target.pid), str(receiver.pid), *selection, "--dry-run", "-o", "json"]
+    trace = tmp_path / "ptrace.log"
+    if shutil.which("strace"):  # every ptrace request pss-dup makes, from any of its threads
+        command = ["strace", "-f", "-qq", "-e", "trace=ptrace", "-o", str(trace), *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if trace.exists():
+        assert "ptrace(" not in trace.read_text(), trace.read_text()[:2000]
+    assert (context_switches(target.pid), context_switches(receiver.pid)) == switches, "a dry run woke a process"
+    assert receiver.fds() == before
+    assert proc_status(target.pid)["TracerPid"] == "0"
+    record = json.loads(result.stdout)["results"][0]
+    assert record["dry_run"] is True and record["target"]["handle"] is None and record["captured"] is None
+    assert any("freeze its" in a for a in record["actions"]), record["actions"]
+    assert any("socketpair" in a for a in record["actions"])
+    if selection:
+        assert any("VA clone" in a for a in record["actions"])
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace, to trace the source")
+def test_dry_run_dup_refuses_a_source_the_real_run_would_refuse(target: Target, receiver: Receiver) -> None:
+    """A source someone else traces cannot be captured: the dry run says so, exit 7, as the real run does."""
+    tracer = subprocess.Popen(["strace", "-qq", "-o", os.devnull, "-p", str(target.pid)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while proc_status(target.pid)["TracerPid"] == "0":
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.01)
+        dry = run_cli("dup", str(target.pid), str(receiver.pid), "--dry-run")
+        real = run_cli("dup", str(target.pid), str(receiver.pid))
+        assert (dry.returncode, real.returncode) == (7, 7), (dry.stderr, real.stderr)
+        assert dry.stderr == real.stderr and "already traced by PID" in dry.stderr
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
 
 
 def test_target_running_as_nobody_receives_and_reads_the_snapshot(target: Target) -> None:

@@ -361,3 +361,20 @@ def test_freeze_stop_time_is_short_for_a_small_process(c_target: Callable[..., T
         times.append(frozen.stopped_ms)
     assert statistics.median(times) < 10, times
     assert status_field(target.pid, "TracerPid") == "0"
+
+
+def test_the_dry_run_of_a_capture_says_it_would_wait_for_a_thread_in_d_and_stops_nothing(
+    c_target: Callable[..., Target],
+) -> None:
+    from pss_cli.model import DEFAULT_CAPTURE
+    from pss_cli.platform.linux.backend import plan_capture
+
+    target = c_target("vfork-tick", "1.0")
+    wait_until(lambda: state(target.pid) == "D", what="the vfork parent to wait in D")
+    plan = plan_capture(target.pid, DEFAULT_CAPTURE)
+    assert any(f"for thread {target.pid} to leave its uninterruptible wait" in a for a in plan.actions), plan.actions
+    assert any("freeze its 2 threads" in a for a in plan.actions)
+    assert state(target.pid) == "D"  # it did not wait: nothing to wait for in a dry run
+    assert_untraced(target.pid)
+    assert target.expect("vfork-done", timeout=10)
+    assert longest_tick_gap(target) < TICK_TOLERANCE_US

@@ -341,21 +341,6 @@ class _Uninterruptible(Exception):
         self.tid = tid
 
 
-def _thread_state(pid: int, tid: int) -> str:
-    """The state letter of one thread ('X' once it is gone), read as cheaply as /proc allows."""
-    try:
-        fd = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return "X"
-    try:
-        raw = os.read(fd, 1024)  # the state comes right after comm, at most 64 bytes in
-        return chr(raw[raw.rindex(b")") + 2])
-    except (OSError, ValueError, IndexError):
-        return "X"
-    finally:
-        os.close(fd)
-
-
 def _parent_of(pid: int) -> int:
     try:
         return int(access.read_stat(pid)[1][1])
@@ -376,17 +361,7 @@ def _seize_refused(pid: int, tid: int, what: str) -> Exception:
         exiting = True
     if exiting:  # the kernel refuses to attach to a task on its way out (exit_state, PF_EXITING)
         return ProcessGone(f"process {pid} exited while pss-dup was stopping it", pid=pid)
-    try:
-        tracer = access.tracer_of(pid, tid)
-    except OSError:
-        tracer = 0
-    if tracer and tracer != os.getpid():
-        return Refused(
-            f"thread {tid} of process {pid} is already traced by PID {tracer} ({access.process_name(tracer)}); "
-            "a thread has one tracer at a time: detach that debugger or tracer first",
-            pid=pid,
-        )
-    return access.explain_denied(pid, what)
+    return access.traced_elsewhere(pid, tid) or access.explain_denied(pid, what)
 
 
 # ---- one thread ----------------------------------------------------------------------------------------------
@@ -646,7 +621,7 @@ class FrozenProcess:
         try:
             while True:
                 tids = self._list_tasks()
-                stuck = [tid for tid in tids if _thread_state(self.pid, tid) == "D"]
+                stuck = [tid for tid in tids if access.thread_state(self.pid, tid) == "D"]
                 if not stuck:
                     return tids
                 if waiting_since is None:
@@ -656,7 +631,7 @@ class FrozenProcess:
                         raise self._uninterruptible_timeout(stuck[0])
                     time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                     pause = min(pause * 2, D_POLL_LONGEST)
-                    stuck = [tid for tid in stuck if _thread_state(self.pid, tid) == "D"]
+                    stuck = [tid for tid in stuck if access.thread_state(self.pid, tid) == "D"]
         finally:
             if waiting_since is not None:
                 self.wait_ms += (time.monotonic() - waiting_since) * 1000
@@ -789,7 +764,7 @@ class FrozenProcess:
                     self._on_stop(tid, status)
             if pending and time.monotonic() >= look_for_d:
                 for tid in pending:
-                    if _thread_state(self.pid, tid) == "D":
+                    if access.thread_state(self.pid, tid) == "D":
                         raise _Uninterruptible(tid)
                 look_for_d = time.monotonic() + UNINTERRUPTIBLE_GRACE
             if pending and not pause_for_stop(deadline):
