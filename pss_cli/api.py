@@ -6,8 +6,8 @@ was handed a snapshot reads it with `open_snapshot(handle)` and gets the same mo
 
 from __future__ import annotations
 
-from pss_cli.errors import ExitCode, PssError
-from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, DuplicateResult, FreeResult, Snapshot
+from pss_cli.errors import ExitCode, PssError, UsageError
+from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, DuplicateResult, FreeResult, Snapshot, timeout_problem
 from pss_cli.platform import LocalSnapshot, backend
 
 __all__ = [
@@ -28,9 +28,17 @@ __all__ = [
 ]
 
 
+def checked(timeout: float) -> float:
+    """`timeout`, or UsageError: a NaN deadline never passes, and every wait on a process would hang on it."""
+    problem = timeout_problem(timeout)
+    if problem is not None:
+        raise UsageError(problem)
+    return timeout
+
+
 def capture_snapshot(pid: int, flags: CaptureFlags = DEFAULT_CAPTURE, *, timeout: float = 10.0) -> LocalSnapshot:
     """Capture `pid` and keep the snapshot's OS handle, to duplicate it; close it when done (or use `with`)."""
-    return backend().capture(pid, flags, timeout=timeout)
+    return backend().capture(pid, flags, timeout=checked(timeout))
 
 
 def capture(pid: int, flags: CaptureFlags = DEFAULT_CAPTURE, *, timeout: float = 10.0) -> Snapshot:
@@ -61,18 +69,18 @@ def duplicate(
         inherit=inherit,
         dry_run=False,
         force=force,
-        timeout=timeout,
+        timeout=checked(timeout),
     )
 
 
 def free(pid: int, handle: int, *, force: bool = False, timeout: float = 10.0) -> FreeResult:
     """Close the snapshot handle that process `pid` holds; any handle that is not a pss-dup snapshot is refused."""
-    return backend().free(pid, handle, dry_run=False, force=force, timeout=timeout)
+    return backend().free(pid, handle, dry_run=False, force=force, timeout=checked(timeout))
 
 
 def inspect(pid: int, handle: int, *, timeout: float = 10.0) -> Snapshot:
     """Read the snapshot that process `pid` holds as `handle`."""
-    return backend().inspect(pid, handle, timeout=timeout)
+    return backend().inspect(pid, handle, timeout=checked(timeout))
 
 
 def open_snapshot(handle: int) -> Snapshot:

@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     REFUSED = 7
     BAD_SNAPSHOT = 8
     FILE_EXISTS = 9
+    NO_HANDLE = 10
     TIMEOUT = 124
     HANGUP = 129
     INTERRUPTED = 130
@@ -43,6 +44,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.REFUSED: "refused as unsafe for the process (seccomp, already traced, EINTR hazard); see --force",
     ExitCode.BAD_SNAPSHOT: "not a pss-dup snapshot, or a corrupt or unknown snapshot format",
     ExitCode.FILE_EXISTS: "the output file exists (use --force) or cannot be written",
+    ExitCode.NO_HANDLE: "the process has no such handle (fd): nothing was done",
     ExitCode.TIMEOUT: "a process did not stop or answer within --timeout",
     ExitCode.HANGUP: "ended by SIGHUP (the terminal closed); every process was restored first",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); every process was restored first",
@@ -130,6 +132,12 @@ class BadSnapshot(PssError):
     """The bytes are not a pss-dup snapshot, or are corrupt, or of a format this version cannot read."""
 
     exit_code = ExitCode.BAD_SNAPSHOT
+
+
+class NoSuchHandle(PssError):
+    """The process holds no handle (fd) with that number: distinct from one that exists but is not a snapshot."""
+
+    exit_code = ExitCode.NO_HANDLE
 
 
 class OutputExists(PssError):

@@ -8,6 +8,7 @@ platform cannot fill is None, never an invented value. This module does no I/O a
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -19,6 +20,18 @@ SCHEMA_VERSION = 1
 MAX_PID = 0xFFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
 #: The largest snapshot handle: an HPSS (a pointer) on Windows, an fd (an int) on Linux.
 MAX_HANDLE = 0xFFFF_FFFF_FFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
+#: The bounds of --timeout, in seconds: below MIN_TIMEOUT a freeze of a busy process fails for no reason; an hour
+#: is already far longer than any process should be kept waiting.
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 3600.0
+
+
+def timeout_problem(seconds: float) -> str | None:
+    """Why `seconds` cannot bound a wait, or None. NaN slips through any range check (every comparison with it is
+    false), so finiteness is tested on its own."""
+    if not math.isfinite(seconds) or not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        return f"{seconds} is not a timeout: give a number of seconds from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g}"
+    return None
 
 
 class CaptureFlags(enum.IntFlag):
@@ -341,7 +354,11 @@ class MemoryCapture:
 
 @dataclass(frozen=True, slots=True)
 class Performance:
-    """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen."""
+    """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen.
+
+    wait_ms is how long the capture waited, before the freeze and with nothing stopped, for threads to leave an
+    uninterruptible wait (state D); None when nothing was frozen (or on Windows, where PSS does not say).
+    """
 
     capture_ms: float
     stopped_ms: float | None
@@ -349,6 +366,7 @@ class Performance:
     handles_ms: float | None = None
     va_space_ms: float | None = None
     va_clone_ms: float | None = None
+    wait_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +409,19 @@ class AccessUse:
     role: str
     names: tuple[str, ...]
     mask: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePlan:
+    """A capture a dry run would make, checked without stopping the process: the access it would take (each check
+    that can be made without stopping it passed) and the steps it would take. It stands for the snapshot in a
+    dry run of `dup`."""
+
+    pid: int
+    flags: CaptureFlags
+    access: AccessUse
+    actions: tuple[str, ...]
+    warnings: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

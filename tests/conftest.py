@@ -105,14 +105,22 @@ def proc_status(pid: int) -> dict[str, str]:
     return result
 
 
-#: A process with a chosen name that holds one pss-dup snapshot memfd and one other memfd, then waits for EOF.
+#: A process with a chosen name that holds one pss-dup snapshot (of itself, process information only) and one other
+#: memfd, then waits for EOF. With "decoys" it also holds two memfds named like snapshots that are not: one unsealed,
+#: one sealed whose content is not a pss-dup core.
 HOLDER = r"""
-import ctypes, os, sys
+import ctypes, fcntl, os, sys
+import pss_cli
 ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-snapshot = os.memfd_create("pss-snapshot", 0)
-os.write(snapshot, b"x" * 3000)
-other = os.memfd_create("not-a-snapshot", 0)
-print(snapshot, other, flush=True)
+local = pss_cli.capture_snapshot(os.getpid(), pss_cli.CaptureFlags.NONE)
+fds = [local.handle(), os.memfd_create("not-a-snapshot", 0)]
+if sys.argv[2:] == ["decoys"]:
+    for seals in (0, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE):
+        decoy = os.memfd_create("pss-snapshot", os.MFD_ALLOW_SEALING)
+        os.write(decoy, b"x" * 3000)
+        fcntl.fcntl(decoy, fcntl.F_ADD_SEALS, seals)
+        fds.append(decoy)
+print(*fds, flush=True)
 sys.stdin.read()
 """
 
@@ -123,23 +131,27 @@ class Holder:
     name: str
     snapshot_fd: int
     other_fd: int
+    decoy_fds: tuple[int, ...]
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
 
-def start_holder(name: str) -> Holder:
+def start_holder(name: str, *, decoys: bool = False) -> Holder:
     """A HOLDER process named `name`; the caller reaps it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLDER, name, *(["decoys"] if decoys else [])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout
-    line = proc.stdout.readline().split()
-    if len(line) != 2:
+    fds = [int(word) for word in proc.stdout.readline().split()]
+    if len(fds) != (4 if decoys else 2):
         reap(proc)
         raise RuntimeError("holder did not start")
-    return Holder(proc, name, int(line[0]), int(line[1]))
+    return Holder(proc, name, fds[0], fds[1], tuple(fds[2:]))
 
 
 def stat_fields(pid: int) -> list[str]:

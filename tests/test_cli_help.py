@@ -88,6 +88,15 @@ def test_version_prints_the_installed_version() -> None:
         (("capture",), "Missing argument 'TARGET'"),
         (("ps", "-o", "yaml"), "'yaml' is not one of"),
         (("completion",), "Missing argument"),
+        # NaN passes any range check (every comparison with it is false) and used to crash inside the freeze.
+        (("capture", "1", "--timeout", "nan"), "nan is not a timeout"),
+        (("capture", "1", "--timeout", "-nan"), "nan is not a timeout"),
+        (("capture", "1", "--timeout", "inf"), "inf is not a timeout"),
+        (("capture", "1", "--timeout", "-1"), "-1.0 is not a timeout"),
+        (("capture", "1", "--timeout", "0"), "0.0 is not a timeout"),
+        (("capture", "1", "--timeout", "3601"), "3601.0 is not a timeout"),
+        (("dump", "1", "--timeout", "NaN"), "nan is not a timeout"),
+        (("capture", "1", "--timeout", "soon"), "'soon' is not a number of seconds"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: tuple[str, ...], message: str) -> None:

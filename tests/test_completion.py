@@ -134,7 +134,8 @@ def test_handle_completion_offers_only_the_snapshot_fds_the_process_holds(holder
         (f"pss-dup dup {holder.name} 1 --handle ", 5),
     ):
         items = zsh_items(words, cword)
-        assert items == [(str(holder.snapshot_fd), "pss-dup snapshot (2.9 KiB)")], words
+        size = os.stat(f"/proc/{holder.pid}/fd/{holder.snapshot_fd}").st_size
+        assert items == [(str(holder.snapshot_fd), f"pss-dup snapshot ({size / 1024:.1f} KiB)")], words
 
 
 def test_handle_completion_filters_by_the_typed_prefix(holder: Holder) -> None:

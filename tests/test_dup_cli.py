@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TARGETS, Target, proc_status, reap, run_cli
+from tests.conftest import PSS_DUP, TARGETS, Target, proc_status, reap, run_cli
 
 NOBODY = 65534
 
@@ -118,6 +119,31 @@ def test_handle_that_is_not_a_snapshot_is_refused_untouched(target: Target, rece
     assert receiver.fds() == before
 
 
+def unused_fd(pid: int) -> int:
+    return max(int(n) for n in os.listdir(f"/proc/{pid}/fd")) + 5
+
+
+@pytest.mark.parametrize(
+    "command", [("free",), ("free", "--dry-run"), ("inspect",), ("dump", "--from"), ("dup", "--handle")]
+)
+def test_an_fd_that_does_not_exist_is_said_to_be_missing_with_exit_10(
+    target: Target, receiver: Receiver, command: tuple[str, ...], tmp_path: Path
+) -> None:
+    missing = unused_fd(target.pid)
+    if command[0] == "dump":
+        args = ["dump", "--from", str(target.pid), "--handle", str(missing), str(tmp_path / "x.core")]
+    elif command[0] == "dup":
+        args = ["dup", str(target.pid), str(receiver.pid), "--handle", str(missing)]
+    else:
+        args = [*command, str(target.pid), str(missing)]
+    before = receiver.fds()
+    result = run_cli(*args)
+    assert result.returncode == 10, result.stderr
+    assert result.stderr.strip() == f"pss-dup: process {target.pid} has no fd {missing}"
+    assert receiver.fds() == before and not (tmp_path / "x.core").exists()
+    assert proc_status(target.pid)["TracerPid"] == "0"
+
+
 def test_free_closes_the_snapshot_and_nothing_else(target: Target, receiver: Receiver) -> None:
     before = receiver.fds()
     fd = dup_json(str(target.pid), str(receiver.pid), "--flags", "0")["target"]["handle"]
@@ -140,6 +166,61 @@ def test_dry_run_dup_changes_nothing(target: Target, receiver: Receiver) -> None
     assert record["dry_run"] is True and record["target"]["handle"] is None
     assert any("socketpair" in a or "PTRACE_SEIZE" in a for a in record["actions"])
     assert receiver.fds() == before
+
+
+def context_switches(pid: int) -> dict[int, tuple[str, str]]:
+    """Each thread's (voluntary, nonvoluntary) context switches: a thread blocked in a wait that nobody touches
+    does not switch; a ptrace stop wakes it (and it switches again to go back to sleep)."""
+    switches = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        switches[int(tid)] = (fields["voluntary_ctxt_switches"], fields["nonvoluntary_ctxt_switches"])
+    return switches
+
+
+@pytest.mark.parametrize("selection", [(), ("--everything",)])
+def test_dry_run_dup_stops_and_traces_no_process(
+    target: Target, receiver: Receiver, tmp_path: Path, selection: tuple[str, ...]
+) -> None:
+    before = receiver.fds()
+    time.sleep(0.2)  # the target's threads settle in their waits
+    switches = context_switches(target.pid), context_switches(receiver.pid)
+    command = [PSS_DUP, "dup", str(target.pid), str(receiver.pid), *selection, "--dry-run", "-o", "json"]
+    trace = tmp_path / "ptrace.log"
+    if shutil.which("strace"):  # every ptrace request pss-dup makes, from any of its threads
+        command = ["strace", "-f", "-qq", "-e", "trace=ptrace", "-o", str(trace), *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if trace.exists():
+        assert "ptrace(" not in trace.read_text(), trace.read_text()[:2000]
+    assert (context_switches(target.pid), context_switches(receiver.pid)) == switches, "a dry run woke a process"
+    assert receiver.fds() == before
+    assert proc_status(target.pid)["TracerPid"] == "0"
+    record = json.loads(result.stdout)["results"][0]
+    assert record["dry_run"] is True and record["target"]["handle"] is None and record["captured"] is None
+    assert any("freeze its" in a for a in record["actions"]), record["actions"]
+    assert any("socketpair" in a for a in record["actions"])
+    if selection:
+        assert any("VA clone" in a for a in record["actions"])
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace, to trace the source")
+def test_dry_run_dup_refuses_a_source_the_real_run_would_refuse(target: Target, receiver: Receiver) -> None:
+    """A source someone else traces cannot be captured: the dry run says so, exit 7, as the real run does."""
+    tracer = subprocess.Popen(["strace", "-qq", "-o", os.devnull, "-p", str(target.pid)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while proc_status(target.pid)["TracerPid"] == "0":
+            assert time.monotonic() < deadline, "strace did not attach"
+            time.sleep(0.01)
+        dry = run_cli("dup", str(target.pid), str(receiver.pid), "--dry-run")
+        real = run_cli("dup", str(target.pid), str(receiver.pid))
+        assert (dry.returncode, real.returncode) == (7, 7), (dry.stderr, real.stderr)
+        assert dry.stderr == real.stderr and "already traced by PID" in dry.stderr
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
 
 
 def test_target_running_as_nobody_receives_and_reads_the_snapshot(target: Target) -> None:
@@ -168,20 +249,23 @@ def test_receiver_api_refuses_an_fd_that_is_not_a_snapshot(receiver: Receiver) -
     assert "not a pss-dup snapshot" in seen["error"]
 
 
-EPOLL_WAITER = """
-import select, sys
+RECV_TIMEOUT_WAITER = """
+import socket, struct, sys
+left, right = socket.socketpair()
+left.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@qq", 60, 0))
 print("ready", flush=True)
 sys.stdin.readline()
-select.epoll().poll(60)
+left.recv(1)
 """
 
 
 def test_close_source_that_would_be_refused_is_refused_before_the_target_is_changed(
     target: Target, receiver: Receiver
 ) -> None:
-    """A source blocked in epoll_wait (an EINTR hazard) cannot be stopped to close H: the target gets nothing."""
+    """A source blocked in recv on a socket with SO_RCVTIMEO (an EINTR pss-dup cannot undo unseen) cannot be
+    stopped to close H: the target gets nothing."""
     source = subprocess.Popen(
-        [sys.executable, "-c", EPOLL_WAITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", RECV_TIMEOUT_WAITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert source.stdin and source.stdout and source.stdout.readline().strip() == "ready"
@@ -190,11 +274,11 @@ def test_close_source_that_would_be_refused_is_refused_before_the_target_is_chan
         source.stdin.flush()
         deadline = time.monotonic() + 10
         syscall = Path(f"/proc/{source.pid}/syscall")
-        while syscall.read_text().split()[0] not in ("232", "281"):  # epoll_wait, epoll_pwait
-            assert time.monotonic() < deadline, "the source never blocked in epoll_wait"
+        while syscall.read_text().split()[0] != "45":  # recvfrom
+            assert time.monotonic() < deadline, "the source never blocked in recv"
         before = receiver.fds()
         result = run_cli("dup", str(source.pid), str(receiver.pid), "--handle", str(fd), "--close-source")
-        assert result.returncode == 7 and "epoll_wait" in result.stderr
+        assert result.returncode == 7 and "recvfrom" in result.stderr and "SO_RCVTIMEO" in result.stderr, result.stderr
         assert receiver.fds() == before
         assert fd in {int(n) for n in os.listdir(f"/proc/{source.pid}/fd")}
     finally:

@@ -19,7 +19,7 @@ from tests.conftest import HOLDER, PSS_DUP, Holder, kernel_thread_pids, reap, ru
 
 @pytest.fixture
 def holder() -> Iterator[Holder]:
-    h = start_holder(f"psps-{uuid.uuid4().hex[:8]}")
+    h = start_holder(f"psps-{uuid.uuid4().hex[:8]}", decoys=True)
     try:
         yield h
     finally:
@@ -48,12 +48,14 @@ def test_json_record_describes_the_process_and_lists_its_snapshot_fds(holder: Ho
         "threads": 1,
         "handles": proc.num_fds(),
         "rss": record["rss"],
-        "cmdline": [sys.executable, "-c", HOLDER, holder.name],
+        "cmdline": [sys.executable, "-c", HOLDER, holder.name, "decoys"],
         "create_time": proc.create_time(),
-        "snapshots": [holder.snapshot_fd],
+        "snapshots": [holder.snapshot_fd],  # the two memfds named pss-snapshot are not snapshots: left out
     }
+    assert len(holder.decoy_fds) == 2
+    assert all(os.readlink(f"/proc/{holder.pid}/fd/{fd}") == "/memfd:pss-snapshot (deleted)" for fd in holder.decoy_fds)
     assert record["rss"] > 1 << 20
-    assert record["handles"] >= 5  # stdin, stdout, stderr and two memfds
+    assert record["handles"] >= 7  # stdin, stdout, stderr and four memfds
 
 
 def test_a_process_without_snapshots_has_an_empty_list() -> None:
@@ -137,7 +139,7 @@ def test_jsonl_prints_one_record_per_line(holder: Holder) -> None:
 
 def test_table_marks_the_snapshot_holder_and_shows_hostile_names_as_they_are() -> None:
     name = "[bold]e[/]" + uuid.uuid4().hex[:4]
-    h = start_holder(name)
+    h = start_holder(name, decoys=True)  # memfds named pss-snapshot that are not snapshots do not count
     try:
         result = run_cli("ps", "--parent", str(os.getpid()))
         assert result.returncode == 0, result.stderr

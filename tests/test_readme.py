@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pss_cli.errors import EXIT_CODE_HELP
 from tests.conftest import PSS_DUP, TARGETS, reap, start_target
 
 ROOT = Path(__file__).parent.parent
@@ -152,3 +153,12 @@ def test_fresh_machine_main_job_command_works(tmp_path: Path) -> None:
     result = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "pass" in result.stdout.lower()
+
+
+def test_exit_code_table_is_the_one_errors_py_defines() -> None:
+    """README's table and `pss-dup --help` both come from errors.EXIT_CODE_HELP (backticks aside)."""
+    section = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, flags=re.M)
+    assert [(int(code), text.replace("`", "")) for code, text in rows] == [
+        (int(code), text) for code, text in EXIT_CODE_HELP.items()
+    ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from pss_cli.cli.params import Seconds
 from pss_cli.errors import PssError, own_error
 
 if TYPE_CHECKING:
@@ -107,11 +108,13 @@ def output_options(func: F) -> F:
     @click.option("-q", "--quiet", is_flag=True, help="No warnings or progress on stderr; errors still print.")
     @click.option(
         "--timeout",
-        type=click.FloatRange(0.1, 3600),
+        type=Seconds(),
+        metavar="SECONDS",
         default=10.0,
         show_default=True,
         envvar="PSS_DUP_TIMEOUT",
-        help="Seconds to wait for any process to stop or answer; every process is restored when it runs out.",
+        help="Seconds (0.1 to 3600) to wait for any process to stop or answer; every process is restored when it "
+        "runs out.",
     )
     @click.option(
         "--color",

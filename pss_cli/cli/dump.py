@@ -158,6 +158,7 @@ def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
                 "total_ms": seconds * 1000,
                 "capture_ms": snap.performance.capture_ms,
                 "stopped_ms": snap.performance.stopped_ms,
+                "wait_ms": snap.performance.wait_ms,
                 "reap_stopped_ms": memory.reap_stopped_ms if memory is not None else None,
                 "va_clone_ms": snap.performance.va_clone_ms,
             },
@@ -195,6 +196,8 @@ def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
     else:
         reap = snap.memory.reap_stopped_ms if snap.memory is not None else None
         stopped = ms(snap.performance.stopped_ms) + (f" (and {ms(reap)} to reap the clone)" if reap else "")
+        if snap.performance.wait_ms:
+            grid.add_row("waited first", f"{ms(snap.performance.wait_ms)} for a thread in D state (nothing stopped)")
         grid.add_row("process stopped", stopped)
         if snap.performance.va_clone_ms is not None:
             grid.add_row("clone made in", ms(snap.performance.va_clone_ms))

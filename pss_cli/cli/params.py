@@ -17,7 +17,7 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
-from pss_cli.model import MAX_HANDLE, MAX_PID
+from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
 from pss_cli.render import printable
 
 #: What readlink(/proc/PID/fd/N) says for a pss-dup snapshot: memfd_create("pss-snapshot", ...).
@@ -81,9 +81,10 @@ def live_processes() -> Iterator[LiveProcess]:
 
 
 def snapshot_fds(pid: int) -> list[int] | None:
-    """The fds of `pid` that are pss-dup snapshots (Linux), or None when its fd table cannot be read.
+    """The fds of `pid` named like pss-dup snapshots (Linux), or None when its fd table cannot be read.
 
-    Only readlink, never open: looking must not disturb the process or its files.
+    Only readlink: a TAB must stay quick, so the name nominates and the completed command checks the format
+    (`ps` checks it up front, through the backend).
     """
     if sys.platform != "linux":
         return None
@@ -266,6 +267,22 @@ def describe_size(pid: int, fd: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+class Seconds(click.ParamType[float, Any]):
+    """--timeout: a finite number of seconds within the model's bounds (click's FloatRange lets NaN through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        problem = timeout_problem(seconds)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return seconds
 
 
 #: The shared instances commands declare their arguments with.

@@ -7,9 +7,9 @@ JSON record, one per process (`-o json` puts them in "results", `-o jsonl` print
      "snapshots": [5]}
 
 "handles" is the fd count on Linux and the handle count on Windows. "snapshots" lists the fds that hold a pss-dup
-snapshot (pass one to `inspect` or `free`), or is null when the fd table cannot be read (another user's process
-without root, or Windows, where snapshot handles cannot be told apart from outside). A field the OS refuses to
-give is null.
+snapshot (pass one to `inspect` or `free`), each checked as `free` checks it (a sealed memfd in pss-dup's format,
+not merely a memfd of that name), or is null when the fd table cannot be read (another user's process without
+root, or Windows, where snapshot handles cannot be told apart from outside). A field the OS refuses to give is null.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pss_cli.cli.common import Ui, output_options
-from pss_cli.cli.params import PF_KTHREAD, PID, read_stat, snapshot_fds
+from pss_cli.cli.params import PF_KTHREAD, PID, read_stat
 from pss_cli.errors import NoSuchProcess
 from pss_cli.render import printable
 
@@ -104,6 +104,8 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
     """The processes that pass every filter given, this one excluded, by PID."""
     import psutil
 
+    from pss_cli.platform import backend
+
     attrs = [*PSUTIL_ATTRS, HANDLE_ATTR]
     if user is not None and is_uid(user) and sys.platform != "win32":
         attrs.append("uids")
@@ -124,7 +126,7 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
         if is_kernel_thread(proc.pid):
             continue
         memory = info["memory_info"]
-        snaps = snapshot_fds(proc.pid)
+        snaps = backend().held_snapshots(proc.pid)
         rows.append(
             ProcessRow(
                 pid=proc.pid,
@@ -136,7 +138,7 @@ def list_processes(pattern: str | None, user: str | None, parent: int | None) ->
                 rss=memory.rss if memory is not None else None,
                 cmdline=cmdline,
                 create_time=info["create_time"],
-                snapshots=None if snaps is None else tuple(snaps),
+                snapshots=snaps,
             )
         )
     return sorted(rows, key=lambda r: r.pid)
@@ -187,8 +189,9 @@ def ps(ui: Ui, pattern: str | None, user: str | None, parent: int | None) -> int
 
     \b
     Columns: pid, ppid, user, name, threads, fds (handles on Windows), resident memory, snap, command line.
-    snap marks processes that hold pss-dup snapshots: *N for N snapshot fds, ? where the fd table is not
-    readable (another user's process without root). Kernel threads and pss-dup itself are left out.
+    snap marks processes that hold pss-dup snapshots: *N for N snapshot fds (each checked to be a sealed memfd
+    in pss-dup's format, as `free` checks it), ? where the fd table is not readable (another user's process
+    without root). Kernel threads and pss-dup itself are left out.
     Exits 3 when filters match no process. -o json gives one record per process (see the README).
     """
     rows = list_processes(pattern, user, parent)

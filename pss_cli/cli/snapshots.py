@@ -19,7 +19,9 @@ from pss_cli.errors import UsageError
               help="Then close H in SOURCE (PSS_DUPLICATE_CLOSE_SOURCE); needs --handle.")  # fmt: skip
 @click.option("--inherit", is_flag=True, help="Leave the new fd inheritable across exec (no close-on-exec).")
 @click.option("--force", is_flag=True, help="Proceed where a blocked call in TARGET would see EINTR.")
-@click.option("--dry-run", is_flag=True, help="Check every permission the real run needs; change nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Stop no process and change nothing: make the checks the real run makes before it stops anything, "
+                   "refuse what it would refuse, and list what it would do.")  # fmt: skip
 @capture_options
 @output_options
 def dup(
@@ -57,6 +59,14 @@ def dup(
         report.duplicated(ui, result, None, source_handle)
         return 0
     flags = flags_from(selected, everything, mask)
+    if dry_run:  # a capture stops SOURCE: a dry run only plans it
+        plan = impl.plan_capture(source_pid, flags)
+        result = impl.duplicate(
+            plan, source_pid, None, target_pid, close_source=False, inherit=inherit, dry_run=True, force=force,
+            timeout=ui.timeout,
+        )  # fmt: skip
+        report.duplicated(ui, result, None, None)
+        return 0
     local = impl.capture(source_pid, flags, timeout=ui.timeout)
     try:
         result = impl.duplicate(

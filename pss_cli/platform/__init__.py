@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, DuplicateResult, FreeResult, Snapshot
+from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, Snapshot
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
@@ -42,9 +42,14 @@ class Backend(Protocol):
         """PssCaptureSnapshot."""
         ...
 
+    def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
+        """What `capture` would do, after every check it makes that needs no stop: refused the same way, nothing
+        stopped, traced or changed (the dry run of `dup`)."""
+        ...
+
     def duplicate(
         self,
-        snapshot: LocalSnapshot | None,
+        snapshot: LocalSnapshot | CapturePlan | None,
         source_pid: int,
         source_handle: int | None,
         target_pid: int,
@@ -55,7 +60,9 @@ class Backend(Protocol):
         force: bool,
         timeout: float,
     ) -> DuplicateResult:
-        """PssDuplicateSnapshot: a snapshot we hold (`snapshot`), or one that source_pid holds as source_handle."""
+        """PssDuplicateSnapshot: a snapshot we hold (`snapshot`), or one that source_pid holds as source_handle.
+
+        A CapturePlan stands for a snapshot not taken yet, in a dry run only."""
         ...
 
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
@@ -64,6 +71,11 @@ class Backend(Protocol):
 
     def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
         """Read a snapshot that another process holds."""
+        ...
+
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        """The handles `pid` holds that are pss-dup snapshots, checked as `free` checks them; None where that
+        cannot be told from outside (an fd table we may not read; Windows, where an HPSS is an address)."""
         ...
 
     def enable_debug_privilege(self) -> bool:

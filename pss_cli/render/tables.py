@@ -18,6 +18,7 @@ from pss_cli.model import (
     DuplicateResult,
     FreeResult,
     HandleEntry,
+    Performance,
     Snapshot,
     ThreadEntry,
     VaRegion,
@@ -43,6 +44,12 @@ def size(value: int | None) -> Text:
 
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
+
+
+def timing(perf: Performance) -> str:
+    """The capture's timings; the wait for threads in D state only when there was one."""
+    waited = f"  waited {ms(perf.wait_ms)} for a thread in D state first" if perf.wait_ms else ""
+    return f"capture {ms(perf.capture_ms)}{waited}  process stopped {ms(perf.stopped_ms)}"
 
 
 def when(timestamp: float | None) -> str:
@@ -81,7 +88,7 @@ def summary(snap: Snapshot) -> Panel:
         ("security", f"seccomp {p.seccomp_mode}  no_new_privs {p.no_new_privs}  dumpable "
                      f"{'-' if p.dumpable is None else p.dumpable}"),
         ("captured", f"{flag_names(snap.flags, CaptureFlags)}  at {when(snap.captured_at)}"),
-        ("timing", f"capture {ms(snap.performance.capture_ms)}  process stopped {ms(snap.performance.stopped_ms)}"),
+        ("timing", timing(snap.performance)),
     ]  # fmt: skip
     if snap.memory is not None:
         m = snap.memory

@@ -10,6 +10,7 @@ import pty
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -274,6 +275,48 @@ def test_snapshot_with_memory_pushed_into_another_process_opens_in_gdb(c_target:
     finally:
         holder.kill()
         holder.wait(timeout=10)
+
+
+def vdso_range(pid: int | str) -> tuple[int, int]:
+    [line] = [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if line.endswith("[vdso]")]
+    start, end = line.split()[0].split("-")
+    return int(start, 16), int(end, 16)
+
+
+def load_segments(core: Path) -> dict[int, tuple[int, int, int]]:
+    """PT_LOADs of an ELF64 core: vaddr -> (offset, filesz, memsz)."""
+    data = core.read_bytes()
+    phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
+    loads = {}
+    for i in range(phnum):
+        kind, _flags, offset, vaddr, _paddr, filesz, memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize
+        )
+        if kind == 1:  # PT_LOAD
+            loads[vaddr] = (offset, filesz, memsz)
+    return loads
+
+
+@pytest.mark.parametrize("method", ["clone", "copy"])
+def test_the_vdso_is_dumped_whole_and_gdb_reads_it_without_warning(
+    c_target: CTarget, tmp_path: Path, method: str
+) -> None:
+    """The kernel dumps special mappings such as [vdso] whole (fs/coredump.c, always_dump_vma) whether or not the
+    process touched every page; a core cut to the pages present leaves gdb a truncated DSO."""
+    core = tmp_path / "vdso.core"
+    dump(str(c_target.pid), str(core), "--clone-method", method)
+    start, end = vdso_range(c_target.pid)
+    offset, filesz, memsz = load_segments(core)[start]
+    assert filesz == memsz == end - start
+    own_start, own_end = vdso_range("self")
+    with open("/proc/self/mem", "rb") as mem:
+        mem.seek(own_start)
+        own = mem.read(own_end - own_start)
+    with core.open("rb") as f:
+        f.seek(offset)
+        assert f.read(filesz) == own  # every process maps the same vDSO image
+    out = gdb(c_target.exe, core, "info sharedlibrary")
+    assert "corrupt string table index" not in out and "system-supplied DSO" not in out, out
 
 
 def test_dump_file_rules_default_name_0600_and_no_overwrite_without_force(c_target: CTarget, tmp_path: Path) -> None:

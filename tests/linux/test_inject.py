@@ -37,6 +37,7 @@ from conftest import (
 from pss_cli.errors import (
     AccessDenied,
     BadSnapshot,
+    NoSuchHandle,
     NoSuchProcess,
     NotSupported,
     ProcessGone,
@@ -543,10 +544,10 @@ def test_close_remote_fd_verifies_then_closes(blocker: Callable[..., Target], me
     mine = os.fstat(memfd)
     assert seen == [(mine.st_dev, mine.st_ino)]
     assert os.path.exists(f"/proc/{target.pid}/fd/{pushed.fd}"), "a refused fd was closed"
-    stopped = inject.close_remote_fd(target.pid, pushed.fd, verify=lambda _fd: None, force=False, timeout=5)
+    stopped = inject.close_remote_fd(target.pid, pushed.fd, verify=lambda _fd: None, force=False, timeout=5).stopped_ms
     assert 0 < stopped < 1000
     assert not os.path.exists(f"/proc/{target.pid}/fd/{pushed.fd}")
-    with pytest.raises(BadSnapshot, match=f"has no fd {pushed.fd}"):
+    with pytest.raises(NoSuchHandle, match=f"has no fd {pushed.fd}"):
         inject.close_remote_fd(target.pid, pushed.fd, verify=lambda _fd: None, force=False, timeout=5)
     assert_no_read_errors(target)
 
@@ -560,7 +561,7 @@ def test_get_remote_fd_returns_the_same_open_file(blocker: Callable[..., Target]
         assert os.pread(local, len(PAYLOAD), 0) == PAYLOAD
     finally:
         os.close(local)
-    with pytest.raises(BadSnapshot, match="has no fd 999"):
+    with pytest.raises(NoSuchHandle, match="has no fd 999"):
         inject.get_remote_fd(target.pid, 999)
 
 
@@ -576,7 +577,7 @@ def test_dry_runs_check_everything_and_touch_nothing(blocker: Callable[..., Targ
     assert any("socketpair" in a for a in actions) and any(f"thread {target.pid}" in a for a in actions)
     closing = inject.dry_run_close(target.pid, pushed.fd, force=False)
     assert any(f"close({pushed.fd})" in a for a in closing)
-    with pytest.raises(BadSnapshot):
+    with pytest.raises(NoSuchHandle, match="has no fd 999"):
         inject.dry_run_close(target.pid, 999, force=False)
     time.sleep(0.05)
     assert status_field(target.pid, "voluntary_ctxt_switches") == switches, "the dry run woke the target"

@@ -17,7 +17,7 @@ import core_samples as cs
 import pytest
 
 from pss_cli import serial
-from pss_cli.errors import BadSnapshot
+from pss_cli.errors import BadSnapshot, NoSuchHandle
 from pss_cli.model import Snapshot
 from pss_cli.platform.linux import elfcore, memfd
 from pss_cli.platform.linux.elfcore import LoadSegment
@@ -122,7 +122,7 @@ def test_verify_refuses_a_pipe_a_socket_and_a_closed_fd() -> None:
         os.close(write_end)
         left.close()
         right.close()
-    with pytest.raises(BadSnapshot, match="is not an open file descriptor"):
+    with pytest.raises(NoSuchHandle, match="is not an open file descriptor"):
         memfd.verify_snapshot_fd(read_end)
 
 

@@ -528,6 +528,36 @@ def test_dup_dry_run_proves_the_rights_and_duplicates_nothing() -> None:
     assert_clean(fake)
 
 
+def test_dup_dry_run_of_a_fresh_capture_proves_the_rights_and_captures_nothing() -> None:
+    """PssCaptureSnapshot suspends the process: a dry run only opens it with the capture's access, and closes it."""
+    fake = make_world()
+    backend = backend_for(fake)
+    plan = backend.plan_capture(TARGET, DEFAULT_CAPTURE)
+    result = backend.duplicate(
+        plan, TARGET, None, RECEIVER, close_source=False, inherit=False, dry_run=True, force=False, timeout=5
+    )
+    assert result.dry_run and result.target_handle is None
+    assert "PssCaptureSnapshot" not in fake.names() and "PssDuplicateSnapshot" not in fake.names()
+    assert opened(fake) == [(TARGET, 0x1450), (RECEIVER, 0x68)]
+    assert {(a.pid, a.role): a.mask for a in result.access}[(TARGET, "captured")] == 0x1450
+    assert any("PssCaptureSnapshot" in a for a in result.actions)
+    assert "would call PssDuplicateSnapshot(the new snapshot, flags=NONE)" in result.actions
+    with pytest.raises(errors.UsageError, match="dry run only"):
+        backend.duplicate(
+            plan, TARGET, None, RECEIVER, close_source=False, inherit=False, dry_run=False, force=False, timeout=5
+        )
+    assert "PssCaptureSnapshot" not in fake.names()
+    assert_clean(fake)
+
+
+def test_dup_dry_run_refuses_a_capture_as_the_real_capture_does() -> None:
+    fake = make_world(grants=abi.PROCESS_ALL_ACCESS & ~abi.PROCESS_DUP_HANDLE)
+    with pytest.raises(errors.AccessDenied, match=r"refused 0x00000040 \(PROCESS_DUP_HANDLE\)"):
+        backend_for(fake).plan_capture(TARGET, DEFAULT_CAPTURE)
+    assert "PssCaptureSnapshot" not in fake.names()
+    assert_clean(fake)
+
+
 def test_dup_inherit_is_not_supported_on_windows() -> None:
     fake = make_world()
     with pytest.raises(errors.NotSupported, match="--inherit"):

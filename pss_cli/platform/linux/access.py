@@ -67,6 +67,22 @@ def read_stat(pid: int, tid: int | None = None) -> tuple[str, list[str]]:
     return comm, raw[close_paren + 2 :].decode("ascii", "replace").split()
 
 
+def thread_state(pid: int, tid: int) -> str:
+    """The state letter of one thread ('X' once it is gone), read as cheaply as /proc allows: a freeze reads it for
+    every thread first."""
+    try:
+        fd = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return "X"
+    try:
+        raw = os.read(fd, 1024)  # the whole line; the state follows comm, the last ')'
+        return chr(raw[raw.rindex(b")") + 2])
+    except (OSError, ValueError, IndexError):
+        return "X"
+    finally:
+        os.close(fd)
+
+
 def process_name(pid: int, tid: int | None = None) -> str:
     """`comm` of the process (or of one of its threads), '?' once it is gone."""
     path = f"/proc/{pid}/comm" if tid is None else f"/proc/{pid}/task/{tid}/comm"
@@ -298,6 +314,21 @@ def check_traceable(pid: int) -> None:
         raise NotSupported(
             f"process {pid} ({comm}) runs a {kind} program; only 64-bit x86_64 processes are supported", pid=pid
         )
+
+
+def traced_elsewhere(pid: int, tid: int) -> Refused | None:
+    """Refused when thread `tid` is traced by another process: PTRACE_SEIZE of it would fail with EPERM."""
+    try:
+        tracer = tracer_of(pid, tid)
+    except OSError:
+        return None
+    if tracer and tracer != os.getpid():
+        return Refused(
+            f"thread {tid} of process {pid} is already traced by PID {tracer} ({process_name(tracer)}); "
+            "a thread has one tracer at a time: detach that debugger or tracer first",
+            pid=pid,
+        )
+    return None
 
 
 def has_live_thread(pid: int) -> bool:

@@ -33,6 +33,7 @@ from pss_cli.model import (
     EVERYTHING,
     AccessUse,
     CaptureFlags,
+    CapturePlan,
     DuplicateResult,
     FreeResult,
     HandleEntry,
@@ -169,6 +170,7 @@ def capture(
         va_space: tuple[VaRegion, ...] | None = None
         threads: tuple[ThreadEntry, ...] | None = None
         stopped_ms: float | None = None
+        wait_ms: float | None = None
         handles_ms = va_ms = None
         interruptions: tuple[Interruption, ...] | None = None
         # The fd table and the memory map are read in full while the process runs, then checked again while it
@@ -204,6 +206,7 @@ def capture(
                     grab.during_freeze(frozen, va_space)
             stopped_ms = frozen.stopped_ms
             interruptions = tuple(frozen.interruptions)
+            wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
         info = dataclasses.replace(
@@ -225,6 +228,7 @@ def capture(
             stopped_ms=stopped_ms,
             handles_ms=handles_ms,
             va_space_ms=va_ms,
+            wait_ms=wait_ms,
         ),
         interruptions=interruptions,
     )
@@ -232,6 +236,64 @@ def capture(
         with os_errors(pid, "capture"), _released_on_error(lambda: grab):
             model = grab.after_thaw(model)
     return LinuxSnapshot(model, auxv, grab)
+
+
+def plan_capture(pid: int, flags: CaptureFlags) -> CapturePlan:
+    """The dry run of `capture`: each check a capture makes that needs no stop, made; nothing stopped or traced.
+
+    What the real capture would refuse before stopping anything (zombie, kernel thread, tracer, 32-bit, access, a
+    VA clone it cannot make safely) is refused here the same way; a thread in D state is said to be waited for.
+    """
+    access.require_supported_arch()
+    with open_proc(pid) as proc, os_errors(pid, "capture"):
+        access.check_traceable(pid)
+        actions = [f"read what process {pid} shows in /proc while it runs (command line, environment, auxv, threads)"]
+        warnings: tuple[str, ...] = ()
+        freezes = bool(flags & FREEZE_FLAGS) or bool(flags & CaptureFlags.VA_CLONE)
+        if freezes:
+            if not access.probe_attach(pid):
+                raise access.explain_denied(pid, "freeze (PTRACE_SEIZE)")
+            tids = procfs.list_tids(proc)
+            for tid in tids:
+                refusal = access.traced_elsewhere(pid, tid)
+                if refusal is not None:
+                    raise refusal
+            waited = [str(tid) for tid in tids if access.thread_state(pid, tid) == "D"]
+            if waited:
+                actions.append(
+                    f"wait, with nothing stopped and up to --timeout, for thread {', '.join(waited)} to leave its "
+                    "uninterruptible wait (state D)"
+                )
+            count = f"{len(tids)} thread" + ("s" if len(tids) != 1 else "")
+            actions.append(f"freeze its {count} (PTRACE_SEIZE + PTRACE_INTERRUPT) to read {_frozen_reads(flags)}")
+        if flags & CaptureFlags.VA_CLONE:
+            clone = vaclone.plan_clone(pid)
+            warnings = clone.warnings
+            actions.append(
+                f"while frozen, make a copy-on-write VA clone with an injected clone() in thread {clone.tid}; "
+                "copy the memory from it once the process runs again, then end the clone"
+            )
+        if freezes:
+            actions.append("let every thread go (PTRACE_DETACH)")
+    actions.append("build a sealed memfd snapshot")
+    names = CAPTURE_ACCESS if freezes else CAPTURE_ACCESS[:1]
+    return CapturePlan(
+        pid=pid,
+        flags=flags,
+        access=AccessUse(pid=pid, role="source", names=names),
+        actions=tuple(actions),
+        warnings=warnings,
+    )
+
+
+def _frozen_reads(flags: CaptureFlags) -> str:
+    parts = [
+        ("the thread list", flags & CaptureFlags.THREADS),
+        ("registers", flags & CaptureFlags.THREAD_CONTEXT),
+        ("the fd table", flags & CaptureFlags.HANDLES),
+        ("the memory map", flags & CaptureFlags.VA_SPACE),
+    ]
+    return ", ".join(name for name, wanted in parts if wanted) or "a consistent instant"
 
 
 @contextlib.contextmanager
@@ -336,9 +398,12 @@ class LinuxBackend:
         finally:
             os.close(local)
 
+    def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
+        return plan_capture(pid, flags)
+
     def duplicate(
         self,
-        snapshot: LocalSnapshot | None,
+        snapshot: LocalSnapshot | CapturePlan | None,
         source_pid: int,
         source_handle: int | None,
         target_pid: int,
@@ -354,8 +419,15 @@ class LinuxBackend:
         actions: list[str] = []
         local_fd: int | None = None
         owned = False
+        warnings: tuple[str, ...] = ()
         try:
-            if snapshot is not None:
+            if isinstance(snapshot, CapturePlan):
+                if not dry_run:
+                    raise UsageError("a capture plan stands for a snapshot in a dry run only; capture first")
+                access_used.insert(0, snapshot.access)
+                actions.extend(snapshot.actions)
+                warnings = snapshot.warnings
+            elif snapshot is not None:
                 access_used.insert(0, AccessUse(pid=source_pid, role="source", names=CAPTURE_ACCESS))
                 if dry_run:
                     actions.append(f"build a sealed memfd snapshot of process {source_pid}")
@@ -389,6 +461,7 @@ class LinuxBackend:
                     dry_run=True,
                     target_stopped_ms=None,
                     actions=tuple(actions),
+                    warnings=warnings,
                 )
             assert local_fd is not None
             if closing:  # refuse before the target is changed what would be refused after (EINTR hazard, seccomp)
@@ -475,6 +548,9 @@ class LinuxBackend:
             return memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
         finally:
             os.close(local)
+
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        return memfd.held_snapshots(pid)
 
     def enable_debug_privilege(self) -> bool:
         raise NotSupported(

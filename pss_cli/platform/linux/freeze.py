@@ -55,6 +55,14 @@ HELD_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGC
 GROUP_STOP_SIGNALS: Final = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 #: Longest single sleep while waiting for a stop; SIGCHLD normally ends it much sooner.
 WAIT_SLICE: Final = 0.002
+#: How long a freeze waits for a thread found in an uninterruptible wait (D) before it lets every thread go, waits
+#: for that one with nothing stopped, and starts again. A stopped thread waits for a thread in D (which no ptrace
+#: request can stop) as long as it stays there; this bounds what that costs them.
+UNINTERRUPTIBLE_GRACE: Final = 0.02
+#: Sleeps while waiting, with nothing stopped, for threads to leave D: short first (disk waits are short), longer
+#: after.
+D_POLL_FIRST: Final = 0.001
+D_POLL_LONGEST: Final = 0.01
 
 _SIGCHLD_SET: Final = frozenset({signal.SIGCHLD})
 _STOP_REQUESTS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
@@ -404,6 +412,14 @@ def syscall_name(nr: int) -> str:
     return X86_64_SYSCALLS.get(nr, f"#{nr}")
 
 
+class _Uninterruptible(Exception):
+    """A thread still in D after UNINTERRUPTIBLE_GRACE of a freeze: FrozenProcess lets go and starts again."""
+
+    def __init__(self, tid: int) -> None:
+        super().__init__(f"thread {tid} is in an uninterruptible wait")
+        self.tid = tid
+
+
 def _parent_of(pid: int) -> int:
     try:
         return int(access.read_stat(pid)[1][1])
@@ -424,17 +440,7 @@ def _seize_refused(pid: int, tid: int, what: str) -> Exception:
         exiting = True
     if exiting:  # the kernel refuses to attach to a task on its way out (exit_state, PF_EXITING)
         return ProcessGone(f"process {pid} exited while pss-dup was stopping it", pid=pid)
-    try:
-        tracer = access.tracer_of(pid, tid)
-    except OSError:
-        tracer = 0
-    if tracer and tracer != os.getpid():
-        return Refused(
-            f"thread {tid} of process {pid} is already traced by PID {tracer} ({access.process_name(tracer)}); "
-            "a thread has one tracer at a time: detach that debugger or tracer first",
-            pid=pid,
-        )
-    return access.explain_denied(pid, what)
+    return access.traced_elsewhere(pid, tid) or access.explain_denied(pid, what)
 
 
 # ---- one thread ----------------------------------------------------------------------------------------------
@@ -613,6 +619,13 @@ class FrozenProcess:
     Threads born during the freeze are caught (PTRACE_O_TRACECLONE, and /proc/PID/task listed again until nothing
     new appears once every known thread has stopped). Threads that exit meanwhile are dropped; the whole process
     exiting raises ProcessGone. A process that was in group-stop stays stopped after the thaw.
+
+    A thread in an uninterruptible wait (state D: a vfork parent waiting for its child, a disk or NFS wait) reaches
+    no ptrace-stop until it leaves it, and every thread already stopped would wait with it. So each thread's state
+    is read first and the freeze starts only once none is in D, waiting for that with nothing stopped (`wait_ms`).
+    A thread can enter D again between that check and its PTRACE_INTERRUPT: if the freeze is still waiting for a
+    thread in D after UNINTERRUPTIBLE_GRACE, every thread is let go and the whole sequence starts over, all within
+    the one `timeout`; past it, Timeout.
     """
 
     def __init__(
@@ -637,8 +650,11 @@ class FrozenProcess:
         self.regs: dict[int, ThreadRegs] = {}
         #: Wall-clock time when the last thread stopped.
         self.stopped_at: float | None = None
-        #: From the first PTRACE_INTERRUPT to the last PTRACE_DETACH; valid after exit.
+        #: From the first PTRACE_INTERRUPT to the last PTRACE_DETACH, summed over attempts given up for a thread in
+        #: D; valid after exit.
         self.stopped_ms: float | None = None
+        #: Spent waiting, with nothing stopped, for threads to leave an uninterruptible wait; set on entry.
+        self.wait_ms = 0.0
         #: The process was in group-stop (state T) before the freeze.
         self.group_stopped = False
         #: Signals that were on their way into a thread when it stopped: tid -> signal number (re-delivered).
@@ -656,6 +672,7 @@ class FrozenProcess:
         self._pending: set[int] = set()
         self._session: TracerSession | None = None
         self._first: float | None = None
+        self._stopped_total = 0.0
         self._leader_is_child = False
         self._initial: list[int] = []
         self._reader: ptrace.RegsetReader | None = None
@@ -664,26 +681,85 @@ class FrozenProcess:
 
     def __enter__(self) -> FrozenProcess:
         access.check_traceable(self.pid)
-        self._initial = self._list_tasks()
-        for tid in self._initial:  # what each thread is blocked in, read before any is stopped
-            blocked = restart.observe(self.pid, tid)
-            if blocked is not None:
-                self._blocked[tid] = blocked
+        deadline = time.monotonic() + self.timeout
         self._leader_is_child = _parent_of(self.pid) == os.getpid()
         if self.want_regs or self.want_fp or self.want_xstate:
             self._reader = ptrace.RegsetReader(fp=self.want_fp, xstate=self.want_xstate)
-        session = TracerSession(self.tracer)
-        session.__enter__()
-        try:
-            session.call(self._freeze)
-        except BaseException:
+        while True:
+            self._initial = self._wait_out_uninterruptible(deadline)
+            for tid in self._initial:  # what each thread is blocked in, read before any is stopped
+                blocked = restart.observe(self.pid, tid)
+                if blocked is not None:
+                    self._blocked[tid] = blocked
+            session = TracerSession(self.tracer)
+            session.__enter__()
             try:
-                session.call(self._thaw)
-            finally:
-                session.__exit__(None, None, None)
-            raise
-        self._session = session
-        return self
+                session.call(lambda: self._freeze(deadline))
+            except _Uninterruptible:
+                self._let_go(session)
+                self._forget_attempt()
+                continue
+            except BaseException:
+                self._let_go(session)
+                raise
+            self._session = session
+            return self
+
+    def _let_go(self, session: TracerSession) -> None:
+        """Thaw what is stopped; ending the tracer thread lets go of a thread that never reached its stop."""
+        try:
+            session.call(self._thaw)
+        finally:
+            session.__exit__(None, None, None)
+
+    def _wait_out_uninterruptible(self, deadline: float) -> list[int]:
+        """The process's threads, once none of them is in an uninterruptible wait (D); nothing is stopped meanwhile.
+
+        Only the threads seen in D are read again until they leave it; then every thread once more, since another
+        one may have entered D meanwhile. Timeout at the deadline, naming the thread that stayed.
+        """
+        waiting_since: float | None = None
+        pause = D_POLL_FIRST
+        try:
+            while True:
+                tids = self._list_tasks()
+                stuck = [tid for tid in tids if access.thread_state(self.pid, tid) == "D"]
+                if not stuck:
+                    return tids
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                while stuck:
+                    if time.monotonic() >= deadline:
+                        raise self._uninterruptible_timeout(stuck[0])
+                    time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                    pause = min(pause * 2, D_POLL_LONGEST)
+                    stuck = [tid for tid in stuck if access.thread_state(self.pid, tid) == "D"]
+        finally:
+            if waiting_since is not None:
+                self.wait_ms += (time.monotonic() - waiting_since) * 1000
+
+    def _uninterruptible_timeout(self, tid: int) -> Timeout:
+        return Timeout(
+            f"thread {tid} {describe_stuck_thread(self.pid, tid)} of process {self.pid} did not leave its "
+            f"uninterruptible wait within {self.timeout:g} s; pss-dup waited for it before stopping the other "
+            "threads, and leaves every thread running",
+            pid=self.pid,
+        )
+
+    def _forget_attempt(self) -> None:
+        """Start a freeze afresh after one given up for a thread in D (every thread was let go)."""
+        for collection in (
+            self._known,
+            self._skipped,
+            self._pending,
+            self.signals,
+            self.exited,
+            self.regs,
+            self._blocked,
+        ):
+            collection.clear()
+        self.interruptions.clear()
+        self.group_stopped = False
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -717,8 +793,7 @@ class FrozenProcess:
                 raise ProcessGone(f"process {self.pid} exited while pss-dup was freezing it", pid=self.pid) from None
             raise NoSuchProcess(f"no process with PID {self.pid}", pid=self.pid) from None
 
-    def _freeze(self) -> None:
-        deadline = time.monotonic() + self.timeout
+    def _freeze(self, deadline: float) -> None:
         seize, interrupt = ptrace.seize, ptrace.interrupt
         options = ptrace.PTRACE_O_TRACECLONE
         known, pending = self._known, self._pending
@@ -793,6 +868,7 @@ class FrozenProcess:
     def _collect(self, deadline: float) -> None:
         pending, leader = self._pending, self.pid
         peek_leader = self._leader_is_child
+        look_for_d = time.monotonic() + UNINTERRUPTIBLE_GRACE
         while pending:
             for tid in list(pending):
                 status = poll_status(tid, peek_exit=peek_leader and tid == leader)
@@ -803,6 +879,11 @@ class FrozenProcess:
                     self._gone(tid)
                 else:
                     self._on_stop(tid, status)
+            if pending and time.monotonic() >= look_for_d:
+                for tid in pending:
+                    if access.thread_state(self.pid, tid) == "D":
+                        raise _Uninterruptible(tid)
+                look_for_d = time.monotonic() + UNINTERRUPTIBLE_GRACE
             if pending and not pause_for_stop(deadline):
                 raise self._timeout_error()
 
@@ -877,7 +958,9 @@ class FrozenProcess:
                 failures.append(f"{tid}: {exc.strerror}")
         self._stopped.clear()
         if self._first is not None:
-            self.stopped_ms = (time.perf_counter() - self._first) * 1000
+            self._stopped_total += time.perf_counter() - self._first
+            self._first = None
+            self.stopped_ms = self._stopped_total * 1000
         if failures:  # the tracer thread's exit detaches these; say so rather than hide it
             raise OperationFailed(f"PTRACE_DETACH failed for threads of process {self.pid}: {', '.join(failures)}")
 

@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Final, TypeVar
 
 from pss_cli.errors import (
-    BadSnapshot,
     Interrupted,
+    NoSuchHandle,
     NoSuchProcess,
     NotSupported,
     OperationFailed,
@@ -813,7 +813,7 @@ def close_remote_fd(pid: int, fd: int, *, verify: Callable[[int], None], force: 
             local = inj.getfd(fd)
         except OSError as exc:
             if exc.errno == errno.EBADF:
-                raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+                raise no_such_fd(pid, fd) from None
             raise
         try:
             verify(local)
@@ -839,10 +839,15 @@ def get_remote_fd(pid: int, fd: int) -> int:
         return local_copy(pidfd, fd)
     except OSError as exc:
         if exc.errno == errno.EBADF:
-            raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+            raise no_such_fd(pid, fd) from None
         raise typed_error(pid, exc, f"read fd {fd} of") from None
     finally:
         os.close(pidfd)
+
+
+def no_such_fd(pid: int, fd: int) -> NoSuchHandle:
+    """A missing fd is its own error (exit 10), never "not a snapshot": the fd may have been freed already."""
+    return NoSuchHandle(f"process {pid} has no fd {fd}", pid=pid)
 
 
 def require_fd_number(pid: int, fd: int) -> None:
@@ -850,7 +855,7 @@ def require_fd_number(pid: int, fd: int) -> None:
     if not 0 < pid <= MAX_PID:
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid)
     if not 0 <= fd <= MAX_HANDLE:
-        raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid)
+        raise no_such_fd(pid, fd)
 
 
 # ---- dry runs ------------------------------------------------------------------------------------------------
@@ -898,7 +903,7 @@ def dry_run_close(pid: int, fd: int, *, force: bool) -> list[str]:
         try:
             os.stat(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
-            raise BadSnapshot(f"process {pid} has no fd {fd}", pid=pid) from None
+            raise no_such_fd(pid, fd) from None
         return [
             *[f"warning: {w}" for w in plan.warnings],
             _stop_action(plan),

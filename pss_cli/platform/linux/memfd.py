@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from pss_cli.errors import BadSnapshot, OperationFailed
+from pss_cli.errors import BadSnapshot, NoSuchHandle, OperationFailed
 from pss_cli.model import Snapshot
 from pss_cli.platform.linux import elfcore
 
@@ -39,6 +39,8 @@ F_SEAL_WRITE = fcntl.F_SEAL_WRITE
 SNAPSHOT_SEALS = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL
 
 MEMFD_NAME = "pss-snapshot"
+#: What readlink(/proc/PID/fd/N) says for a snapshot memfd; any memfd may carry that name, so it only nominates.
+SNAPSHOT_LINK = f"/memfd:{MEMFD_NAME} (deleted)"
 
 
 def create_sealed(
@@ -126,6 +128,37 @@ def verify_snapshot_fd(fd: int, *, label: str | None = None) -> None:
             raise BadSnapshot(f"{label}: {exc}") from None
 
 
+def held_snapshots(pid: int) -> tuple[int, ...] | None:
+    """The fds of `pid` that are pss-dup snapshots, checked as `free` checks them (a sealed memfd in pss-dup's
+    format); None when its fd table cannot be read.
+
+    Each memfd named like ours is reopened through /proc/PID/fd/N, after stat says it is a regular file: a new open
+    file of the same memfd, so no offset or flag of the process's own changes, and it takes no more access than
+    reading the fd table does (PTRACE_MODE_READ).
+    """
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    found = []
+    for name in names:
+        path = f"/proc/{pid}/fd/{name}"
+        try:
+            if os.readlink(path) != SNAPSHOT_LINK or not stat.S_ISREG(os.stat(path).st_mode):
+                continue
+            local = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            continue  # closed meanwhile, or not ours to open
+        try:
+            verify_snapshot_fd(local)
+            found.append(int(name))
+        except BadSnapshot:
+            pass
+        finally:
+            os.close(local)
+    return tuple(sorted(found))
+
+
 def read_snapshot_fd(fd: int, *, label: str | None = None) -> Snapshot:
     """The model from a snapshot fd (the receiver side): checked as by verify_snapshot_fd, mapped, parsed."""
     return read_core_fd(fd, label=label).snapshot
@@ -147,7 +180,9 @@ def _sealed_memfd_size(fd: int, label: str) -> int:
     try:
         st = os.fstat(fd)
     except OSError as exc:
-        raise BadSnapshot(f"{label} is not an open file descriptor ({exc.strerror})") from None
+        if exc.errno == errno.EBADF:
+            raise NoSuchHandle(f"{label} is not an open file descriptor") from None
+        raise BadSnapshot(f"{label} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadSnapshot(f"{label} is not a pss-dup snapshot: not a regular file (a {_kind(st.st_mode)})")
     try:

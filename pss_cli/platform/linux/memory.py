@@ -5,9 +5,10 @@ a private mapping that has anonymous (written or COW-broken) pages is dumped who
 only when it is anonymous (shmem whose file has no name left: memfd, SysV, MAP_SHARED|MAP_ANONYMOUS), a private file
 mapping at offset 0 that starts with an ELF header gets its first page (gdb finds the build-id there), and nothing
 else that is file-backed. MADV_DONTDUMP (VmFlags `dd`), VM_IO and VM_PFNMAP mappings and [vvar], [vvar_vclock] and
-[vsyscall] are skipped; [vdso] is always dumped. Inside a dumped mapping only the pages that are present or swapped
-(/proc/PID/pagemap; the PAGEMAP_SCAN ioctl on 6.7+) are read, so a 64 GiB sparse reservation costs what it holds,
-and the core gets separate PT_LOADs around the holes (p_filesz 0, as the address-space map).
+[vsyscall] are skipped; [vdso] is always dumped, every page of it. Inside any other dumped mapping only the pages
+that are present or swapped (/proc/PID/pagemap; the PAGEMAP_SCAN ioctl on 6.7+) are read, so a 64 GiB sparse
+reservation costs what it holds, and the core gets separate PT_LOADs around the holes (p_filesz 0, as the
+address-space map).
 
 The engine reads /proc/PID/mem (or process_vm_readv, see READ_PROC_MEM for why not by default) in batches into a
 window of the destination: either a bounce buffer that is then written with pwrite (the default: shmem and
@@ -359,7 +360,11 @@ def plan_memory(
                 if pid not in scanners:
                     scanners[pid] = _open_scanner(pid)
                 scanner = scanners[pid]
-                runs = [(region.base, region.end)] if scanner is None else _runs_in(scanner, region)
+                # [vdso] pages the process never touched are not present, yet the kernel dumps it whole.
+                if scanner is None or region.mapped_file in ALWAYS_DUMPED:
+                    runs = [(region.base, region.end)]
+                else:
+                    runs = _runs_in(scanner, region)
                 pieces = _split_around_holes(region, merge_small_gaps(runs), flags)
                 segments.extend(pieces)
                 dumped.append(sum(p.filesz for p in pieces))

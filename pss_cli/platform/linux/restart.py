@@ -287,7 +287,8 @@ def _why_visible(nr: int, rule: Rule, args: tuple[int, ...]) -> str | None:
     if nr == SYS_io_uring_enter and args[3] & IORING_ENTER_EXT_ARG and args[4]:
         return "it may wait with a timeout of the program's: issued again, it would wait longer than asked"
     if rule.timeout == SOCKET_OPTION:
-        return "a receive or send timeout on its socket ends it with EINTR: issued again, it would wait longer"
+        option = "SO_RCVTIMEO" if nr in SOCKET_RECEIVE_SYSCALLS else "SO_SNDTIMEO"
+        return f"its socket has a timeout ({option}): issued again, the call would wait that whole timeout anew"
     return None
 
 

@@ -29,6 +29,7 @@ from pss_cli import errors
 from pss_cli.model import (
     AccessUse,
     CaptureFlags,
+    CapturePlan,
     DuplicateResult,
     FreeResult,
     MemoryCapture,
@@ -299,12 +300,28 @@ class WindowsBackend:
 
     # --- Backend -------------------------------------------------------------------------------------------------
 
+    def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
+        """The dry run of `capture`: the process is opened with the access PssCaptureSnapshot needs (which proves
+        it is granted) and closed; PssCaptureSnapshot is not called, since it suspends the process."""
+        request = self._capture_request(flags)
+        with self._process(pid, request, "PssCaptureSnapshot"):
+            pass
+        actions = (
+            f"open process {pid} with {format_access(request.mask)}",
+            f"call PssCaptureSnapshot (flags {int(flags | CAPTURE_CREATE_FLAGS):#x}), read the snapshot, close the "
+            "process handle",
+        )
+        return CapturePlan(pid=pid, flags=flags, access=self._use(pid, "captured", request), actions=actions)
+
+    def _capture_request(self, flags: CaptureFlags) -> AccessRequest:
+        if flags & CaptureFlags.IPT_TRACE:
+            raise errors.NotSupported("PSS_CAPTURE_IPT_TRACE (Intel PT tracing) is not implemented by pss-dup")
+        return capture_access(flags)
+
     def capture(self, pid: int, flags: CaptureFlags, *, timeout: float) -> WindowsSnapshot:
         """PssCaptureSnapshot with the least access for `flags`; the model is read at once, the process handle
         closed before reading. The caller frees the snapshot (`close()`)."""
-        if flags & CaptureFlags.IPT_TRACE:
-            raise errors.NotSupported("PSS_CAPTURE_IPT_TRACE (Intel PT tracing) is not implemented by pss-dup")
-        request = capture_access(flags)
+        request = self._capture_request(flags)
         call_flags = flags | CAPTURE_CREATE_FLAGS
         with self._process(pid, request, "PssCaptureSnapshot") as process:
             captured_at = time.time()
@@ -325,7 +342,7 @@ class WindowsBackend:
 
     def duplicate(
         self,
-        snapshot: LocalSnapshot | None,
+        snapshot: LocalSnapshot | CapturePlan | None,
         source_pid: int,
         source_handle: int | None,
         target_pid: int,
@@ -340,7 +357,14 @@ class WindowsBackend:
         if inherit:
             raise errors.NotSupported("--inherit has no meaning on Windows: an HPSS is an address, not a handle")
         local: WindowsSnapshot | None = None
-        if snapshot is not None:
+        plan: CapturePlan | None = None
+        hpss: int | None
+        if isinstance(snapshot, CapturePlan):
+            if not dry_run:
+                raise errors.UsageError("a capture plan stands for a snapshot in a dry run only; capture first")
+            plan = snapshot
+            holder_pid, hpss = self._pid, None
+        elif snapshot is not None:
             if not isinstance(snapshot, WindowsSnapshot):
                 raise errors.BadSnapshot("not a Windows snapshot")
             local = snapshot
@@ -359,9 +383,12 @@ class WindowsBackend:
         access: list[AccessUse] = []
         if local is not None and local.access is not None:
             access.append(local.access)
+        if plan is not None:
+            access.append(plan.access)
         access.append(self._use(holder_pid, "source (holds the snapshot)", source_request))
         access.append(self._use(target_pid, "target", target_request))
         actions = [
+            *(plan.actions if plan is not None else ()),
             f"open process {holder_pid} with {format_access(source_request.mask)}"
             if source_request
             else "use this process's pseudo-handle as the source",
@@ -377,8 +404,9 @@ class WindowsBackend:
             )
             target = stack.enter_context(self._process(target_pid, target_request, "PssDuplicateSnapshot"))
             if dry_run:
+                what = "the new snapshot" if hpss is None else f"0x{hpss:x}"
                 actions.append(
-                    f"would call PssDuplicateSnapshot(0x{hpss:x}, flags={'CLOSE_SOURCE' if close_here else 'NONE'})"
+                    f"would call PssDuplicateSnapshot({what}, flags={'CLOSE_SOURCE' if close_here else 'NONE'})"
                 )
                 if close_source and remote:
                     actions.append(f"would call PssFreeSnapshot(0x{hpss:x}) in process {holder_pid}")
@@ -393,6 +421,7 @@ class WindowsBackend:
                     target_stopped_ms=None,
                     actions=tuple(actions),
                 )
+            assert hpss is not None  # a plan comes only with dry_run
             with contextlib.nullcontext() if remote else local_pss_call(hpss, "PssDuplicateSnapshot"):
                 rc, copy = self.k.PssDuplicateSnapshot(source, hpss, target, dup_flags)
             if close_here and local is not None:
@@ -485,6 +514,10 @@ class WindowsBackend:
         held; free it with `free(os.getpid(), handle)`."""
         hpss = self._validated_local(handle)
         return self._read(hpss, ReadOptions(CaptureFlags.NONE, probe=True), time.time(), 0.0)
+
+    def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
+        return None
 
     def enable_debug_privilege(self) -> bool:
         return enable_debug_privilege(self.k)

@@ -6,12 +6,14 @@
  *   sigspam        a thread keeps sending itself SIGRTMIN (queued, never merged) and counts what its handler gets
  *   sigcatch       like sigspam, but the signals go to the main thread, which sits in read(2) (SA_RESTART)
  *   vfork S        the main thread vforks a child that sleeps S seconds: the parent waits in state D
+ *   vfork-tick S   the same, while a second thread ticks every millisecond and keeps its longest gap
  *   leader-exit    a worker thread serves commands, then the main thread calls pthread_exit (a zombie leader)
  *   ownstack       a worker thread on a malloc'd stack (no guard page) serves commands; the main thread sleeps
  *
  * Commands (lines on stdin, read with raw read(2)): "count" -> "count SENT RECEIVED", "quiet" (stop sending),
- * "check FD" -> "check FD <first bytes>", "ping" -> "pong", "exit". Every failed read is reported as
- * "read-error ERRNO". Prints "ready PID" once set up.
+ * "check FD" -> "check FD <first bytes>", "ping" -> "pong", "gap" -> "gap LONGEST_US TICKS" (the ticker's longest
+ * gap between two ticks, in microseconds), "exit". Every failed read is reported as "read-error ERRNO". Prints
+ * "ready PID" once set up.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static atomic_long sent, received;
+static atomic_long sent, received, longest_gap_us, ticks;
 static atomic_int quiet;
 static int futex_word;
 static pid_t spam_target; /* 0: the spamming thread itself */
@@ -91,6 +93,25 @@ static void *sig_spammer(void *arg) {
     return NULL;
 }
 
+static long now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000L + ts.tv_nsec / 1000;
+}
+
+static void *ticker(void *arg) {
+    (void)arg;
+    long last = now_us();
+    for (;;) {
+        sleep_for(0.001);
+        long now = now_us();
+        if (now - last > atomic_load(&longest_gap_us)) atomic_store(&longest_gap_us, now - last);
+        atomic_fetch_add(&ticks, 1);
+        last = now;
+    }
+    return NULL;
+}
+
 static void *serve(void *arg) {
     (void)arg;
     char buf[4096];
@@ -119,6 +140,8 @@ static void *serve(void *arg) {
                 char line[160];
                 int len = snprintf(line, sizeof line, "check %d %zd %s\n", fd, got, got > 0 ? data : "-");
                 if (write(1, line, (size_t)len) < 0) _exit(2);
+            } else if (strcmp(buf, "gap") == 0) {
+                say("gap %ld %ld\n", atomic_load(&longest_gap_us), atomic_load(&ticks));
             } else if (strcmp(buf, "ping") == 0) {
                 say("pong %ld %ld\n", 0, 0);
             } else if (strcmp(buf, "exit") == 0) {
@@ -155,8 +178,9 @@ int main(int argc, char **argv) {
         sa.sa_flags = SA_RESTART;
         sigaction(SIGRTMIN, &sa, NULL);
         pthread_create(&t, &attr, sig_spammer, NULL);
-    } else if (strcmp(mode, "vfork") == 0) {
+    } else if (strcmp(mode, "vfork") == 0 || strcmp(mode, "vfork-tick") == 0) {
         double seconds = argc > 2 ? atof(argv[2]) : 2;
+        if (strcmp(mode, "vfork-tick") == 0) pthread_create(&t, &attr, ticker, NULL);
         say("ready %ld %ld\n", (long)getpid(), 0);
         pid_t child = vfork();
         if (child == 0) {
