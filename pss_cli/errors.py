@@ -130,6 +130,11 @@ class OutputExists(PssError):
     exit_code = ExitCode.FILE_EXISTS
 
 
+class OutputFull(OutputExists):
+    """The output file cannot be written whole: its filesystem is full (ENOSPC), a quota is reached (EDQUOT), or it
+    would outgrow a file size limit (EFBIG)."""
+
+
 class Timeout(PssError):
     exit_code = ExitCode.TIMEOUT
 

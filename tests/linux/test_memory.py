@@ -533,6 +533,26 @@ def test_a_failed_dump_leaves_neither_a_partial_file_nor_a_damaged_old_one(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_full_filesystem_without_o_tmpfile_leaves_no_named_file_either(
+    layout: Layout, tmpfs: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """Where the filesystem has no O_TMPFILE the core is written under a name (or beside an old file, with force):
+    a full disk removes that file and keeps the old one. A kernel without O_TMPFILE sees O_TMPFILE's O_DIRECTORY bit
+    only and answers EISDIR; O_DIRECTORY alone draws that same answer from this kernel."""
+    mnt = tmpfs("64k")
+    path = mnt / "x.core"
+    if force:
+        path.write_bytes(b"old")
+    monkeypatch.setattr(os, "O_TMPFILE", os.O_DIRECTORY)
+    with pytest.raises(OutputExists) as caught:
+        backend.LinuxBackend().dump(layout.pid, path, force=force, timeout=10)
+    assert str(caught.value).startswith(f"no space left on tmpfs (mounted on {mnt}) for {path} (")
+    assert [p.name for p in mnt.iterdir()] == (["x.core"] if force else [])
+    assert not force or path.read_bytes() == b"old"
+    assert children_of(layout.pid) == []
+
+
 def test_a_held_snapshot_is_copied_to_a_file_across_filesystems(layout: Layout, tmp_path: Path) -> None:
     """memfd (shmem) to the test directory: copy_file_range gives EXDEV across filesystems; sendfile takes over."""
     with backend.capture(layout.pid, CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE, timeout=10) as snap:

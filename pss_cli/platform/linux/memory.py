@@ -841,7 +841,7 @@ def write_pieces_fd(
     Used both for the snapshot memfd and for `pss-dup dump`'s output file, which thus never holds half-copied
     pages under a mapping (a full disk is an ordinary ENOSPC from pwrite, not a SIGBUS).
     """
-    os.ftruncate(fd, size)
+    size_file(fd, size)
     if head:
         _pwrite_all(fd, head, 0)
     with FdSink(fd, bounce) as sink:
@@ -872,6 +872,22 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             if written <= 0:
                 raise OSError(errno.EIO, "pwrite wrote nothing")
             done += written
+
+
+class SizeRefused(OSError):
+    """ftruncate refused the size a file needs: EFBIG (RLIMIT_FSIZE, or the largest file the filesystem holds)."""
+
+    def __init__(self, error: OSError, size: int) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.size = size
+
+
+def size_file(fd: int, size: int) -> None:
+    """ftruncate `fd` to `size`; a refusal keeps the size, so that the error can say how much was needed."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        raise SizeRefused(exc, size) from None
 
 
 # ------------------------------------------------------------------------------------------- output files
@@ -973,10 +989,43 @@ class CoreFile:
                 os.unlink(self._partial)
 
 
+def filesystem_of(fd: int) -> str | None:
+    """The filesystem an open file is on, named as `df` and `mount` name it: "/dev/vda1 (mounted on /home)", or by
+    its type where it has no device ("tmpfs (mounted on /tmp)"); None where /proc cannot tell.
+
+    The mount is found by the fd's own mnt_id (/proc/self/fdinfo) in /proc/self/mountinfo (proc_pid_mountinfo(5)),
+    so a bind mount or a mount point shadowed by a later mount is not mistaken for another.
+    """
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            found = re.search(rb"^mnt_id:\s*(\d+)$", f.read(), re.MULTILINE)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    if found is None:
+        return None
+    for line in lines:
+        fields = line.split()  # ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE OPTIONS
+        if fields[:1] != [found[1]] or b"-" not in fields[6:]:
+            continue
+        tail = fields[fields.index(b"-", 6) + 1 :]
+        if len(tail) < 2:
+            return None
+        mount_point, fstype, source = (_unescape_mountinfo(f) for f in (fields[4], tail[0], tail[1]))
+        return f"{source if source.startswith('/') else fstype} (mounted on {mount_point})"
+    return None
+
+
+def _unescape_mountinfo(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
 def copy_file(source: int, destination: int) -> int:
     """Copy a whole file (a snapshot memfd) into an empty output file in the kernel (copy_file_range)."""
     size = os.fstat(source).st_size
-    os.ftruncate(destination, size)
+    size_file(destination, size)
     copied = 0
     in_kernel = True
     while copied < size:

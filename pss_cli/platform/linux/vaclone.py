@@ -621,7 +621,7 @@ class CopyMemory(MemoryGrab):
     def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
         if fd == self.dest_fd:  # the memory is already in place: only the headers are missing
             layout = self._layout(model, auxv)
-            os.ftruncate(fd, layout.size)
+            memory.size_file(fd, layout.size)
             os.pwrite(fd, layout.head, 0)
             assert self.stats is not None
             return self.stats
