@@ -250,9 +250,8 @@ def engine_gbps(pid: int, reader: str) -> float:
             offset += seg.filesz
     buffer = mmap.mmap(-1, offset, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
     try:
-        sink = memory.MappedSink(buffer)
-        stats = memory.copy_pieces(pid, pieces, sink, reader=reader)
-        sink.close()
+        with memory.MappedSink(buffer) as sink:
+            stats = memory.copy_pieces(pid, pieces, sink, reader=reader)
         return stats.throughput / 1e9
     finally:
         buffer.close()

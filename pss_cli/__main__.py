@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import sys
 
+from pss_cli import interrupts
+
+# Before anything else is imported: a Ctrl-C or SIGTERM from now on goes through pss-dup's handler, so it ends
+# the tool with one line (and, once a process is touched, only after it is restored), never with a traceback.
+interrupts.install()
+
 
 def main() -> None:
     """Answer `--version` before importing click or anything else, so that it costs about one interpreter start."""
@@ -12,8 +18,12 @@ def main() -> None:
 
         print(f"pss-dup, version {__version__}")
         sys.exit(0)
-    from pss_cli.cli import main as cli_main
-
+    try:
+        from pss_cli.cli import main as cli_main
+    except KeyboardInterrupt as exc:  # nothing was touched yet
+        signo = exc.signo if isinstance(exc, interrupts.Terminated) else 2
+        print(f"pss-dup: {'interrupted' if signo == 2 else f'ended by {exc}'}; nothing was touched", file=sys.stderr)
+        sys.exit(128 + signo)
     cli_main()
 
 

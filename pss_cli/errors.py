@@ -144,9 +144,22 @@ class OutputExists(PssError):
     exit_code = ExitCode.FILE_EXISTS
 
 
+class OutputFull(OutputExists):
+    """The output file cannot be written whole: its filesystem is full (ENOSPC), a quota is reached (EDQUOT), or it
+    would outgrow a file size limit (EFBIG)."""
+
+
 class Timeout(PssError):
     exit_code = ExitCode.TIMEOUT
 
 
 class Interrupted(PssError):
+    """Ctrl-C, or with `signo` SIGTERM/SIGHUP/SIGPIPE (exit 128 + signo), after every process was restored."""
+
     exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str, *, pid: int | None = None, signo: int = 2) -> None:
+        super().__init__(message, pid=pid)
+        self.signo = signo
+        if signo != 2:
+            self.exit_code = ExitCode(128 + signo)

@@ -112,6 +112,29 @@ def spawn() -> Iterator[Callable[..., Target]]:
 
 
 @pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount a tmpfs of a given size ("4m", as mount(8) takes it) under tmp_path, for a filesystem that fills up for
+    real; every one is unmounted at the end, lazily if a test left something open on it."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    try:
+        yield mount
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", "--lazy", str(where)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
 def blocker(spawn: Callable[..., Target]) -> Callable[..., Target]:
     """Start tests/linux/targets/blocker.py in a mode; returns once it has reported "ready"."""
 

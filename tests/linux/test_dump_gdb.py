@@ -14,13 +14,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PSS_DUP
+from tests.conftest import PSS_DUP, proc_status
 from tests.linux.conftest import children_of
 
 pytestmark = [
@@ -362,7 +362,8 @@ def test_progress_bar_is_drawn_only_on_a_terminal(c_target: CTarget, tmp_path: P
 
 
 def test_a_write_error_mid_copy_is_reported_and_leaves_no_file_no_clone(c_target: CTarget, tmp_path: Path) -> None:
-    """RLIMIT_FSIZE makes pwrite fail with EFBIG part way (Python ignores SIGXFSZ), like a full disk would."""
+    """RLIMIT_FSIZE below the core's size: sizing the file fails with EFBIG (Python ignores SIGXFSZ), said as the
+    limit it is, with the size the core needs."""
     import resource
 
     def limit() -> None:
@@ -371,9 +372,36 @@ def test_a_write_error_mid_copy_is_reported_and_leaves_no_file_no_clone(c_target
     out = tmp_path / "big.core"
     result = subprocess.run([PSS_DUP, "dump", str(c_target.pid), str(out)], capture_output=True, text=True,
                             timeout=120, preexec_fn=limit)  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    assert "File too large" in result.stderr
+    assert result.returncode == 9, result.stderr
+    match = re.fullmatch(rf"pss-dup: {re.escape(str(out))} would outgrow the file size limit \(ulimit -f\) of "
+                         rf"1048576 bytes \((\d+) bytes needed, (\d+) written\)\n", result.stderr)  # fmt: skip
+    assert match, result.stderr
+    assert int(match[1]) > 1 << 20 >= int(match[2])
     assert list(tmp_path.iterdir()) == []
     assert children_of(c_target.pid) == []
+    report = c_target.report()
+    assert report["sigchld"] == 0 and report["errors"] == 0
+
+
+@pytest.mark.parametrize("method", ["clone", "copy"])
+def test_a_dump_onto_a_full_filesystem_exits_9_with_one_line_and_leaves_no_file(
+    c_target: CTarget, tmpfs: Callable[[str], Path], method: str
+) -> None:
+    """ENOSPC part way through the copy (the clone's memory, or the frozen copy) is the user's disk being full:
+    one line that names the filesystem as `df` would and says how much was needed, exit 9, and nothing left on it."""
+    mnt = tmpfs("4m")
+    out = mnt / "full.core"
+    result = subprocess.run([PSS_DUP, "dump", str(c_target.pid), str(out), "--clone-method", method],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 9, result.stderr
+    match = re.fullmatch(rf"pss-dup: no space left on tmpfs \(mounted on {re.escape(str(mnt))}\) for "
+                         rf"{re.escape(str(out))} \((\d+) bytes needed, (\d+) written\)\n", result.stderr)  # fmt: skip
+    assert match, result.stderr
+    needed, written = int(match[1]), int(match[2])
+    assert needed > 4 << 20 >= written > 0
+    assert list(mnt.iterdir()) == []
+    assert children_of(c_target.pid) == []
+    status = proc_status(c_target.pid)
+    assert status["TracerPid"] == "0" and status["State"][0] not in "tT"
     report = c_target.report()
     assert report["sigchld"] == 0 and report["errors"] == 0

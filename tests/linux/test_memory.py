@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import mmap
 import os
@@ -13,8 +14,9 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 
 from pss_cli.errors import OutputExists
 from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
+from tests.conftest import PSS_DUP, reap
 from tests.linux.conftest import children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
@@ -379,6 +382,92 @@ def test_copy_engine_zeroes_an_unreadable_page_and_goes_on(layout: Layout, tmp_p
     ]
 
 
+class InterruptAt:
+    """A trace function that raises KeyboardInterrupt before the n-th bytecode run in memory.py on this thread: a
+    signal handler raises at a bytecode boundary, and this tries each boundary in turn (n = 0 only counts them)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.count = 0
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != memory.__file__:
+            return None
+        frame.f_trace_opcodes = True
+        return self.opcode
+
+    def opcode(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            self.count += 1
+            if self.count == self.at:
+                raise KeyboardInterrupt
+        return self.opcode
+
+
+def interrupted_at(at: int, copy: Callable[[], object]) -> tuple[int, BaseException | None]:
+    """Run `copy` with KeyboardInterrupt at bytecode `at`; the bytecodes run, and what `copy` raised."""
+    tracer = InterruptAt(at)
+    sys.settrace(tracer)
+    try:
+        copy()
+        return tracer.count, None
+    except BaseException as exc:
+        return tracer.count, exc
+    finally:
+        sys.settrace(None)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # files closed as they are dropped
+def test_ctrl_c_on_any_bytecode_of_a_copy_raises_it_and_leaves_no_buffer_or_thread(
+    layout: Layout, tmp_path: Path
+) -> None:
+    """Ctrl-C on each bytecode of the copy engine in turn, into a file (pwrite sink, its writer thread) and into a
+    mapping (mapped sink): KeyboardInterrupt comes out every time, never a BufferError from a buffer closed while a
+    view of it lived on; the mapping can be closed; no writer thread outlives the copy. (A signal handler runs only
+    at some bytecodes; every one is tried. An fd returned by the call just before the interrupt may leak, as
+    anywhere in Python; only an uninterrupted copy is checked for that.)"""
+    pieces = [memory.Piece(layout.where["gap"], 3 * PAGE, PAGE)]  # its middle page is unmapped: a failed read
+
+    def to_file() -> None:
+        with open(tmp_path / "out", "w+b") as out:
+            memory.write_pieces_fd(out.fileno(), 4 * PAGE, pieces, layout.pid, head=b"head", bounce=2 * PAGE)
+
+    def to_mapping() -> None:
+        mapping = mmap.mmap(-1, 4 * PAGE)
+        try:
+            with memory.MappedSink(mapping) as sink:
+                memory.copy_pieces(layout.pid, pieces, sink, batch=2 * PAGE)
+        finally:
+            mapping.close()  # BufferError here if a view of it were left behind
+
+    for copy in (to_file, to_mapping):
+        fds = own_fds()
+        total, error = interrupted_at(0, copy)
+        assert error is None and total > 100
+        wait_for_writers()
+        assert own_fds() == fds
+        wrong = {}
+        for at in range(1, total + 1):
+            _, error = interrupted_at(at, copy)
+            if not isinstance(error, KeyboardInterrupt):
+                wrong[at] = repr(error)
+        assert wrong == {}, f"{copy.__name__}: {len(wrong)} of {total} bytecodes: {list(wrong.items())[:5]}"
+    error = None
+    gc.collect()  # a sink dropped unclosed is collected here, and its finalizer stops its writer
+    wait_for_writers()
+
+
+def wait_for_writers() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "pss-dup-writer":
+            thread.join(timeout=5)
+            assert not thread.is_alive(), "a writer thread outlived its copy"
+
+
+def own_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
 def test_progress_is_reported_up_to_every_byte(layout: Layout) -> None:
     seen: list[tuple[int, int]] = []
     flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE
@@ -444,6 +533,26 @@ def test_a_failed_dump_leaves_neither_a_partial_file_nor_a_damaged_old_one(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_full_filesystem_without_o_tmpfile_leaves_no_named_file_either(
+    layout: Layout, tmpfs: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    """Where the filesystem has no O_TMPFILE the core is written under a name (or beside an old file, with force):
+    a full disk removes that file and keeps the old one. A kernel without O_TMPFILE sees O_TMPFILE's O_DIRECTORY bit
+    only and answers EISDIR; O_DIRECTORY alone draws that same answer from this kernel."""
+    mnt = tmpfs("64k")
+    path = mnt / "x.core"
+    if force:
+        path.write_bytes(b"old")
+    monkeypatch.setattr(os, "O_TMPFILE", os.O_DIRECTORY)
+    with pytest.raises(OutputExists) as caught:
+        backend.LinuxBackend().dump(layout.pid, path, force=force, timeout=10)
+    assert str(caught.value).startswith(f"no space left on tmpfs (mounted on {mnt}) for {path} (")
+    assert [p.name for p in mnt.iterdir()] == (["x.core"] if force else [])
+    assert not force or path.read_bytes() == b"old"
+    assert children_of(layout.pid) == []
+
+
 def test_a_held_snapshot_is_copied_to_a_file_across_filesystems(layout: Layout, tmp_path: Path) -> None:
     """memfd (shmem) to the test directory: copy_file_range gives EXDEV across filesystems; sendfile takes over."""
     with backend.capture(layout.pid, CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE, timeout=10) as snap:
@@ -502,16 +611,26 @@ def test_source_exiting_while_its_clone_is_held_leaves_nothing_behind(layout: La
 BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (768 << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
 
 
-def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) -> None:
+@pytest.fixture
+def big_source() -> Iterator[subprocess.Popen[bytes]]:
+    """A process with 768 MiB of written memory: its dump copies long enough to be interrupted at many points."""
+    source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert source.stdout is not None and source.stdout.readline() == b"ready\n"
+        yield source
+    finally:
+        reap(source)
+
+
+def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(
+    big_source: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
     """SIGKILL leaves pss-dup no chance to clean up: the kernel must (PTRACE_O_EXITKILL on the clone's tracer). The
     dead clone stays a zombie child of the source, holding no memory; reaping it (here with pss-dup's own helper)
     leaves the source with no child at all, and it runs on. The half-written core had no name yet (O_TMPFILE)."""
-    source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    tool = None
+    source = big_source
+    tool = subprocess.Popen([PSS_DUP, "dump", str(source.pid), str(tmp_path / "killed.core"), "-q"])
     try:
-        assert source.stdout is not None and source.stdout.readline() == b"ready\n"
-        tool = subprocess.Popen([str(Path(sys.executable).with_name("pss-dup")), "dump", str(source.pid),
-                                 str(tmp_path / "killed.core"), "-q"])  # fmt: skip
         clone = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and tool.poll() is None:
@@ -529,14 +648,78 @@ def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(tmp_path: Path) 
         assert children_of(source.pid) == []
         assert source.poll() is None and proc_state(source.pid) == "S"
     finally:
-        if tool is not None and tool.poll() is None:
+        if tool.poll() is None:
             tool.kill()
-            tool.wait()
-        source.kill()
-        source.wait()
-        for stream in (source.stdin, source.stdout):
-            if stream is not None:
-                stream.close()
+        tool.wait()
+
+
+#: Where Ctrl-C lands: after this share of the core is on disk, for 20 points spread over the whole copy.
+CTRL_C_POINTS = [k / 20 for k in range(20)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_point_of_the_copy_exits_130_and_leaves_the_source_whole(
+    big_source: subprocess.Popen[bytes], tmpfs: Callable[[str], Path]
+) -> None:
+    """SIGINT at 20 points of a 768 MiB dump, each once the output file holds that share of the core: every run
+    exits 130 with its one line, the source is left untraced, running and childless, and no file is left."""
+    mnt = tmpfs("1g")
+    failures: list[str] = []
+    landed: list[float] = []
+    attempts = 0
+    while len(landed) < len(CTRL_C_POINTS) and attempts < len(CTRL_C_POINTS) + 10:
+        point = CTRL_C_POINTS[len(landed)]
+        attempts += 1
+        tool = subprocess.Popen([PSS_DUP, "dump", str(big_source.pid), str(mnt / "c.core"), "-q"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            share = wait_for_output_share(tool, mnt, point)
+            if share is not None:
+                tool.send_signal(signal.SIGINT)
+            _, err = tool.communicate(timeout=60)
+        finally:
+            if tool.poll() is None:
+                tool.kill()
+                tool.wait()
+        if share is None or tool.returncode == 0:  # the copy ended before Ctrl-C could land in it: try again
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(mnt / "c.core")
+            continue
+        landed.append(share)
+        where = f"Ctrl-C at {share:.0%} of the copy"
+        # click ends the line a terminal's "^C" left open: one empty line, then the message
+        if tool.returncode != 130 or err.lstrip("\n") != "pss-dup: interrupted; every process was restored\n":
+            failures.append(f"{where}: exit {tool.returncode}, {err!r}")
+        if tracer_of(big_source.pid) != 0 or proc_state(big_source.pid) not in "RS":
+            failures.append(f"{where}: the source is left traced or stopped ({proc_state(big_source.pid)})")
+        if children_of(big_source.pid):
+            failures.append(f"{where}: the source has children {children_of(big_source.pid)}")
+        if list(mnt.iterdir()):
+            failures.append(f"{where}: left {[p.name for p in mnt.iterdir()]}")
+            for path in mnt.iterdir():
+                path.unlink()
+    assert len(landed) == len(CTRL_C_POINTS), f"only {len(landed)} of {attempts} runs were interrupted in the copy"
+    assert failures == [], "\n".join(failures)
+
+
+def wait_for_output_share(tool: subprocess.Popen[str], directory: Path, share: float) -> float | None:
+    """Wait until the file that `tool` writes in `directory` (open, and unnamed until complete) holds `share` of its
+    final size; the share it holds then, or None if the tool ended first."""
+    fd_dir = f"/proc/{tool.pid}/fd"
+    prefix = f"{directory}/"
+    output = None
+    deadline = time.monotonic() + 60
+    while tool.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if output is None:
+                output = next((f"{fd_dir}/{fd}" for fd in os.listdir(fd_dir)
+                               if os.readlink(f"{fd_dir}/{fd}").startswith(prefix)), None)  # fmt: skip
+            if output is not None:
+                st = os.stat(output)
+                if st.st_size and st.st_blocks * 512 >= share * st.st_size:
+                    return min(1.0, st.st_blocks * 512 / st.st_size)
+        time.sleep(0.0005)
+    return None
 
 
 def tracer_of(pid: int) -> int:

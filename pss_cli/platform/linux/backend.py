@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import functools
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,7 @@ from pss_cli.errors import (
     NoSuchProcess,
     NotSupported,
     OperationFailed,
+    OutputFull,
     ProcessGone,
     PssError,
     UsageError,
@@ -335,17 +337,44 @@ def thread_entries(
 DUMP_FLAGS = EVERYTHING
 
 
+#: A write's answer when the file cannot get the room it needs: the filesystem is full, a quota is reached, or the
+#: file would outgrow a size limit. Only writes get these, so they may be looked for around a capture too.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 @contextlib.contextmanager
-def _write_errors(pid: int, path: str) -> Iterator[None]:
-    """A failed write of the output file (ENOSPC, EIO, EFBIG) as a typed error."""
+def _write_errors(pid: int, out: memory.CoreFile, *, others: bool = True) -> Iterator[None]:
+    """A failed write of the output file as a typed error. No room (NO_ROOM) says where and how much, wherever it
+    came from; with `others`, any other error of a call on a file descriptor (EIO) is a failed write too."""
     try:
         yield
     except PssError:
         raise
     except OSError as exc:
-        if exc.filename is None and exc.errno not in (errno.ESRCH, errno.ENOENT, errno.EPERM, errno.EACCES):
-            raise OperationFailed(f"writing {path} failed: {exc.strerror}", pid=pid) from exc
+        if exc.errno in NO_ROOM:
+            raise _no_room(exc, out, pid) from exc
+        if others and exc.filename is None and exc.errno not in (errno.ESRCH, errno.ENOENT, errno.EPERM, errno.EACCES):
+            raise OperationFailed(f"writing {out.path} failed: {exc.strerror}", pid=pid) from exc
         raise
+
+
+def _no_room(exc: OSError, out: memory.CoreFile, pid: int) -> OutputFull:
+    """The one line for a file that got no room: "no space left on DEVICE for FILE (N bytes needed, M written)", and
+    the like for a quota or a size limit. N is the size the core needs, M what the filesystem holds of it now (the
+    file is removed once this is said)."""
+    st = os.fstat(out.fd)
+    needed = exc.size if isinstance(exc, memory.SizeRefused) else st.st_size
+    figures = f"({needed} bytes needed, {min(st.st_blocks * 512, st.st_size)} written)"
+    where = memory.filesystem_of(out.fd) or f"the filesystem of {os.path.dirname(os.path.abspath(out.path))}"
+    if exc.errno == errno.ENOSPC:
+        return OutputFull(f"no space left on {where} for {out.path} {figures}", pid=pid)
+    if exc.errno == errno.EDQUOT:
+        return OutputFull(f"disk quota exceeded on {where} for {out.path} {figures}", pid=pid)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and needed > limit:
+        return OutputFull(f"{out.path} would outgrow the file size limit (ulimit -f) of {limit} bytes {figures}",
+                          pid=pid)  # fmt: skip
+    return OutputFull(f"{out.path} would be larger than {where} allows {figures}", pid=pid)
 
 
 def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
@@ -375,10 +404,11 @@ class LinuxBackend:
         if clone_method not in vaclone.CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(vaclone.CLONE_METHODS)}")
         with memory.CoreFile(path, force=force, pid=pid) as out:
-            snap = capture(
-                pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
-            )
-            with snap, _write_errors(pid, os.fspath(path)):
+            with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
+                snap = capture(
+                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
+                )
+            with snap, _write_errors(pid, out):
                 return snap.write_core(out.fd)
 
     def dump_held(
@@ -392,7 +422,7 @@ class LinuxBackend:
                 local = inject.get_remote_fd(pid, handle)
         try:
             model = memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
-            with memory.CoreFile(path, force=force, pid=pid) as out, _write_errors(pid, os.fspath(path)):
+            with memory.CoreFile(path, force=force, pid=pid) as out, _write_errors(pid, out):
                 memory.copy_file(local, out.fd)
             return model
         finally:

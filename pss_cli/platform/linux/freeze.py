@@ -372,10 +372,13 @@ def pause_for_stop(deadline: float, *, interruptible: bool = True) -> bool:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return False
-    if interruptible and _STOP_REQUESTS & signal.sigpending():
+    requested = _STOP_REQUESTS & signal.sigpending() if interruptible else set()
+    if requested:
         # Ctrl-C (or SIGTERM/SIGHUP) while a thread will not stop: give up now, not at the deadline. The caller
         # lets go of every thread; the signal itself is delivered once the tool's mask is restored.
-        raise Interrupted("interrupted while waiting for a thread to stop; every thread was let go")
+        signo = signal.SIGINT if signal.SIGINT in requested else min(requested)
+        what = "interrupted" if signo == signal.SIGINT else f"ended by {signal.Signals(signo).name}"
+        raise Interrupted(f"{what} while waiting for a thread to stop; every thread was let go", signo=signo)
     if signal.sigtimedwait(_SIGCHLD_SET, min(remaining, WAIT_SLICE)) is not None:
         tracer = TracerThread.current()
         if tracer is not None:

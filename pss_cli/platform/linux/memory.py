@@ -35,6 +35,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -257,6 +258,8 @@ _libc.ioctl.restype = ctypes.c_int
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.linkat.restype = ctypes.c_int
 _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.pread.restype = ctypes.c_ssize_t
+_libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [
     ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong,
@@ -455,7 +458,13 @@ def pieces_of(layout: elfcore.CoreLayout) -> list[Piece]:
 
 class Sink:
     """Where copied bytes go. `window` gives a writable place for `size` bytes bound for `offset`, `commit`
-    makes them land there."""
+    makes them land there.
+
+    A sink owns every view it hands out and releases it at `commit` or `close`: a view left alive (in the frame of
+    a traceback, say) would keep its buffer exported, and closing that buffer would fail with BufferError in place
+    of the error that ended the copy. Used as a context manager, a write error that only surfaces once the last
+    writes are done is raised on a clean exit.
+    """
 
     def window(self, offset: int, size: int) -> tuple[int, memoryview]:
         raise NotImplementedError
@@ -466,16 +475,30 @@ class Sink:
     def close(self) -> None:
         """Release buffers; the destination itself belongs to the caller."""
 
+    def pending_error(self) -> BaseException | None:
+        """A write that failed after its window was committed."""
+        return None
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close()
+        error = self.pending_error()
+        if exc_type is None and error is not None:
+            raise error
+
 
 class _Bounce:
-    """One pre-faulted anonymous buffer."""
+    """One pre-faulted anonymous buffer, and the one view of it that windows are cut from."""
 
     def __init__(self, size: int) -> None:
         self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE)
-        self.view = memoryview(self.buffer)
         self.address = _address_of(self.buffer)
+        self.view = memoryview(self.buffer)
 
     def close(self) -> None:
+        """The view before the mapping it exports; twice is harmless."""
         self.view.release()
         self.buffer.close()
 
@@ -485,10 +508,14 @@ class FdSink(Sink):
 
     Reading the next batch overlaps writing the last one: both system calls release the GIL, and on two CPUs the
     copy then costs about the slower of the two instead of their sum.
+
+    A Ctrl-C can land on any bytecode, even the one that would call `close`, so the writer never depends on it: it
+    writes through its own duplicate of `fd` (what is still queued lands in that file, never in whatever file takes
+    over `fd`'s number once the caller closes it), and it holds no reference to the sink, whose finalizer stops it
+    when the sink is dropped unclosed.
     """
 
     def __init__(self, fd: int, bounce: int = DEFAULT_BOUNCE, buffers: int = DEFAULT_BUFFERS) -> None:
-        self.fd = fd
         self.size = bounce
         self._free: queue.SimpleQueue[_Bounce] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[tuple[_Bounce, int, int] | None] = queue.SimpleQueue()
@@ -496,73 +523,116 @@ class FdSink(Sink):
         for b in self._all:
             self._free.put(b)
         self._current: _Bounce | None = None
-        self._error: BaseException | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="pss-dup-writer", daemon=True)
+        self._window: memoryview | None = None
+        self._failure = _Failure()
+        self._stop = weakref.finalize(self, self._work.put, None)  # once, at close or when dropped unclosed
+        self._writer = threading.Thread(
+            target=_write_loop,
+            args=(os.dup(fd), self._work, self._free, self._failure),
+            name="pss-dup-writer",
+            daemon=True,
+        )
         self._writer.start()
 
     def window(self, offset: int, size: int) -> tuple[int, memoryview]:
-        assert size <= self.size
+        assert size <= self.size and self._window is None
         self._current = self._free.get()
-        if self._error is not None:
-            raise self._error
-        return self._current.address, self._current.view[:size]
+        if self._failure.error is not None:
+            raise self._failure.error
+        self._window = self._current.view[:size]
+        return self._current.address, self._window
 
     def commit(self, offset: int, size: int) -> None:
-        assert self._current is not None
+        assert self._current is not None and self._window is not None
+        self._window.release()  # released, then forgotten: a Ctrl-C in between leaves nothing exported
+        self._window = None
         self._work.put((self._current, offset, size))
         self._current = None
 
-    def _write_loop(self) -> None:
+    def pending_error(self) -> BaseException | None:
+        return self._failure.error
+
+    def close(self) -> None:
+        """Let the writer write what it was given and end, then free the buffers, views first.
+
+        Ctrl-C during the wait (a slow disk, a hung NFS server) ends it: the writer then finishes on its own, and
+        the buffers it may still be writing from are left to be freed with it, not closed under it.
+        """
+        if self._window is not None:
+            self._window.release()
+        self._stop()
+        self._writer.join()
+        for b in self._all:
+            b.close()
+
+
+class _Failure:
+    """The first error of a writer thread, read by the thread that reads."""
+
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+
+def _write_loop(
+    fd: int,
+    work: queue.SimpleQueue[tuple[_Bounce, int, int] | None],
+    free: queue.SimpleQueue[_Bounce],
+    failure: _Failure,
+) -> None:
+    """The writer thread: pwrite each committed buffer at its offset and hand it back, until told to stop (None);
+    then close its fd. After a failure it only hands buffers back: the reader raises the error at its next window."""
+    try:
         while True:
-            item = self._work.get()
+            item = work.get()
             if item is None:
                 return
             bounce, offset, size = item
             try:
-                if self._error is None:
-                    _pwrite_all(self.fd, bounce.view[:size], offset)
-            except BaseException as exc:  # handed to the reading thread at its next window() or close()
-                self._error = exc
+                if failure.error is None:
+                    with bounce.view[:size] as chunk:
+                        _pwrite_all(fd, chunk, offset)
+            except BaseException as exc:
+                failure.error = exc
             finally:
-                self._free.put(bounce)
-
-    def close(self) -> None:
-        """Wait for the last writes; raise a write error (ENOSPC, EIO) here if one happened."""
-        self._work.put(None)
-        self._writer.join()
-        for b in self._all:
-            b.close()
-        if self._error is not None:
-            raise self._error
+                free.put(bounce)
+    finally:
+        os.close(fd)
 
 
 class MappedSink(Sink):
     """Read straight into a pre-faulted shared mapping of the destination (posix_fallocate + MAP_POPULATE)."""
 
     def __init__(self, mapping: mmap.mmap) -> None:
-        self.view = memoryview(mapping)
+        self.mapping = mapping
         self.address = _address_of(mapping)
         self.size = len(mapping)
+        self._window: memoryview | None = None
 
     def window(self, offset: int, size: int) -> tuple[int, memoryview]:
-        return self.address + offset, self.view[offset : offset + size]
+        assert self._window is None
+        self._window = memoryview(self.mapping)[offset : offset + size]
+        return self.address + offset, self._window
 
     def commit(self, offset: int, size: int) -> None:
-        pass
+        assert self._window is not None
+        self._window.release()
+        self._window = None
 
     def close(self) -> None:
-        self.view.release()
+        """Release the last window, so that the mapping's owner can close it."""
+        if self._window is not None:
+            self._window.release()
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
 
 
 def _address_of(mapping: mmap.mmap) -> int:
-    """The address of an mmap; the ctypes export is dropped at once so the mapping can still be closed later."""
-    anchor = ctypes.c_char.from_buffer(mapping)
-    address = ctypes.addressof(anchor)
-    del anchor
-    return address
+    """The address of an mmap. The ctypes object that exports it lives only inside this one expression, never in a
+    variable: a Ctrl-C anywhere leaves no export that would stop the mapping from being closed later."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(mapping))
 
 
 #: How memory is read. /proc/PID/mem (FOLL_GET, FOLL_FORCE) is the default: process_vm_readv pins pages with
@@ -597,11 +667,11 @@ def copy_pieces(
     local = _iovec()
     mem = _ProcMem(pid)
     use_pvr = reader == READ_PROCESS_VM
-    if not use_pvr:
-        mem.require()
     done = failed = 0
     index, skip = 0, 0
     try:
+        if not use_pvr:
+            mem.require()
         while index < len(pieces):
             first = pieces[index]
             dest = first.offset + skip
@@ -632,13 +702,12 @@ def copy_pieces(
                 if _gone(pid):
                     raise ProcessGone(f"process {pid} exited while its memory was copied", pid=pid)
                 bad = got - got % PAGE_SIZE
-                page = view[bad : bad + PAGE_SIZE]
-                if not (use_pvr and mem.read_page(page, _address_at(remote, count, bad))):
-                    page[:] = bytes(len(page))
+                length = min(PAGE_SIZE, size - bad)
+                # By address, not through a slice of the window: a slice is one more view for a Ctrl-C to strand.
+                if not (use_pvr and mem.read_page(address + bad, length, _address_at(remote, count, bad))):
+                    ctypes.memset(address + bad, 0, length)
                     failed += 1
-                got = bad + len(page)
-                page.release()
-            view.release()
+                got = bad + length
             sink.commit(dest, got)
             done += got
             index, skip = _advance(pieces, index, skip, got)
@@ -716,14 +785,10 @@ class _ProcMem:
                 f"reading the memory of process {self.pid} was refused (/proc/{self.pid}/mem)", pid=self.pid
             ) from None
 
-    def read_page(self, page: memoryview, address: int) -> bool:
+    def read_page(self, into: int, length: int, address: int) -> bool:
+        """Read `length` bytes at `address` of the process to local address `into`; all of them, or False."""
         fd = self._open()
-        if fd is None:
-            return False
-        try:
-            return os.preadv(fd, [page], address) == len(page)
-        except OSError:
-            return False
+        return fd is not None and _libc.pread(fd, into, length, address) == length
 
     def read_into(self, view: memoryview, remote: ctypes.Array[_iovec], count: int) -> int:
         """Read the batch through /proc/PID/mem; returns bytes read before the first failure."""
@@ -759,18 +824,33 @@ def write_core_fd(
     bounce: int = DEFAULT_BOUNCE,
     reader: str = READ_PROC_MEM,
 ) -> CopyStats:
-    """Write a whole core (headers, notes, the memory of `pid`) into `fd` with pwrite; `fd` is sized first.
+    """Write a whole core (headers, notes, the memory of `pid`) into `fd` with pwrite; `fd` is sized first."""
+    return write_pieces_fd(
+        fd, layout.size, pieces_of(layout), pid, head=layout.head, progress=progress, bounce=bounce, reader=reader
+    )
+
+
+def write_pieces_fd(
+    fd: int,
+    size: int,
+    pieces: Sequence[Piece],
+    pid: int,
+    *,
+    head: bytes = b"",
+    progress: Progress | None = None,
+    bounce: int = DEFAULT_BOUNCE,
+    reader: str = READ_PROC_MEM,
+) -> CopyStats:
+    """Size `fd` to `size` bytes, write `head` at its start and the memory of `pid` that `pieces` name.
 
     Used both for the snapshot memfd and for `pss-dup dump`'s output file, which thus never holds half-copied
     pages under a mapping (a full disk is an ordinary ENOSPC from pwrite, not a SIGBUS).
     """
-    os.ftruncate(fd, layout.size)
-    _pwrite_all(fd, layout.head, 0)
-    sink = FdSink(fd, bounce)
-    try:
-        return copy_pieces(pid, pieces_of(layout), sink, progress=progress, reader=reader)
-    finally:
-        sink.close()
+    size_file(fd, size)
+    if head:
+        _pwrite_all(fd, head, 0)
+    with FdSink(fd, bounce) as sink:
+        return copy_pieces(pid, pieces, sink, progress=progress, reader=reader)
 
 
 def write_core_mapped(
@@ -783,21 +863,36 @@ def write_core_mapped(
 ) -> CopyStats:
     """Write a whole core into a pre-faulted shared mapping (memfd.create_sealed with prefault=True)."""
     elfcore.write_core(mapping, layout)
-    sink = MappedSink(mapping)
-    try:
+    with MappedSink(mapping) as sink:
         return copy_pieces(pid, pieces_of(layout), sink, progress=progress, reader=reader)
-    finally:
-        sink.close()
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if written <= 0:
-            raise OSError(errno.EIO, "pwrite wrote nothing")
-        view, offset = view[written:], offset + written
-    view.release()
+    """pwrite until every byte is written; each view is released as it goes, an error or not."""
+    with memoryview(data) as view:
+        done = 0
+        while done < len(view):
+            with view[done:] as rest:
+                written = os.pwrite(fd, rest, offset + done)
+            if written <= 0:
+                raise OSError(errno.EIO, "pwrite wrote nothing")
+            done += written
+
+
+class SizeRefused(OSError):
+    """ftruncate refused the size a file needs: EFBIG (RLIMIT_FSIZE, or the largest file the filesystem holds)."""
+
+    def __init__(self, error: OSError, size: int) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.size = size
+
+
+def size_file(fd: int, size: int) -> None:
+    """ftruncate `fd` to `size`; a refusal keeps the size, so that the error can say how much was needed."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        raise SizeRefused(exc, size) from None
 
 
 # ------------------------------------------------------------------------------------------- output files
@@ -899,10 +994,43 @@ class CoreFile:
                 os.unlink(self._partial)
 
 
+def filesystem_of(fd: int) -> str | None:
+    """The filesystem an open file is on, named as `df` and `mount` name it: "/dev/vda1 (mounted on /home)", or by
+    its type where it has no device ("tmpfs (mounted on /tmp)"); None where /proc cannot tell.
+
+    The mount is found by the fd's own mnt_id (/proc/self/fdinfo) in /proc/self/mountinfo (proc_pid_mountinfo(5)),
+    so a bind mount or a mount point shadowed by a later mount is not mistaken for another.
+    """
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            found = re.search(rb"^mnt_id:\s*(\d+)$", f.read(), re.MULTILINE)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    if found is None:
+        return None
+    for line in lines:
+        fields = line.split()  # ID PARENT MAJ:MIN ROOT MOUNT-POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE OPTIONS
+        if fields[:1] != [found[1]] or b"-" not in fields[6:]:
+            continue
+        tail = fields[fields.index(b"-", 6) + 1 :]
+        if len(tail) < 2:
+            return None
+        mount_point, fstype, source = (_unescape_mountinfo(f) for f in (fields[4], tail[0], tail[1]))
+        return f"{source if source.startswith('/') else fstype} (mounted on {mount_point})"
+    return None
+
+
+def _unescape_mountinfo(field: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040 ...)."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
 def copy_file(source: int, destination: int) -> int:
     """Copy a whole file (a snapshot memfd) into an empty output file in the kernel (copy_file_range)."""
     size = os.fstat(source).st_size
-    os.ftruncate(destination, size)
+    size_file(destination, size)
     copied = 0
     in_kernel = True
     while copied < size:

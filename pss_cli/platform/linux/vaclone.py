@@ -516,12 +516,7 @@ class CopyMemory(MemoryGrab):
             if seg.filesz:
                 pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
                 offset += seg.filesz
-        os.ftruncate(self.fd, offset)
-        sink = memory.FdSink(self.fd)
-        try:
-            self._note_failures(memory.copy_pieces(self.pid, pieces, sink, progress=self.progress))
-        finally:
-            sink.close()
+        self._note_failures(memory.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         return self._finish_model(model, self.regions, None)
@@ -552,7 +547,7 @@ class CopyMemory(MemoryGrab):
     def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
         if fd == self.dest_fd:  # the memory is already in place: only the headers are missing
             layout = self._layout(model, auxv)
-            os.ftruncate(fd, layout.size)
+            memory.size_file(fd, layout.size)
             os.pwrite(fd, layout.head, 0)
             assert self.stats is not None
             return self.stats
