@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,6 @@ from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, s
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"bash": "pss-dup.bash", "zsh": "_pss-dup", "fish": "pss-dup.fish", "powershell": "pss-dup.ps1"}
-SHARE = {
-    "bash": "share/bash-completion/completions/pss-dup",
-    "zsh": "share/zsh/site-functions/_pss-dup",
-    "fish": "share/fish/vendor_completions.d/pss-dup.fish",
-    "powershell": "share/pss-dup/completions/pss-dup.ps1",
-}
 
 
 @pytest.fixture
@@ -69,12 +62,6 @@ def test_committed_script_is_what_the_completion_command_prints(shell: str) -> N
 
 def test_zsh_script_autoloads_from_fpath() -> None:
     assert (ROOT / "completions" / "_pss-dup").read_text().startswith("#compdef pss-dup\n")
-
-
-def test_pyproject_installs_each_script_to_its_share_location() -> None:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    shared = config["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
-    assert shared == {f"completions/{SCRIPTS[shell]}": SHARE[shell] for shell in SCRIPTS}
 
 
 def test_completion_command_json_carries_the_script_and_how_to_install_it() -> None:
