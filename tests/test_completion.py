@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder, stat_fields
+from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, need_tools, reap, run_cli, start_holder, stat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"bash": "pss-dup.bash", "zsh": "_pss-dup", "fish": "pss-dup.fish", "powershell": "pss-dup.ps1"}
@@ -161,8 +160,8 @@ def test_a_hostile_process_name_cannot_break_the_protocol() -> None:
         reap(h.proc)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_completion_never_reads_a_command_line(holder: Holder, tmp_path: Path) -> None:
+    need_tools("strace")
     log = tmp_path / "strace.log"
     env = {**os.environ, "_PSS_DUP_COMPLETE": "zsh_complete", "COMP_WORDS": "pss-dup capture pssc", "COMP_CWORD": "2"}
     result = subprocess.run(
@@ -185,9 +184,9 @@ def test_bad_pid_and_handle_arguments_are_usage_errors() -> None:
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_the_committed_bash_script_completes_a_snapshot_fd_in_real_bash(holder: Holder) -> None:
     """bash sources completions/pss-dup.bash and runs its completion function as TAB would."""
+    need_tools("bash")
     script = (
         f"source {ROOT / 'completions' / 'pss-dup.bash'}\n"
         f"COMP_WORDS=(pss-dup free {holder.pid} ''); COMP_CWORD=3\n"

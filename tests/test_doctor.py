@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from pss_cli.doctor import Check, Status, exit_code
 from pss_cli.errors import ExitCode
-from tests.conftest import PSS_DUP, run_cli
+from tests.conftest import PSS_DUP, need_tools, run_cli
 
 HOST_SECTIONS = ("platform", "privileges", "setup", "kernel")
 ROUND_TRIP = (
@@ -137,10 +136,10 @@ def test_table_shows_every_check_with_its_result() -> None:
     assert result.stdout.rstrip().splitlines()[-1].endswith(("checks failed", "pss-dup works on this host"))
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_doctor_only_ever_touches_the_processes_it_started(tmp_path: Path) -> None:
     """strace follows every thread of doctor (and lets go of each child at its execve, so doctor can trace it) and
     sees each ptrace, pidfd_open, process_vm_readv and kill: every one names a child doctor reports having started."""
+    need_tools("strace")
     log = tmp_path / "strace.log"
     syscalls = ("ptrace", "pidfd_open", "process_vm_readv", "process_vm_writev", "kill", "tkill", "tgkill")
     strace = ["strace", "-f", "-b", "execve", "-qq", "-e", f"trace={','.join(syscalls)}", "-o", str(log)]

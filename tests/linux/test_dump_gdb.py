@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,13 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PSS_DUP
+from tests.conftest import PSS_DUP, need_tools
 from tests.linux.conftest import children_of
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="Linux only"),
-    pytest.mark.skipif(shutil.which("gdb") is None or shutil.which("gcc") is None, reason="needs gdb and gcc"),
-]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+
+
+@pytest.fixture(autouse=True)
+def _gdb_and_gcc() -> None:
+    need_tools("gdb", "gcc")
+
 
 THREADS_C = r"""
 #define _GNU_SOURCE

