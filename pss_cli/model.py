@@ -19,6 +19,9 @@ SCHEMA_VERSION = 1
 MAX_PID = 0xFFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
 #: The largest snapshot handle: an HPSS (a pointer) on Windows, an fd (an int) on Linux.
 MAX_HANDLE = 0xFFFF_FFFF_FFFF_FFFF if sys.platform == "win32" else 0x7FFF_FFFF
+#: `dump --clone-method`: "clone" copies a copy-on-write clone while the process runs on, "copy" copies the memory
+#: while it stays frozen (Linux; Windows always dumps from a PSS VA clone).
+CLONE_METHODS = ("clone", "copy")
 
 
 class CaptureFlags(enum.IntFlag):

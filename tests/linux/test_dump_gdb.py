@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pss_cli.model import CLONE_METHODS
 from tests.conftest import PSS_DUP, need_tools
 from tests.linux.conftest import children_of
 
@@ -193,7 +194,7 @@ def thread_sections(bt: str) -> list[str]:
     return [p for p in parts if p.startswith("Thread ")]
 
 
-@pytest.mark.parametrize("method", ["clone", "copy"])
+@pytest.mark.parametrize("method", CLONE_METHODS)
 def test_gdb_names_every_thread_function_and_reads_locals_globals_and_heap(
     c_target: CTarget, tmp_path: Path, method: str
 ) -> None:

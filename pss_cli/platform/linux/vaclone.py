@@ -75,7 +75,6 @@ WAIT_ALL: Final = ptrace.__WALL
 
 METHOD_CLONE: Final = "clone"
 METHOD_COPY: Final = "copy"
-CLONE_METHODS: Final = (METHOD_CLONE, METHOD_COPY)
 
 
 # ---- system calls in a task this tracer already holds ---------------------------------------------------------
