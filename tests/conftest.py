@@ -178,3 +178,12 @@ def kernel_thread_pids() -> set[int]:
     """Every kernel thread on the host (PF_KTHREAD in /proc/PID/stat)."""
     pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
     return {pid for pid in pids if int(stat_fields(pid)[6]) & PF_KTHREAD}
+
+
+def a_kernel_thread() -> int:
+    """A kernel thread that /proc shows here. PID 2 is kthreadd only in the initial PID namespace; in a container
+    no kernel thread may be visible, and then the test skips."""
+    pids = kernel_thread_pids()
+    if not pids:
+        pytest.skip("no kernel thread is visible in this PID namespace")
+    return min(pids)

@@ -17,6 +17,7 @@ import pytest
 from pss_cli.errors import AccessDenied, NotSupported, ProcessGone, Refused, Timeout, ZombieProcess
 from pss_cli.platform.linux import access
 from pss_cli.platform.linux.freeze import FrozenProcess, seized_thread
+from tests.conftest import a_kernel_thread
 from tests.linux.conftest import (
     Target,
     own_threads,
@@ -211,7 +212,7 @@ def test_zombie_kernel_thread_and_traced_processes_are_refused(c_target: Callabl
     finally:
         child.wait()
     with pytest.raises(NotSupported, match="kernel thread"):
-        access.check_traceable(2)  # kthreadd: only /proc/2/stat is read
+        access.check_traceable(a_kernel_thread())  # only its /proc/PID/stat is read
     target = c_target("threads", "1")
     with seized_thread(target.pid, target.pid, 5.0):
         code = (
