@@ -64,7 +64,8 @@ class Target:
 def reap(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         try:
-            os.kill(proc.pid, signal.SIGCONT)
+            if sys.platform != "win32":  # Windows has no SIGCONT (nor stopped processes)
+                os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
         except ProcessLookupError:
             pass

@@ -25,7 +25,8 @@ def capture_json(*args: str) -> dict[str, Any]:
     assert result.stderr == ""
     document = json.loads(result.stdout)
     assert document["schema_version"] == 1 and document["ok"] is True
-    return document["results"][0]["snapshot"]
+    snapshot: dict[str, Any] = document["results"][0]["snapshot"]
+    return snapshot
 
 
 def test_snapshot_finds_threads_files_pipe_socket_mapping_and_environment(target: Target) -> None:

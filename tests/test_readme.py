@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,8 @@ def world() -> Iterator[World]:
         handle = json.loads(result.stdout)["results"][0]["target"]["handle"]
         yield World(source.pid, (receivers[0].pid, receivers[1].pid), handle, name)
     finally:
-        for proc in (source.proc, *receivers, *named):
+        processes: list[subprocess.Popen[Any]] = [source.proc, *receivers, *named]
+        for proc in processes:
             reap(proc)
 
 

@@ -193,8 +193,14 @@ def test_ctrl_c_taken_by_another_thread_of_ours_is_held_back_until_the_thaw(c_ta
     reached = []
     try:
         with pytest.raises(KeyboardInterrupt), freeze(target.pid) as frozen:
-            assert other.ident is not None
-            frozen.call(lambda: (signal.pthread_kill(other.ident, signal.SIGINT), time.sleep(0.05)))
+            ident = other.ident
+            assert ident is not None
+
+            def interrupt_our_other_thread() -> None:
+                signal.pthread_kill(ident, signal.SIGINT)
+                time.sleep(0.05)
+
+            frozen.call(interrupt_our_other_thread)
             reached.append({state(target.pid, t) for t in tids(target.pid)})
     finally:
         idle.set()

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ ALL_SEALS = 0xF
 
 
 @pytest.fixture
-def memfd() -> int:
+def memfd() -> Iterator[int]:
     fd = sealed_memfd()
     yield fd
     os.close(fd)

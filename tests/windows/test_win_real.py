@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform != "win32", reason="needs Windows: drives the real PSS API")
+from pss_cli import errors
+from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, HandleType
+from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 
-if sys.platform == "win32":
-    from pss_cli import errors
-    from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, HandleType
-    from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
+pytestmark = pytest.mark.skipif(sys.platform != "win32", reason="needs Windows: drives the real PSS API")
 
 SLEEPER = "import sys, threading, time; [threading.Thread(target=time.sleep, args=(120,), daemon=True).start() for _ in range(3)]; f = open(sys.executable, 'rb'); print('ready', flush=True); time.sleep(120)"  # noqa: E501
 
