@@ -63,7 +63,9 @@ def bench_push(runs: int) -> tuple[list[float], list[float]]:
         for _ in range(runs):
             pushed = push_fd(target.pid, memfd, cloexec=True, force=False, timeout=5)
             pushes.append(pushed.stopped_ms)
-            closes.append(close_remote_fd(target.pid, pushed.fd, verify=lambda _fd: None, force=False, timeout=5))
+            closes.append(
+                close_remote_fd(target.pid, pushed.fd, verify=lambda _fd: None, force=False, timeout=5).stopped_ms
+            )
         return pushes, closes
     finally:
         os.close(memfd)

@@ -34,6 +34,11 @@ def timeout_problem(seconds: float) -> str | None:
     return None
 
 
+#: `dump --clone-method`: "clone" copies a copy-on-write clone while the process runs on, "copy" copies the memory
+#: while it stays frozen (Linux; Windows always dumps from a PSS VA clone).
+CLONE_METHODS = ("clone", "copy")
+
+
 class CaptureFlags(enum.IntFlag):
     """PSS_CAPTURE_FLAGS, with the SDK's values."""
 

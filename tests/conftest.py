@@ -4,19 +4,44 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
+from hypothesis import settings
 
 PF_KTHREAD = 0x00200000
 TARGETS = Path(__file__).parent / "targets"
 PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
+#: CI=true (GitHub Actions sets it, and so does .ci/run): every tool the tests use must be there.
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Property tests that do not set max_examples themselves: the full count in CI, a tenth of it locally (the parser
+# fuzz test alone took 73 s at the full count on two cores).
+settings.register_profile("ci", max_examples=300)
+settings.register_profile("local", max_examples=30)
+settings.load_profile("ci" if IN_CI else "local")
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Skip a test that cannot run for want of a tool; under CI fail it instead, since a proof that skips in CI
+    proves nothing and .ci/run installs every tool the tests use."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: install it in .ci/run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_tools(*names: str) -> None:
+    """The test runs these programs: each must be on PATH (see missing_tool)."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        missing_tool(f"needs {' and '.join(missing)}")
 
 
 @dataclass
@@ -41,7 +66,7 @@ def reap(proc: subprocess.Popen[Any]) -> None:
     has no SIGCONT and no stopped processes)."""
     if proc.poll() is None:
         try:
-            if sys.platform != "win32":
+            if sys.platform != "win32":  # Windows has no SIGCONT (nor stopped processes)
                 os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
         except ProcessLookupError:
@@ -168,3 +193,12 @@ def kernel_thread_pids() -> set[int]:
     """Every kernel thread on the host (PF_KTHREAD in /proc/PID/stat)."""
     pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
     return {pid for pid in pids if int(stat_fields(pid)[6]) & PF_KTHREAD}
+
+
+def a_kernel_thread() -> int:
+    """A kernel thread that /proc shows here. PID 2 is kthreadd only in the initial PID namespace; in a container
+    no kernel thread may be visible, and then the test skips."""
+    pids = kernel_thread_pids()
+    if not pids:
+        pytest.skip("no kernel thread is visible in this PID namespace")
+    return min(pids)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PSS_DUP, Target, proc_status, reap, run_cli, start_target
+from tests.conftest import PSS_DUP, Target, a_kernel_thread, proc_status, reap, run_cli, start_target
 
 NOBODY = 65534
 
@@ -25,7 +25,8 @@ def capture_json(*args: str) -> dict[str, Any]:
     assert result.stderr == ""
     document = json.loads(result.stdout)
     assert document["schema_version"] == 1 and document["ok"] is True
-    return document["results"][0]["snapshot"]
+    snapshot: dict[str, Any] = document["results"][0]["snapshot"]
+    return snapshot
 
 
 def test_snapshot_finds_threads_files_pipe_socket_mapping_and_environment(target: Target) -> None:
@@ -177,8 +178,8 @@ def test_zombie_exits_3_and_says_so() -> None:
 
 
 def test_kernel_thread_is_refused_before_any_ptrace() -> None:
-    # kthreadd (PID 2) is only read (/proc/2/stat) and refused; nothing is attached to it.
-    result = run_cli("capture", "2")
+    # The kernel thread is only read (/proc/PID/stat) and refused; nothing is attached to it.
+    result = run_cli("capture", str(a_kernel_thread()))
     assert result.returncode == 5
     assert "kernel thread" in result.stderr
 

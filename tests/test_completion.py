@@ -4,26 +4,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder, stat_fields
+from tests.conftest import PSS_DUP, Holder, kernel_thread_pids, need_tools, reap, run_cli, start_holder, stat_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"bash": "pss-dup.bash", "zsh": "_pss-dup", "fish": "pss-dup.fish", "powershell": "pss-dup.ps1"}
-SHARE = {
-    "bash": "share/bash-completion/completions/pss-dup",
-    "zsh": "share/zsh/site-functions/_pss-dup",
-    "fish": "share/fish/vendor_completions.d/pss-dup.fish",
-    "powershell": "share/pss-dup/completions/pss-dup.ps1",
-}
 
 
 @pytest.fixture
@@ -69,12 +61,6 @@ def test_committed_script_is_what_the_completion_command_prints(shell: str) -> N
 
 def test_zsh_script_autoloads_from_fpath() -> None:
     assert (ROOT / "completions" / "_pss-dup").read_text().startswith("#compdef pss-dup\n")
-
-
-def test_pyproject_installs_each_script_to_its_share_location() -> None:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    shared = config["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
-    assert shared == {f"completions/{SCRIPTS[shell]}": SHARE[shell] for shell in SCRIPTS}
 
 
 def test_completion_command_json_carries_the_script_and_how_to_install_it() -> None:
@@ -175,8 +161,8 @@ def test_a_hostile_process_name_cannot_break_the_protocol() -> None:
         reap(h.proc)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_completion_never_reads_a_command_line(holder: Holder, tmp_path: Path) -> None:
+    need_tools("strace")
     log = tmp_path / "strace.log"
     env = {**os.environ, "_PSS_DUP_COMPLETE": "zsh_complete", "COMP_WORDS": "pss-dup capture pssc", "COMP_CWORD": "2"}
     result = subprocess.run(
@@ -199,9 +185,9 @@ def test_bad_pid_and_handle_arguments_are_usage_errors() -> None:
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_the_committed_bash_script_completes_a_snapshot_fd_in_real_bash(holder: Holder) -> None:
     """bash sources completions/pss-dup.bash and runs its completion function as TAB would."""
+    need_tools("bash")
     script = (
         f"source {ROOT / 'completions' / 'pss-dup.bash'}\n"
         f"COMP_WORDS=(pss-dup free {holder.pid} ''); COMP_CWORD=3\n"

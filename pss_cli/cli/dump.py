@@ -18,11 +18,11 @@ import click
 from pss_cli.cli.common import Ui, output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
+from pss_cli.model import CLONE_METHODS
 
 if TYPE_CHECKING:
     from pss_cli.model import Snapshot
 
-CLONE_METHODS = ("clone", "copy")
 #: Characters kept from a process name in the default file name; anything else becomes "_".
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import need_tools
+
 TARGETS = Path(__file__).parent / "targets"
 BLOCKER = TARGETS / "blocker.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +31,6 @@ SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 F_ADD_SEALS = 1033
 ALL_SEALS = 0x1 | 0x2 | 0x4 | 0x8  # F_SEAL_SEAL | SHRINK | GROW | WRITE
 PAYLOAD = b"pss-dup test payload 0123456789"
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
 
 class Target:
@@ -149,6 +149,7 @@ def blocker(spawn: Callable[..., Target]) -> Callable[..., Target]:
 @pytest.fixture(scope="session")
 def threads_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/linux/targets/threads.c, compiled once per run."""
+    need_tools("gcc")
     out = tmp_path_factory.mktemp("ctargets") / "threads"
     subprocess.run(
         ["gcc", "-O2", "-Wall", "-pthread", "-o", str(out), str(TARGETS / "threads.c")], check=True, timeout=120

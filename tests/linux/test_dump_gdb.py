@@ -8,7 +8,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import stat
 import struct
 import subprocess
@@ -20,13 +19,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PSS_DUP, proc_status
+from pss_cli.model import CLONE_METHODS
+from tests.conftest import PSS_DUP, need_tools, proc_status
 from tests.linux.conftest import children_of
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="Linux only"),
-    pytest.mark.skipif(shutil.which("gdb") is None or shutil.which("gcc") is None, reason="needs gdb and gcc"),
-]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+
+
+@pytest.fixture(autouse=True)
+def _gdb_and_gcc() -> None:
+    need_tools("gdb", "gcc")
+
 
 THREADS_C = r"""
 #define _GNU_SOURCE
@@ -192,7 +195,7 @@ def thread_sections(bt: str) -> list[str]:
     return [p for p in parts if p.startswith("Thread ")]
 
 
-@pytest.mark.parametrize("method", ["clone", "copy"])
+@pytest.mark.parametrize("method", CLONE_METHODS)
 def test_gdb_names_every_thread_function_and_reads_locals_globals_and_heap(
     c_target: CTarget, tmp_path: Path, method: str
 ) -> None:

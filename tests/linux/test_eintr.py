@@ -139,7 +139,7 @@ def test_a_timeout_pss_dup_cannot_keep_shows_its_eintr_and_says_so(
     target = blocked(call, TIMEOUT_MS * 10, "allow")
     with pytest.raises(Refused, match="EINTR"):
         inject.push_fd(target.pid, memfd, cloexec=True, force=False, timeout=5)
-    reported = []
+    reported: list[Interruption] = []
     for _ in range(5):
         with backend.capture(target.pid, CaptureFlags.THREADS, timeout=5) as snap:
             reported.extend(snap.model.interruptions or ())

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import core_samples as cs
 import pytest
 
 from pss_cli import serial
@@ -34,11 +32,10 @@ from pss_cli.platform.linux.elfcore import (
     PSSDUP_OWNER,
     LoadSegment,
 )
+from tests.conftest import need_tools
+from tests.linux import core_samples as cs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux core files")
-
-GDB = shutil.which("gdb")
-READELF = shutil.which("readelf")
 
 
 def write(tmp_path: Path, data: bytes, name: str = "snap.core") -> Path:
@@ -48,8 +45,8 @@ def write(tmp_path: Path, data: bytes, name: str = "snap.core") -> Path:
 
 
 def gdb(core: Path, *commands: str) -> subprocess.CompletedProcess[str]:
-    assert GDB, "gdb is required"
-    args = [GDB, "-nx", "-batch"]
+    need_tools("gdb")
+    args = ["gdb", "-nx", "-batch"]
     for command in commands:
         args += ["-ex", command]
     return subprocess.run([*args, "-c", str(core)], capture_output=True, text=True, timeout=60, check=False)
@@ -270,23 +267,21 @@ def test_extended_numbering_for_65535_or_more_program_headers(tmp_path: Path) ->
     parsed = elfcore.read_core(bytes(buf))
     assert len(parsed.loads) == 70_000 and parsed.snapshot == snap
     path = write(tmp_path, bytes(buf))
-    if READELF:
-        header = subprocess.run([READELF, "-h", str(path)], capture_output=True, text=True, check=True).stdout
-        assert re.search(r"Number of program headers:\s+65535 \(70001\)", header)
-    if GDB:
-        out = gdb(path, "info threads", "x/s 0x10000000")
-        assert out.returncode == 0, out.stderr
-        assert '"PSSMARK!"' in out.stdout
+    need_tools("readelf", "gdb")
+    header = subprocess.run(["readelf", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Number of program headers:\s+65535 \(70001\)", header)
+    out = gdb(path, "info threads", "x/s 0x10000000")
+    assert out.returncode == 0, out.stderr
+    assert '"PSSMARK!"' in out.stdout
 
 
 # ----------------------------------------------------------------------------------- readelf and gdb accept it
 
 
-@pytest.mark.skipif(READELF is None, reason="readelf not installed")
 def test_readelf_lists_every_note(tmp_path: Path) -> None:
-    assert READELF
+    need_tools("readelf")
     path = write(tmp_path, elfcore.render_core(cs.snapshot(4, without_context=(3,)), cs.auxv()))
-    out = subprocess.run([READELF, "-n", "-W", str(path)], capture_output=True, text=True, check=False)
+    out = subprocess.run(["readelf", "-n", "-W", str(path)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr and "Error" not in out.stderr
     rows = [line.split() for line in out.stdout.splitlines()]
@@ -300,7 +295,6 @@ def test_readelf_lists_every_note(tmp_path: Path) -> None:
     assert owners.count("LINUX") == 3
 
 
-@pytest.mark.skipif(GDB is None, reason="gdb not installed")
 def test_gdb_loads_the_core_and_lists_one_thread_per_prstatus(tmp_path: Path) -> None:
     snap = cs.snapshot(4, without_context=(2,))
     path = write(tmp_path, elfcore.render_core(snap, cs.auxv()))
@@ -318,7 +312,6 @@ def test_gdb_loads_the_core_and_lists_one_thread_per_prstatus(tmp_path: Path) ->
         assert bad not in out.stdout + out.stderr, bad
 
 
-@pytest.mark.skipif(GDB is None, reason="gdb not installed")
 def test_gdb_loads_a_snapshot_without_threads(tmp_path: Path) -> None:
     path = write(tmp_path, elfcore.render_core(cs.snapshot(2, with_threads=False), cs.auxv()))
     out = gdb(path, "info proc mappings")
@@ -503,8 +496,7 @@ def test_non_buffer_input_is_refused() -> None:
 
 def test_an_ordinary_core_file_is_not_a_snapshot(tmp_path: Path) -> None:
     """A core that gdb wrote for a process of ours: valid ELF, but no PSSDUP notes."""
-    if shutil.which("gcore") is None:
-        pytest.skip("gcore not installed")
+    need_tools("gcore")
     child = subprocess.Popen(["sleep", "30"])
     try:
         subprocess.run(

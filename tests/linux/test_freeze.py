@@ -15,7 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from pss_cli.errors import AccessDenied, NotSupported, ProcessGone, Refused, Timeout, ZombieProcess
+from pss_cli.platform.linux import access
+from pss_cli.platform.linux.freeze import FrozenProcess, seized_thread
+from tests.conftest import PSS_DUP, a_kernel_thread
+from tests.linux.conftest import (
     Target,
     own_threads,
     run_tool,
@@ -26,11 +31,6 @@ from conftest import (
     wait_blocked,
     wait_until,
 )
-
-from pss_cli.errors import AccessDenied, NotSupported, ProcessGone, Refused, Timeout, ZombieProcess
-from pss_cli.platform.linux import access
-from pss_cli.platform.linux.freeze import FrozenProcess, seized_thread
-from tests.conftest import PSS_DUP
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.uname().machine != "x86_64" or os.geteuid() != 0,
@@ -216,8 +216,10 @@ class SkipsTheFirstCheck(FrozenProcess):
     """Freezes once without looking for threads in D first: what a thread that enters D right after the check
     looks like to the freeze."""
 
+    attempts = 0
+
     def _wait_out_uninterruptible(self, deadline: float) -> list[int]:
-        self.attempts = getattr(self, "attempts", 0) + 1
+        self.attempts += 1
         if self.attempts == 1:
             return [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
         return super()._wait_out_uninterruptible(deadline)
@@ -228,9 +230,10 @@ def test_a_thread_that_enters_d_after_the_check_makes_the_freeze_let_go_and_star
 ) -> None:
     target = c_target("vfork-tick", "1.0")
     wait_until(lambda: state(target.pid) == "D", what="the vfork parent to wait in D")
-    with SkipsTheFirstCheck(target.pid, timeout=5.0, want_regs=True, want_fp=False, want_xstate=False) as frozen:
+    freeze = SkipsTheFirstCheck(target.pid, timeout=5.0, want_regs=True, want_fp=False, want_xstate=False)
+    with freeze as frozen:
         assert {state(target.pid, t) for t in tids(target.pid)} == {"t"}
-    assert frozen.attempts == 2  # given up once for the thread in D, then waited for it with nothing stopped
+    assert freeze.attempts == 2  # given up once for the thread in D, then waited for it with nothing stopped
     assert frozen.wait_ms > 300
     # Both attempts count: the first stopped the ticker for about UNINTERRUPTIBLE_GRACE.
     assert frozen.stopped_ms is not None and 15 < frozen.stopped_ms < TICK_TOLERANCE_US / 1000
@@ -271,8 +274,14 @@ def test_ctrl_c_taken_by_another_thread_of_ours_is_held_back_until_the_thaw(c_ta
     reached = []
     try:
         with pytest.raises(KeyboardInterrupt), freeze(target.pid) as frozen:
-            assert other.ident is not None
-            frozen.call(lambda: (signal.pthread_kill(other.ident, signal.SIGINT), time.sleep(0.05)))
+            ident = other.ident
+            assert ident is not None
+
+            def interrupt_our_other_thread() -> None:
+                signal.pthread_kill(ident, signal.SIGINT)
+                time.sleep(0.05)
+
+            frozen.call(interrupt_our_other_thread)
             reached.append({state(target.pid, t) for t in tids(target.pid)})
     finally:
         idle.set()
@@ -290,7 +299,7 @@ def test_zombie_kernel_thread_and_traced_processes_are_refused(c_target: Callabl
     finally:
         child.wait()
     with pytest.raises(NotSupported, match="kernel thread"):
-        access.check_traceable(2)  # kthreadd: only /proc/2/stat is read
+        access.check_traceable(a_kernel_thread())  # only its /proc/PID/stat is read
     target = c_target("threads", "1")
     with seized_thread(target.pid, target.pid, 5.0):
         code = (

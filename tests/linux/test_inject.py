@@ -14,11 +14,25 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from pss_cli.errors import (
+    AccessDenied,
+    BadSnapshot,
+    NoSuchHandle,
+    NoSuchProcess,
+    NotSupported,
+    ProcessGone,
+    Refused,
+    Timeout,
+    ZombieProcess,
+)
+from pss_cli.platform.linux import inject
+from tests.conftest import missing_tool
+from tests.linux.conftest import (
     PAYLOAD,
     Target,
     fd_count,
@@ -34,19 +48,6 @@ from conftest import (
     wait_until,
 )
 
-from pss_cli.errors import (
-    AccessDenied,
-    BadSnapshot,
-    NoSuchHandle,
-    NoSuchProcess,
-    NotSupported,
-    ProcessGone,
-    Refused,
-    Timeout,
-    ZombieProcess,
-)
-from pss_cli.platform.linux import inject
-
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.uname().machine != "x86_64" or os.geteuid() != 0,
     reason="needs Linux x86_64 and root (ptrace of processes run as other users)",
@@ -58,7 +59,7 @@ ALL_SEALS = 0xF
 
 
 @pytest.fixture
-def memfd() -> int:
+def memfd() -> Iterator[int]:
     fd = sealed_memfd()
     yield fd
     os.close(fd)
@@ -393,7 +394,7 @@ def test_push_into_zombie_or_missing_process_is_a_typed_error(memfd: int) -> Non
 def test_thirty_two_bit_process_is_not_supported(spawn: Callable[..., Target], memfd: int, tmp_path: Path) -> None:
     exe = build_32bit_target(tmp_path)
     if exe is None:
-        pytest.skip("gcc -m32 cannot build a static 32-bit program here")
+        missing_tool("gcc -m32 cannot build a static 32-bit program here")
     target = spawn([str(exe)])
     assert target.line() == "ready"
     with pytest.raises(NotSupported, match="32-bit"):

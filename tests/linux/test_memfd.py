@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import core_samples as cs
 import pytest
 
 from pss_cli import serial
@@ -21,6 +20,7 @@ from pss_cli.errors import BadSnapshot, NoSuchHandle
 from pss_cli.model import Snapshot
 from pss_cli.platform.linux import elfcore, memfd
 from pss_cli.platform.linux.elfcore import LoadSegment
+from tests.linux import core_samples as cs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="memfd is Linux")
 

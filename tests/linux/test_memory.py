@@ -9,7 +9,6 @@ import gc
 import json
 import mmap
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -23,8 +22,8 @@ from typing import Any
 import pytest
 
 from pss_cli.errors import OutputExists
-from pss_cli.model import CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
-from tests.conftest import PSS_DUP, reap
+from pss_cli.model import CLONE_METHODS, CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
+from tests.conftest import PSS_DUP, need_tools, reap
 from tests.linux.conftest import children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
@@ -33,7 +32,6 @@ if sys.platform == "linux":
     from pss_cli.platform.linux import backend, elfcore, memfd, memory, procfs, vaclone
 
 PAGE = 4096
-GCC = shutil.which("gcc")
 
 LAYOUT_C = r"""
 #define _GNU_SOURCE
@@ -134,13 +132,12 @@ class Layout:
 
 @pytest.fixture(scope="module")
 def layout_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if GCC is None:
-        pytest.skip("gcc is not installed")
+    need_tools("gcc")
     work = tmp_path_factory.mktemp("layout")
     source = work / "layout.c"
     source.write_text(LAYOUT_C)
     exe = work / "layout"
-    subprocess.run([GCC, "-O0", "-g", "-o", str(exe), str(source)], check=True)
+    subprocess.run(["gcc", "-O0", "-g", "-o", str(exe), str(source)], check=True)
     return exe
 
 
@@ -193,9 +190,6 @@ def snapshot_core(pid: int, method: str) -> Core:
     flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_SPACE_SECTION_INFORMATION | CaptureFlags.VA_CLONE
     with backend.capture(pid, flags, timeout=10, clone_method=method) as snap:
         return Core(snap.handle())
-
-
-METHODS = ["clone", "copy"]
 
 
 # ------------------------------------------------------------------------------------------------ the rules
@@ -251,7 +245,7 @@ def test_dontfork_and_wipeonfork_regions_are_left_out_of_a_clone_only() -> None:
 # ------------------------------------------------------------------------------------- real address spaces
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CLONE_METHODS)
 def test_sparse_reservation_holds_only_its_touched_pages_with_pt_loads_around_holes(
     layout: Layout, method: str
 ) -> None:
@@ -266,7 +260,7 @@ def test_sparse_reservation_holds_only_its_touched_pages_with_pt_loads_around_ho
     assert core.region(base).dumped == 3 * PAGE
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CLONE_METHODS)
 def test_dontdump_is_honoured_and_prot_none_pages_with_data_are_dumped(layout: Layout, method: str) -> None:
     core = snapshot_core(layout.pid, method)
     assert core.read(layout.where["dontdump"]) is None
@@ -276,7 +270,7 @@ def test_dontdump_is_honoured_and_prot_none_pages_with_data_are_dumped(layout: L
     assert core.read(protnone + PAGE) == page_value(0x9E, 1)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", CLONE_METHODS)
 def test_anonymous_shared_memory_is_dumped_and_a_shared_file_mapping_is_not(layout: Layout, method: str) -> None:
     core = snapshot_core(layout.pid, method)
     for i in range(4):
@@ -563,12 +557,6 @@ def test_a_held_snapshot_is_copied_to_a_file_across_filesystems(layout: Layout, 
             assert copied == os.fstat(fd).st_size
             with mmap.mmap(fd, copied, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
                 assert out.read() == bytes(m)
-
-
-def test_clone_method_names_are_the_cli_choices() -> None:
-    from pss_cli.cli.dump import CLONE_METHODS
-
-    assert set(CLONE_METHODS) == set(vaclone.CLONE_METHODS)
 
 
 def test_a_stopped_process_is_cloned_and_stays_stopped(layout: Layout) -> None:

@@ -17,7 +17,6 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
-import core_samples as cs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +25,7 @@ from pss_cli.errors import BadSnapshot
 from pss_cli.model import Snapshot
 from pss_cli.platform.linux import elfcore
 from pss_cli.platform.linux.elfcore import NT_PSSDUP_MODEL, PSSDUP_OWNER, LoadSegment
+from tests.linux import core_samples as cs
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux core files")
 
@@ -199,9 +199,8 @@ def parse_like_a_receiver(data: bytes) -> None:
         assert tracemalloc.get_traced_memory()[1] - before < MAX_EXTRA_BYTES + 20 * len(data)
 
 
-FUZZ = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+#: As many examples as the hypothesis profile (tests/conftest.py) gives: 300 in CI, 30 locally.
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @FUZZ
@@ -216,7 +215,7 @@ def test_mutated_model_note_raises_only_bad_snapshot(data: bytes) -> None:
     parse_like_a_receiver(data)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_raise_only_bad_snapshot(data: bytes) -> None:
     parse_like_a_receiver(data)

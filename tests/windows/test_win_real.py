@@ -18,14 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from pss_cli import errors
+from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, HandleType
+from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from tests.conftest import reap
 
 windows_only = pytest.mark.skipif(sys.platform != "win32", reason="needs Windows: drives the real PSS API")
-
-if sys.platform == "win32":
-    from pss_cli import errors
-    from pss_cli.model import DEFAULT_CAPTURE, CaptureFlags, HandleType
-    from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 
 #: Four threads, and a named event: PSS names handles of most types, never those of type File.
 SLEEPER = """

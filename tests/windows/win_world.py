@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fake_kernel32 import FakeKernel32, FakeObject, FakeProcess, FakeRegion, FakeThread
-
 from pss_cli.model import MemoryProtection, MemoryState, MemoryType
 from pss_cli.platform.windows import abi
 from pss_cli.platform.windows.backend import WindowsBackend
+from tests.windows.fake_kernel32 import FakeKernel32, FakeObject, FakeProcess, FakeRegion, FakeThread
 
 TARGET = 4242
 RECEIVER = 5151

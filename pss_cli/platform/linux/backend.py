@@ -32,6 +32,7 @@ from pss_cli.errors import (
     UsageError,
 )
 from pss_cli.model import (
+    CLONE_METHODS,
     EVERYTHING,
     AccessUse,
     CaptureFlags,
@@ -401,8 +402,8 @@ class LinuxBackend:
         progress: memory.Progress | None = None,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
-        if clone_method not in vaclone.CLONE_METHODS:
-            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(vaclone.CLONE_METHODS)}")
+        if clone_method not in CLONE_METHODS:
+            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
         with memory.CoreFile(path, force=force, pid=pid) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(

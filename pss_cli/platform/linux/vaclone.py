@@ -63,7 +63,6 @@ WAIT_ALL: Final = ptrace.__WALL
 
 METHOD_CLONE: Final = "clone"
 METHOD_COPY: Final = "copy"
-CLONE_METHODS: Final = (METHOD_CLONE, METHOD_COPY)
 
 
 # ---- the clone ------------------------------------------------------------------------------------------------

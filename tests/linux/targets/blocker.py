@@ -74,6 +74,7 @@ def block(mode: str, arg: str | None) -> dict[str, object]:
         ret = libc.poll(ctypes.byref(fds), 1, -1)
     elif mode == "accept":
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert arg is not None, "accept needs a socket path"
         listener.bind(arg)
         listener.listen(1)
         report(event="listening", path=arg)
