@@ -283,3 +283,28 @@ def test_close_source_that_would_be_refused_is_refused_before_the_target_is_chan
         assert fd in {int(n) for n in os.listdir(f"/proc/{source.pid}/fd")}
     finally:
         reap(source)
+
+
+def test_a_dup_that_needed_force_says_that_its_free_will_need_it_too(target: Target) -> None:
+    """A receiver blocked in recv on a socket with SO_RCVTIMEO: its EINTR cannot be undone, so dup needs --force;
+    the dup says at once that the free will need it too, and it does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", RECV_TIMEOUT_WAITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdin and holder.stdout and holder.stdout.readline().strip() == "ready"
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{holder.pid}/syscall").read_text().split()[0] != "45":
+            assert time.monotonic() < deadline, "the holder never blocked in recv"
+        refused = run_cli("dup", str(target.pid), str(holder.pid))
+        assert refused.returncode == 7 and "SO_RCVTIMEO" in refused.stderr, refused.stderr
+        record = dup_json(str(target.pid), str(holder.pid), "--force")
+        fd = record["target"]["handle"]
+        assert any(f"pss-dup free {holder.pid} {fd}` will need --force" in w for w in record["warnings"]), record
+        assert run_cli("free", str(holder.pid), str(fd)).returncode == 7
+        assert run_cli("free", str(holder.pid), str(fd), "--force").returncode == 0
+        assert str(fd) not in os.listdir(f"/proc/{holder.pid}/fd")
+    finally:
+        reap(holder)

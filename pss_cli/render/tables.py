@@ -18,6 +18,7 @@ from pss_cli.model import (
     DuplicateResult,
     FreeResult,
     HandleEntry,
+    Interruption,
     Performance,
     Snapshot,
     ThreadEntry,
@@ -150,6 +151,19 @@ def va_table(regions: Sequence[VaRegion]) -> Table:
     return table
 
 
+def interruption_lines(interruptions: Iterable[Interruption] | None) -> list[Text]:
+    """One line per blocked call a stop woke: issued again unseen (dim), or the EINTR the process saw, and why."""
+    lines = []
+    for i in interruptions or ():
+        if i.restarted:
+            left = f", {i.timeout_ms} ms of its timeout left" if i.timeout_ms is not None else ""
+            lines.append(Text(f"thread {i.tid}: {i.call} woken by the stop, issued again{left}", style="dim"))
+        else:
+            lines.append(Text(printable(f"thread {i.tid}: {i.call} returned EINTR to the process: {i.note}"),
+                              style="yellow"))  # fmt: skip
+    return lines
+
+
 def snapshot_view(snap: Snapshot) -> Group:
     parts: list[RenderableType] = [summary(snap)]
     if snap.threads is not None:
@@ -158,6 +172,7 @@ def snapshot_view(snap: Snapshot) -> Group:
         parts.append(handle_table(snap.handles))
     if snap.va_space is not None:
         parts.append(va_table(snap.va_space))
+    parts.extend(interruption_lines(snap.interruptions))
     for warning in snap.warnings:
         parts.append(Text(printable(f"warning: {warning}"), style="yellow"))
     return Group(*parts)
@@ -194,5 +209,6 @@ def result_view(result: DuplicateResult | FreeResult, capture_ms: float | None =
         grid.add_row("did" if not result.dry_run else "would", text(action))
     parts: list[RenderableType] = [Panel(grid, title=title, title_align="left", expand=False),
                                    access_table(result.access)]  # fmt: skip
+    parts.extend(interruption_lines(result.interruptions))
     parts.extend(Text(printable(f"warning: {w}"), style="yellow") for w in result.warnings)
     return Group(*parts)

@@ -378,6 +378,17 @@ def _no_room(exc: OSError, out: memory.CoreFile, pid: int) -> OutputFull:
     return OutputFull(f"{out.path} would be larger than {where} allows {figures}", pid=pid)
 
 
+def _free_needs_force(target_pid: int, pushed: inject.PushResult) -> tuple[str, ...]:
+    """A push that needed --force (its thread was in a call whose EINTR cannot be undone) is planned with its
+    free: the free stops a thread of the same process, and is refused the same way while that lasts."""
+    if not pushed.warnings:
+        return ()
+    return (
+        f"`pss-dup free {target_pid} {pushed.fd}` will need --force too while that lasts (it stops a thread of "
+        "the same process)",
+    )
+
+
 def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
     """The check made on a local copy of another process's fd before it is handed on, closed or read."""
     return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
@@ -535,7 +546,7 @@ class LinuxBackend:
                 dry_run=False,
                 target_stopped_ms=pushed.stopped_ms,
                 actions=tuple(actions),
-                warnings=pushed.warnings,
+                warnings=(*pushed.warnings, *_free_needs_force(target_pid, pushed)),
                 interruptions=pushed.interruptions,
             )
         finally:
