@@ -23,8 +23,8 @@ call may end early by that much (measured on this project's 2-vCPU VM under load
 r10 is a caller-saved register in the SysV ABI, and the raw-syscall users we know (glibc, Go) do not reuse it after
 the call, so the changed value is not seen. Where that time cannot be known (no CONFIG_SCHED_DEBUG, the thread ran
 between our look and our stop), and for the calls whose timeout is a pointer to a timespec (epoll_pwait2,
-semtimedop, rt_sigtimedwait, io_getevents, io_pgetevents, recvmmsg) or a socket option (SO_RCVTIMEO/SO_SNDTIMEO),
-the EINTR is left: re-issuing would stretch the program's own deadline by up to the time already waited, and
+semtimedop, rt_sigtimedwait, io_getevents, an io_uring wait) or a socket option (SO_RCVTIMEO/SO_SNDTIMEO), the
+EINTR is left: re-issuing would stretch the program's own deadline by up to the time already waited, and
 rewriting the program's timespec would change its memory. The process sees one EINTR it must handle anyway (any
 signal can cause it), the report says so, and dup/free refuse such a thread unless --force.
 """
@@ -68,10 +68,12 @@ class Rule:
     timeout_arg: int = 0
 
 
-#: By x86_64 number. epoll_wait and its siblings, SysV semaphores, sigtimedwait and AIO waits return -EINTR
-#: outright (signal(7), and their kernel return paths); io_uring_enter when it waits for completions; socket calls
-#: when the socket has SO_RCVTIMEO/SO_SNDTIMEO (sock_intr_errno), recvmmsg with a timeout argument. `connect` is
-#: left out on purpose: issued again it fails with EALREADY.
+#: By x86_64 number, from the kernel's return paths (6.12): epoll_wait and its siblings, SysV semaphores,
+#: rt_sigtimedwait and io_getevents return -EINTR whenever they are woken with nothing to report; io_uring_enter
+#: when it waits for completions having submitted nothing; socket calls (recvmmsg too: its timeout argument is no
+#: blocking timeout) only when the socket has SO_RCVTIMEO/SO_SNDTIMEO (sock_intr_errno). Each did nothing before.
+#: Left out: close (its fd is already gone), connect, sendfile and splice from non-seekable files, tty ioctls,
+#: anything on FUSE; they keep their EINTR.
 RULES: Final[dict[int, Rule]] = {
     232: Rule("epoll_wait", BY_VALUE, 3),
     281: Rule("epoll_pwait", BY_VALUE, 3),
@@ -80,9 +82,7 @@ RULES: Final[dict[int, Rule]] = {
     220: Rule("semtimedop", TIMESPEC, 3),
     128: Rule("rt_sigtimedwait", TIMESPEC, 2),
     208: Rule("io_getevents", TIMESPEC, 4),
-    333: Rule("io_pgetevents", TIMESPEC, 4),
     426: Rule("io_uring_enter"),
-    299: Rule("recvmmsg", TIMESPEC, 4),
 }
 #: Socket calls that fail with EINTR instead of restarting when the socket has a receive (or send) timeout.
 SOCKET_RECEIVE_SYSCALLS: Final[dict[int, str]] = {
@@ -90,6 +90,7 @@ SOCKET_RECEIVE_SYSCALLS: Final[dict[int, str]] = {
     19: "readv",
     45: "recvfrom",
     47: "recvmsg",
+    299: "recvmmsg",
     43: "accept",
     288: "accept4",
 }

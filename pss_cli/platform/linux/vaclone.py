@@ -213,6 +213,11 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
     elif result != child:
         warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+    warnings.extend(
+        f"reaping the VA clone woke thread {i.tid} out of {i.call}, which returned EINTR to the process: {i.note}"
+        for i in injector.interruptions
+        if not i.restarted
+    )
     return injector.stopped_ms
 
 
