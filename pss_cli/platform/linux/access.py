@@ -227,7 +227,7 @@ def explain_denied(pid: int, what: str) -> AccessDenied:
             pid=pid,
         )
     own_seccomp = seccomp_mode(os.getpid())
-    lsms = _active_lsms()
+    lsms = active_lsms()
     hint = "check the kernel/audit log (SELinux process:ptrace, AppArmor ptrace (trace) rules)"
     if own_seccomp:
         hint = "pss-dup itself runs under a seccomp filter that may block ptrace (containers: --cap-add SYS_PTRACE)"
@@ -270,7 +270,8 @@ def _own_ns_is_initial() -> bool:
         return True
 
 
-def _active_lsms() -> str:
+def active_lsms() -> str:
+    """The Linux security modules in force, as securityfs lists them ("" when it is not mounted)."""
     try:
         with open("/sys/kernel/security/lsm") as f:
             return f.read().strip().replace(",", ", ")
