@@ -174,7 +174,7 @@ def c_target(spawn: Callable[..., Target], threads_exe: Path) -> Callable[..., T
 
 def status_field(pid: int, key: str, tid: int | None = None) -> str:
     path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
-    with open(path) as f:
+    with open(path, errors="backslashreplace") as f:  # Name may be any bytes
         for line in f:
             if line.startswith(key + ":"):
                 return line.split(":", 1)[1].strip()

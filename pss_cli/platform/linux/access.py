@@ -47,40 +47,15 @@ def require_supported_arch() -> None:
         raise NotSupported(f"stopping and injecting into processes is not supported yet on {name}")
 
 
-# ---- small /proc readers (OSError passes through) ------------------------------------------------------------
-
-
-def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
-    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
-    with open(path, "rb") as f:
-        return procfs.parse_status(f.read())
-
-
-def read_stat(pid: int, tid: int | None = None) -> tuple[str, list[str]]:
-    """(comm, fields after comm) of /proc/PID/stat; fields[0] is the state letter, fields[6] the flags."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path, "rb") as f:
-        raw = f.read()
-    open_paren = raw.index(b"(")
-    close_paren = raw.rindex(b")")
-    comm = raw[open_paren + 1 : close_paren].decode("utf-8", "backslashreplace")
-    return comm, raw[close_paren + 2 :].decode("ascii", "replace").split()
+# ---- small facts from /proc (procfs parses; OSError passes through) ------------------------------------------
 
 
 def thread_state(pid: int, tid: int) -> str:
-    """The state letter of one thread ('X' once it is gone), read as cheaply as /proc allows: a freeze reads it for
-    every thread first."""
+    """The state letter of one thread ('X' once it is gone): a freeze reads it for every thread first."""
     try:
-        fd = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        return procfs.read_stat(pid, tid).state
+    except (OSError, ValueError):
         return "X"
-    try:
-        raw = os.read(fd, 1024)  # the whole line; the state follows comm, the last ')'
-        return chr(raw[raw.rindex(b")") + 2])
-    except (OSError, ValueError, IndexError):
-        return "X"
-    finally:
-        os.close(fd)
 
 
 def process_name(pid: int, tid: int | None = None) -> str:
@@ -101,7 +76,7 @@ def user_name(uid: int) -> str:
 
 
 def own_capabilities() -> int:
-    return int(read_status(os.getpid()).get("CapEff", "0"), 16)
+    return int(procfs.read_status(os.getpid()).get("CapEff", "0"), 16)
 
 
 def has_capability(cap: int) -> bool:
@@ -119,17 +94,17 @@ def yama_scope() -> int | None:
 
 def tracer_of(pid: int, tid: int | None = None) -> int:
     """The tracer's *process* id (TracerPid names the tracing thread), 0 when untraced."""
-    tracer_tid = int(read_status(pid, tid).get("TracerPid", "0"))
+    tracer_tid = int(procfs.read_status(pid, tid).get("TracerPid", "0"))
     if tracer_tid == 0:
         return 0
     try:
-        return int(read_status(tracer_tid).get("Tgid", tracer_tid))
+        return int(procfs.read_status(tracer_tid).get("Tgid", tracer_tid))
     except OSError:
         return tracer_tid
 
 
 def seccomp_mode(pid: int) -> int:
-    return int(read_status(pid).get("Seccomp", "0"))
+    return int(procfs.read_status(pid).get("Seccomp", "0"))
 
 
 def is_descendant(pid: int, ancestor: int) -> bool:
@@ -138,8 +113,8 @@ def is_descendant(pid: int, ancestor: int) -> bool:
         if current <= 1:
             return False
         try:
-            current = int(read_stat(current)[1][1])
-        except (OSError, ValueError, IndexError):
+            current = procfs.read_stat(current).ppid
+        except (OSError, ValueError):
             return False
         if current == ancestor:
             return True
@@ -169,7 +144,7 @@ def explain_denied(pid: int, what: str) -> AccessDenied:
     """
     prefix = f"permission denied to {what} process {pid} ({process_name(pid)})"
     try:
-        status = read_status(pid)
+        status = procfs.read_status(pid)
     except FileNotFoundError:
         return AccessDenied(f"{prefix}, and it has exited since", pid=pid)
     except PermissionError:
@@ -224,7 +199,7 @@ def explain_denied(pid: int, what: str) -> AccessDenied:
             pid=pid,
         )
     own_seccomp = seccomp_mode(os.getpid())
-    lsms = _active_lsms()
+    lsms = active_lsms()
     hint = "check the kernel/audit log (SELinux process:ptrace, AppArmor ptrace (trace) rules)"
     if own_seccomp:
         hint = "pss-dup itself runs under a seccomp filter that may block ptrace (containers: --cap-add SYS_PTRACE)"
@@ -267,7 +242,8 @@ def _own_ns_is_initial() -> bool:
         return True
 
 
-def _active_lsms() -> str:
+def active_lsms() -> str:
+    """The Linux security modules in force, as securityfs lists them ("" when it is not mounted)."""
     try:
         with open("/sys/kernel/security/lsm") as f:
             return f.read().strip().replace(",", ", ")
@@ -286,17 +262,17 @@ def check_traceable(pid: int) -> None:
     """
     require_supported_arch()
     try:
-        comm, fields = read_stat(pid)
+        st = procfs.read_stat(pid)
     except FileNotFoundError:
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
     except PermissionError:
         raise explain_denied(pid, "read /proc of") from None
-    state, flags = fields[0], int(fields[6])
-    if flags & ptrace.PF_KTHREAD:
+    comm = st.comm
+    if st.flags & ptrace.PF_KTHREAD:
         raise NotSupported(
             f"process {pid} ({comm}) is a kernel thread: it has no user registers, memory or fds to work on", pid=pid
         )
-    if state in "ZX" and not has_live_thread(pid):
+    if st.exited and not has_live_thread(pid):
         raise ZombieProcess(f"process {pid} ({comm}) is a zombie: it has exited and waits for its parent", pid=pid)
     try:
         tracer = tracer_of(pid)
@@ -339,9 +315,9 @@ def has_live_thread(pid: int) -> bool:
         return False
     for tid in tids:
         try:
-            if read_stat(pid, int(tid))[1][0] not in "ZX":
+            if not procfs.read_stat(pid, int(tid)).exited:
                 return True
-        except (OSError, IndexError):
+        except (OSError, ValueError):
             continue
     return False
 
@@ -353,16 +329,13 @@ def probe_attach(pid: int) -> bool:
     it the check a dry run can afford. Any answer other than EPERM/EACCES counts as granted.
     """
     try:
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            lines = f.read().splitlines()
+        maps = procfs.read_maps(pid)
     except PermissionError:
         return False
     except OSError:
         return True
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[1].startswith(b"r"):
-            start = int(fields[0].split(b"-")[0], 16)
+    for start, _end, perms, *_ in maps:
+        if perms.startswith("r"):
             try:
                 ptrace.process_vm_readv(pid, start, 1)
             except PermissionError:
@@ -374,21 +347,6 @@ def probe_attach(pid: int) -> bool:
 
 
 # ---- EINTR hazards -------------------------------------------------------------------------------------------
-
-
-def blocked_syscall(pid: int, tid: int) -> tuple[int, tuple[int, ...], int, int] | None:
-    """(nr, args, sp, pc) from /proc/PID/task/TID/syscall while the thread is blocked in a system call."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as f:
-            parts = f.read().split()
-    except OSError:
-        return None
-    if len(parts) < 9 or parts[0] in (b"running", b"-1"):
-        return None
-    try:
-        return int(parts[0]), tuple(int(a, 16) for a in parts[1:7]), int(parts[7], 16), int(parts[8], 16)
-    except ValueError:
-        return None
 
 
 def socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:

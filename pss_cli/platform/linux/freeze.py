@@ -46,7 +46,7 @@ from pss_cli.errors import (
     Timeout,
 )
 from pss_cli.model import Interruption
-from pss_cli.platform.linux import access, ptrace, restart
+from pss_cli.platform.linux import access, procfs, ptrace, restart
 
 T = TypeVar("T")
 
@@ -390,9 +390,9 @@ def describe_stuck_thread(pid: int, tid: int) -> str:
     """State, wait channel and system call of a thread that would not stop, for the Timeout message."""
     parts = []
     try:
-        comm, fields = access.read_stat(pid, tid)
-        parts.append(f"({comm}) in state {fields[0]}")
-    except (OSError, IndexError):
+        st = procfs.read_stat(pid, tid)
+        parts.append(f"({st.comm}) in state {st.state}")
+    except (OSError, ValueError):
         pass
     try:
         with open(f"/proc/{pid}/task/{tid}/wchan") as f:
@@ -401,9 +401,9 @@ def describe_stuck_thread(pid: int, tid: int) -> str:
             parts.append(f"waiting in {wchan}")
     except OSError:
         pass
-    blocked = access.blocked_syscall(pid, tid)
+    blocked = procfs.read_syscall(pid, tid)
     if blocked is not None:
-        parts.append(f"in system call {syscall_name(blocked[0])}")
+        parts.append(f"in system call {syscall_name(blocked.number)}")
     return " ".join(parts)
 
 
@@ -423,13 +423,6 @@ class _Uninterruptible(Exception):
         self.tid = tid
 
 
-def _parent_of(pid: int) -> int:
-    try:
-        return int(access.read_stat(pid)[1][1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 PF_EXITING: Final = 0x00000004
 
 
@@ -437,9 +430,9 @@ def _seize_refused(pid: int, tid: int, what: str) -> Exception:
     """The typed error for EPERM from PTRACE_SEIZE: the thread is exiting, someone else traces it, or the rules
     deny us."""
     try:
-        _comm, fields = access.read_stat(pid, tid)
-        exiting = fields[0] in "ZX" or bool(int(fields[6]) & PF_EXITING)
-    except (OSError, IndexError, ValueError):
+        st = procfs.read_stat(pid, tid)
+        exiting = st.exited or bool(st.flags & PF_EXITING)
+    except (OSError, ValueError):
         exiting = True
     if exiting:  # the kernel refuses to attach to a task on its way out (exit_state, PF_EXITING)
         return ProcessGone(f"process {pid} exited while pss-dup was stopping it", pid=pid)
@@ -476,7 +469,7 @@ class SeizedThread:
         self.interruption: Interruption | None = None
         self._stopped_at: float | None = None
         #: We are also the process's parent: its leader's exit status is the parent's, to be peeked at, not reaped.
-        self.peek_exit = tid == pid and _parent_of(pid) == os.getpid()
+        self.peek_exit = tid == pid and procfs.parent_of(pid) == os.getpid()
         self._first: float | None = None
         self._last: float | None = None
 
@@ -685,7 +678,7 @@ class FrozenProcess:
     def __enter__(self) -> FrozenProcess:
         access.check_traceable(self.pid)
         deadline = time.monotonic() + self.timeout
-        self._leader_is_child = _parent_of(self.pid) == os.getpid()
+        self._leader_is_child = procfs.parent_of(self.pid) == os.getpid()
         if self.want_regs or self.want_fp or self.want_xstate:
             self._reader = ptrace.RegsetReader(fp=self.want_fp, xstate=self.want_xstate)
         while True:
@@ -842,8 +835,8 @@ class FrozenProcess:
         stops; otherwise (a zombie leader is counted too, for one) the caller lists the tasks again.
         """
         try:
-            count = int(access.read_stat(self.pid)[1][17])
-        except (OSError, IndexError, ValueError):
+            count = procfs.read_stat(self.pid).num_threads
+        except (OSError, ValueError):
             return False
         return count == len(self._stopped) + len(self._skipped)
 
@@ -853,10 +846,10 @@ class FrozenProcess:
         if exc.errno != errno.EPERM:
             raise OperationFailed(f"PTRACE_SEIZE of thread {tid} of process {self.pid} failed: {exc.strerror}")
         try:
-            state = access.read_stat(self.pid, tid)[1][0]
-        except (OSError, IndexError):
+            exited = procfs.read_stat(self.pid, tid).exited
+        except (OSError, ValueError):
             return  # gone
-        if state in "ZX":
+        if exited:
             self._skipped.add(tid)  # a group leader that called pthread_exit, or a thread on its way out
             return
         try:
@@ -984,7 +977,7 @@ class FrozenProcess:
 
     def _alive(self) -> bool:
         try:
-            state = access.read_stat(self.pid)[1][0]
-        except (OSError, IndexError):
+            exited = procfs.read_stat(self.pid).exited
+        except (OSError, ValueError):
             return False
-        return state not in "ZX" or access.has_live_thread(self.pid)
+        return not exited or access.has_live_thread(self.pid)

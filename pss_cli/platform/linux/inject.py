@@ -43,7 +43,7 @@ from pss_cli.errors import (
     own_error,
 )
 from pss_cli.model import MAX_HANDLE, MAX_PID, Interruption
-from pss_cli.platform.linux import access, ptrace, restart
+from pss_cli.platform.linux import access, procfs, ptrace, restart
 from pss_cli.platform.linux.freeze import SeizedThread, TracerSession, seized_thread, wait_stop
 
 T = TypeVar("T")
@@ -235,11 +235,11 @@ def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tupl
     hazards: list[str] = []
     for candidate in candidates:
         try:
-            name, fields = access.read_stat(pid, candidate)
-        except (OSError, IndexError):
+            st = procfs.read_stat(pid, candidate)
+        except (OSError, ValueError):
             continue
-        state = fields[0]
-        if state in "ZX" or name.startswith("iou-"):
+        name, state = st.comm, st.state
+        if st.exited or name.startswith("iou-"):
             continue
         if fallback is None:
             fallback = (candidate, name, state)
@@ -276,12 +276,12 @@ def open_fd_table(pid: int) -> int:
     """A pidfd through which pidfd_getfd reaches the process's fds, even when its group leader has exited."""
     pidfd = ptrace.pidfd_open(pid)
     try:
-        if access.read_stat(pid)[1][0] not in "ZX":
+        if not procfs.read_stat(pid).exited:
             return pidfd
         for name in os.listdir(f"/proc/{pid}/task"):
-            if int(name) != pid and access.read_stat(pid, int(name))[1][0] not in "ZX":
+            if int(name) != pid and not procfs.read_stat(pid, int(name)).exited:
                 return swap_for_thread_pidfd(pidfd, int(name))
-    except (OSError, IndexError):
+    except (OSError, ValueError):
         pass
     return pidfd
 
@@ -295,24 +295,15 @@ def shares_fd_table(pid: int, tid: int) -> bool:
 
 def read_maps(pid: int, tid: int) -> tuple[Mapping, ...]:
     """The memory map, through the chosen thread (a group leader that has exited shows an empty one)."""
-    with open(f"/proc/{pid}/task/{tid}/maps", "rb") as f:
-        raw = f.read()
-    result = []
-    for line in raw.decode("utf-8", "surrogateescape").splitlines():
-        parts = line.split(None, 5)
-        if len(parts) < 5:
-            continue
-        start, _, end = parts[0].partition("-")
-        result.append(Mapping(int(start, 16), int(end, 16), parts[1], parts[5] if len(parts) > 5 else ""))
-    return tuple(result)
+    return tuple(Mapping(start, end, perms, path or "") for start, end, perms, *_, path in procfs.read_maps(pid, tid))
 
 
 def blocked_site(pid: int, tid: int) -> tuple[int | None, str | None]:
     """If the thread is blocked in a system call: the pc after its `syscall` instruction (checked) and its name."""
-    blocked = access.blocked_syscall(pid, tid)
-    if blocked is None:
+    blocked = procfs.read_syscall(pid, tid)
+    if blocked is None or blocked.program_counter is None:
         return None, None
-    nr, _args, _sp, pc = blocked
+    nr, pc = blocked.number, blocked.program_counter
     try:
         if ptrace.process_vm_readv(tid, pc - 2, 2) != SYSCALL_INSN:
             return None, None

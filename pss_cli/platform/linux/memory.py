@@ -41,7 +41,7 @@ from typing import TypeVar
 
 from pss_cli.errors import AccessDenied, OperationFailed, OutputExists, ProcessGone
 from pss_cli.model import VaRegion
-from pss_cli.platform.linux import elfcore
+from pss_cli.platform.linux import elfcore, procfs
 
 T = TypeVar("T")
 
@@ -721,9 +721,8 @@ def copy_pieces(
 def _gone(pid: int) -> bool:
     """Exited (or a zombie, whose memory is gone): every read would fail, so the copy stops instead."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
+        return procfs.read_stat(pid).exited
+    except (OSError, ValueError):
         return True
 
 

@@ -20,6 +20,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pss_cli.model import (
     HandleEntry,
@@ -73,17 +74,7 @@ class ProcDir:
         self.close()
 
     def read(self, name: str) -> bytes:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-        try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return read_file(self.fd, name)
 
     def read_text(self, name: str) -> str:
         return self.read(name).decode("utf-8", "surrogateescape")
@@ -99,8 +90,26 @@ class ProcDir:
             os.close(fd)
 
 
-def read_small(dir_fd: int, name: str) -> bytes:
-    """A file that usually fits in one read (stat, fdinfo): one read instead of a loop, then a loop if not."""
+def read_file(dir_fd: int | None, name: str) -> bytes:
+    """A whole file; `name` is relative to `dir_fd`, or a whole path when `dir_fd` is None.
+
+    Read to the end: a large /proc file (maps, smaps) comes in pieces that end at a line, not at a buffer's size.
+    """
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_small(dir_fd: int | None, name: str) -> bytes:
+    """A file of one record (stat, status, fdinfo): one read instead of a loop, then a loop if it filled the buffer.
+
+    `name` is relative to `dir_fd`, or a whole path when `dir_fd` is None.
+    """
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         data = os.read(fd, 8192)
@@ -119,20 +128,101 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def split_stat(raw: bytes) -> tuple[str, list[bytes]]:
-    """`comm` and the fields after it; comm may itself hold spaces and parentheses, so split at the last ')'."""
-    open_paren = raw.index(b"(")
-    close_paren = raw.rindex(b")")
-    return decode(raw[open_paren + 1 : close_paren]), raw[close_paren + 2 :].split()
+def task_path(pid: int | str, tid: int | None, name: str) -> str:
+    """/proc/PID/NAME, or /proc/PID/task/TID/NAME for one thread."""
+    return f"/proc/{pid}/{name}" if tid is None else f"/proc/{pid}/task/{tid}/{name}"
+
+
+# ---- stat, status, syscall: the one parser of each -----------------------------------------------------------
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat (or of a thread's) that pss-dup reads, under their proc(5) names.
+
+    Times are in clock ticks (CLK_TCK), as the kernel writes them. `flags` holds the PF_* bits (PF_KTHREAD).
+    A NamedTuple rather than a frozen dataclass: one is made per thread per capture, and a frozen dataclass's
+    __init__ alone costs more than reading the fields.
+    """
+
+    comm: str
+    state: str
+    ppid: int
+    flags: int
+    minflt: int
+    majflt: int
+    utime: int
+    stime: int
+    priority: int
+    nice: int
+    num_threads: int
+    starttime: int
+    #: The CPU it last ran on; None if the kernel's line is too short to hold it.
+    processor: int | None
+
+    @property
+    def exited(self) -> bool:
+        """Zombie or dead: the task has exited and only waits to be reaped (a group leader that called pthread_exit
+        is one while its other threads still run)."""
+        return self.state in ("Z", "X")
+
+
+def parse_stat(raw: bytes) -> Stat:
+    """/proc/PID/stat as a Stat; ValueError if `raw` is not a stat line.
+
+    `comm` may hold spaces, parentheses and bytes that are not UTF-8 (any process can name itself so), so it runs
+    from the first '(' to the LAST ')'; its undecodable bytes survive as escapes.
+    """
+    try:
+        close = raw.rindex(b")")
+        f = raw[close + 2 :].split()  # f[n] is field n + 3 of proc(5)
+        return Stat(  # positionally, in the order of Stat's fields: keywords cost a microsecond per thread
+            decode(raw[raw.index(b"(") + 1 : close]),  # comm, field 2
+            f[0].decode("ascii", "replace"),  # state, 3
+            int(f[1]),  # ppid, 4
+            int(f[6]),  # flags, 9
+            int(f[7]),  # minflt, 10
+            int(f[9]),  # majflt, 12
+            int(f[11]),  # utime, 14
+            int(f[12]),  # stime, 15
+            int(f[15]),  # priority, 18
+            int(f[16]),  # nice, 19
+            int(f[17]),  # num_threads, 20
+            int(f[19]),  # starttime, 22
+            int(f[36]) if len(f) > 36 else None,  # processor, 39
+        )
+    except IndexError:
+        raise ValueError(f"not a /proc/PID/stat line: {raw[:80]!r}") from None
+
+
+def read_stat(pid: int, tid: int | None = None) -> Stat:
+    """/proc/PID/stat, or a thread's, by path: for callers that hold no ProcDir (the freeze, the access checks).
+
+    OSError when the process is gone or unreadable.
+    """
+    return parse_stat(read_small(None, task_path(pid, tid, "stat")))
+
+
+def parent_of(pid: int) -> int:
+    """The parent's PID, 0 once the process is gone: callers compare it with their own PID."""
+    try:
+        return read_stat(pid).ppid
+    except (OSError, ValueError):
+        return 0
 
 
 def parse_status(raw: bytes) -> dict[str, str]:
+    """/proc/PID/status as `key: value` pairs, values stripped; undecodable bytes (in Name) survive as escapes."""
     result = {}
     for line in raw.decode("utf-8", "backslashreplace").splitlines():
         key, sep, value = line.partition(":")
         if sep:
             result[key] = value.strip()
     return result
+
+
+def read_status(pid: int | str, tid: int | None = None) -> dict[str, str]:
+    """/proc/PID/status, or a thread's, by path (`pid` may be "self"). OSError when gone or unreadable."""
+    return parse_status(read_small(None, task_path(pid, tid, "status")))
 
 
 def status_kib(status: dict[str, str], key: str) -> int | None:
@@ -150,8 +240,36 @@ def status_ids(status: dict[str, str], key: str) -> tuple[int, ...] | None:
     return tuple(int(v) for v in value.split()) if value else None
 
 
-def ticks(value: bytes) -> float:
-    return int(value) / CLK_TCK
+def parse_syscall(raw: bytes) -> SyscallState | None:
+    """/proc/PID/task/TID/syscall: "nr a0..a5 sp pc" while blocked; "running" or "-1 sp pc" otherwise (None)."""
+    parts = raw.split()
+    if len(parts) < 9:
+        return None
+    try:
+        number = int(parts[0])
+        if number < 0:
+            return None
+        return SyscallState(
+            number=number,
+            name=X86_64_SYSCALLS.get(number),
+            args=tuple(int(a, 16) for a in parts[1:7]),
+            stack_pointer=int(parts[7], 16),
+            program_counter=int(parts[8], 16),
+        )
+    except ValueError:
+        return None
+
+
+def read_syscall(pid: int, tid: int) -> SyscallState | None:
+    """The system call thread `tid` is blocked in; None while it runs, or once it is gone or unreadable."""
+    try:
+        return parse_syscall(read_small(None, task_path(pid, tid, "syscall")))
+    except OSError:
+        return None
+
+
+def ticks(value: int) -> float:
+    return value / CLK_TCK
 
 
 def affinity(pid: int) -> tuple[int, ...] | None:
@@ -161,48 +279,43 @@ def affinity(pid: int) -> tuple[int, ...] | None:
         return None
 
 
-def read_stat(proc: ProcDir) -> tuple[str, list[bytes]]:
-    return split_stat(proc.read("stat"))
-
-
 def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles: bool = True) -> ProcessInfo:
     """PSS_PROCESS_INFORMATION for a Linux process. Raises OSError when /proc says no."""
-    comm, fields = read_stat(proc)
+    st = parse_stat(proc.read("stat"))
     status = parse_status(proc.read("status"))
-    state = ThreadState.from_code(fields[0].decode())
+    state = ThreadState.from_code(st.state)
     cmdline_raw = proc.read("cmdline")
     cmdline = tuple(decode(a) for a in cmdline_raw.split(b"\0")[:-1]) if cmdline_raw else ()
     exe = optional_link(proc, "exe")
     cwd = optional_link(proc, "cwd")
     environ = read_environ(proc) if with_environ else None
-    minflt, majflt = int(fields[7]), int(fields[9])
     flags = ProcessFlags.FROZEN if state in (ThreadState.STOPPED, ThreadState.TRACING_STOP) else ProcessFlags.NONE
     rss_anon = status_kib(status, "RssAnon")
     swap = status_kib(status, "VmSwap")
     return ProcessInfo(
         pid=proc.pid,
-        ppid=int(fields[1]),
-        name=status.get("Name", comm) or comm,
+        ppid=st.ppid,
+        name=status.get("Name", st.comm) or st.comm,
         exe=exe,
         cmdline=cmdline,
         cwd=cwd,
         state=state,
-        start_time=BOOT_TIME + ticks(fields[19]),
-        user_time=ticks(fields[11]),
-        system_time=ticks(fields[12]),
-        base_priority=int(fields[15]),
-        nice=int(fields[16]),
+        start_time=BOOT_TIME + ticks(st.starttime),
+        user_time=ticks(st.utime),
+        system_time=ticks(st.stime),
+        base_priority=st.priority,
+        nice=st.nice,
         flags=flags,
         exit_status=None,
         affinity=affinity(proc.pid),
-        thread_count=int(fields[17]),
+        thread_count=st.num_threads,
         handle_count=count_fds(proc) if count_handles else None,
         virtual_size=status_kib(status, "VmSize"),
         peak_virtual_size=status_kib(status, "VmPeak"),
         working_set_size=status_kib(status, "VmRSS"),
         peak_working_set_size=status_kib(status, "VmHWM"),
         private_usage=(rss_anon or 0) + (swap or 0) if rss_anon is not None else None,
-        page_fault_count=minflt + majflt,
+        page_fault_count=st.minflt + st.majflt,
         uids=status_ids(status, "Uid"),
         gids=status_ids(status, "Gid"),
         environ=environ,
@@ -267,27 +380,10 @@ def list_tids(proc: ProcDir) -> list[int]:
     return sorted(int(t) for t in proc.listdir("task"))
 
 
-def parse_syscall(raw: bytes) -> SyscallState | None:
-    """/proc/PID/task/TID/syscall: "nr a0..a5 sp pc" while blocked; "running" or "-1 sp pc" otherwise."""
-    parts = raw.split()
-    if len(parts) < 9:
-        return None
-    number = int(parts[0])
-    if number < 0:
-        return None
-    return SyscallState(
-        number=number,
-        name=X86_64_SYSCALLS.get(number),
-        args=tuple(int(a, 16) for a in parts[1:7]),
-        stack_pointer=int(parts[7], 16),
-        program_counter=int(parts[8], 16),
-    )
-
-
 def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
     """The scheduler's view of one thread, without registers (those need the thread stopped)."""
     base = f"task/{tid}/"
-    comm, fields = split_stat(proc.read(base + "stat"))
+    st = parse_stat(proc.read(base + "stat"))
     status = parse_status(proc.read(base + "status"))
     try:
         syscall = parse_syscall(proc.read(base + "syscall"))
@@ -295,16 +391,16 @@ def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
         syscall = None
     return ThreadEntry(
         tid=tid,
-        name=comm,
-        state=ThreadState.from_code(fields[0].decode()),
+        name=st.comm,
+        state=ThreadState.from_code(st.state),
         flags=ThreadFlags.NONE,
-        user_time=ticks(fields[11]),
-        system_time=ticks(fields[12]),
-        start_time=BOOT_TIME + ticks(fields[19]),
-        priority=int(fields[15]),
-        base_priority=int(fields[16]),
+        user_time=ticks(st.utime),
+        system_time=ticks(st.stime),
+        start_time=BOOT_TIME + ticks(st.starttime),
+        priority=st.priority,
+        base_priority=st.nice,
         affinity=affinity(tid),
-        processor=int(fields[36]) if len(fields) > 36 else None,
+        processor=st.processor,
         syscall=syscall,
         sig_blocked=status_hex(status, "SigBlk"),
         sig_pending=status_hex(status, "SigPnd"),
@@ -642,12 +738,22 @@ def type_specific_fields(
 SPECIAL_IMAGES = ("[vdso]",)
 
 
-def parse_maps_line(line: str) -> tuple[int, int, str, int, str, int, str | None]:
-    """(start, end, perms, offset, dev, inode, path) of one /proc/PID/maps line; the path may hold spaces."""
+#: One /proc/PID/maps line: (start, end, perms, offset, dev, inode, path); path is None for anonymous memory.
+MapsLine = tuple[int, int, str, int, str, int, str | None]
+
+
+def parse_maps_line(line: str) -> MapsLine:
+    """One /proc/PID/maps line; the path may hold spaces. A plain tuple: a large process has many thousands."""
     parts = line.split(maxsplit=5)
     start, _, end = parts[0].partition("-")
     path = parts[5] if len(parts) > 5 else None
     return int(start, 16), int(end, 16), parts[1], int(parts[2], 16), parts[3], int(parts[4]), path
+
+
+def read_maps(pid: int, tid: int | None = None) -> list[MapsLine]:
+    """/proc/PID/maps by path, or through one thread (a group leader that has exited shows an empty map)."""
+    text = read_file(None, task_path(pid, tid, "maps")).decode("utf-8", "surrogateescape")
+    return [parse_maps_line(line) for line in text.splitlines()]
 
 
 @functools.cache
@@ -688,7 +794,7 @@ def read_va_space(proc: ProcDir, *, section_info: bool) -> tuple[VaRegion, ...]:
     smaps of a large process is megabytes of text; only the lines a region keeps are looked at twice.
     """
     text = proc.read_text("smaps" if section_info else "maps")
-    raw: list[tuple[tuple[int, int, str, int, str, int, str | None], dict[str, int], str | None]] = []
+    raw: list[tuple[MapsLine, dict[str, int], str | None]] = []
     if not section_info:
         raw = [(parse_maps_line(line), {}, None) for line in text.splitlines()]
     else:
@@ -710,7 +816,7 @@ def read_va_space(proc: ProcDir, *, section_info: bool) -> tuple[VaRegion, ...]:
 
 
 def make_region(
-    fields: tuple[int, int, str, int, str, int, str | None],
+    fields: MapsLine,
     sizes: dict[str, int],
     vm_flags: str | None,
     images: Iterable[str],

@@ -60,6 +60,7 @@ PTRACE_LISTEN: Final = 0x4208
 PTRACE_PEEKSIGINFO: Final = 0x4209
 PTRACE_GETSIGMASK: Final = 0x420A
 PTRACE_SETSIGMASK: Final = 0x420B
+PTRACE_GET_SYSCALL_INFO: Final = 0x420E  # 5.3
 
 # ---- ptrace options and events ------------------------------------------------------------------------------
 
@@ -112,6 +113,9 @@ USER_CS_32: Final = 0x23
 X86_EFLAGS_TF: Final = 0x100
 X86_EFLAGS_DF: Final = 0x400
 
+#: struct ptrace_syscall_info's `arch` on x86_64 (linux/audit.h).
+AUDIT_ARCH_X86_64: Final = 0xC000003E
+
 #: /proc/PID/stat flags bit for kernel threads (include/linux/sched.h).
 PF_KTHREAD: Final = 0x00200000
 
@@ -161,6 +165,24 @@ class siginfo_t(ctypes.Structure):
         ("_pad", ctypes.c_int32),
         ("_union", ctypes.c_uint8 * (SIGINFO_SIZE - 16)),
     ]
+
+
+class ptrace_syscall_info(ctypes.Structure):
+    """struct ptrace_syscall_info (linux/ptrace.h): the head every stop fills; the per-`op` union stays raw bytes."""
+
+    _fields_ = [
+        ("op", ctypes.c_uint8),
+        ("_reserved", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("_union", ctypes.c_uint8 * 64),
+    ]
+
+    op: int
+    arch: int
+    instruction_pointer: int
+    stack_pointer: int
 
 
 assert ctypes.sizeof(user_regs_struct) == USER_REGS_SIZE
@@ -233,6 +255,11 @@ def get_siginfo(tid: int, out: siginfo_t) -> None:
 
 def set_siginfo(tid: int, info: siginfo_t) -> None:
     ptrace(PTRACE_SETSIGINFO, tid, 0, ctypes.byref(info))
+
+
+def get_syscall_info(tid: int, out: ptrace_syscall_info) -> int:
+    """PTRACE_GET_SYSCALL_INFO (5.3+) of a stopped thread into `out`; the size of the kernel's whole answer."""
+    return ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(out), ctypes.byref(out))
 
 
 def get_event_msg(tid: int) -> int:

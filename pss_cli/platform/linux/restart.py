@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pss_cli.model import Interruption
-from pss_cli.platform.linux import access, ptrace
+from pss_cli.platform.linux import access, procfs, ptrace
 
 EINTR: Final = 4
 ERESTARTNOHAND: Final = 514
@@ -146,10 +146,10 @@ def has_finite_value_timeout(nr: int, args: tuple[int, ...]) -> bool:
 
 def observe(pid: int, tid: int) -> Blocked | None:
     """What `tid` is blocked in (before the stop), with its scheduler clock when a remaining timeout will be needed."""
-    blocked = access.blocked_syscall(pid, tid)
-    if blocked is None:
+    blocked = procfs.read_syscall(pid, tid)
+    if blocked is None or blocked.program_counter is None:
         return None
-    nr, args, _sp, pc = blocked
+    nr, args, pc = blocked.number, blocked.args, blocked.program_counter
     if not has_finite_value_timeout(nr, args):
         return Blocked(nr, args, pc)
     exec_start, switches = read_sched(pid, tid)
@@ -205,7 +205,7 @@ def read_sched(pid: int, tid: int) -> tuple[float | None, int | None]:
 def signal_would_interrupt(pid: int, tid: int) -> bool:
     """Is a signal pending for `tid` that would have interrupted its call without us (not blocked, not ignored)?"""
     try:
-        status = access.read_status(pid, tid)
+        status = procfs.read_status(pid, tid)
         pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
         blocked = int(status.get("SigBlk", "0"), 16)
         ignored = int(status.get("SigIgn", "0"), 16)

@@ -239,7 +239,7 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
     options = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK
     if plan.suspend_seccomp:
         options |= ptrace.PTRACE_O_SUSPEND_SECCOMP
-    peek = tid == pid and _parent_of(pid) == os.getpid()
+    peek = tid == pid and procfs.parent_of(pid) == os.getpid()
     ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options)
     try:
         task = RemoteCalls(pid, tid, syscall_ip=plan.syscall_ip, peek_exit=peek)
@@ -320,14 +320,6 @@ def _discard_child(task: RemoteCalls, child: int) -> None:
                 break
     with contextlib.suppress(OSError, PssError):
         task.syscall(SYS_wait4, child, 0, ptrace.__WALL, 0)
-
-
-def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 # ---- memory sources --------------------------------------------------------------------------------------------
