@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from pss_cli.errors import ProcessGone
+from pss_cli.platform.linux.freeze import FrozenProcess
 from tests.conftest import PSS_DUP, run_cli
 from tests.linux.conftest import TARGETS, Target, children_of, state, status_field, wait_until
 
@@ -226,3 +228,16 @@ def test_a_signal_at_any_point_of_a_dump_ends_it_only_after_the_clone_is_reaped(
         assert state(big_target.pid) == "S"
         assert big_target.poll() is None
     assert any(code == expected for *_, code in outcomes), f"the signal never landed during a dump: {outcomes}"
+
+
+def test_a_process_that_dies_while_held_is_said_to_have_been_killed_not_to_have_exited(
+    spawn: Callable[..., Target],
+) -> None:
+    """When the kernel kills a process under pss-dup (strict seccomp used to), the message names the signal."""
+    target = spawn(["sleep", "300"])
+    wait_until(lambda: state(target.pid) == "S", what="sleep to sleep")
+    freeze = FrozenProcess(target.pid, timeout=5, want_regs=False, want_fp=False, want_xstate=False)
+    with pytest.raises(ProcessGone, match=r"was killed by SIGKILL") as caught, freeze:
+        os.kill(target.pid, signal.SIGKILL)
+        time.sleep(0.1)
+    assert "exited" not in str(caught.value)

@@ -329,8 +329,12 @@ def poll_status(tid: int, *, peek_exit: bool) -> int:
     `peek_exit` looks for an exit without reaping it: when the tool is also the process's parent, the exit status
     of the group leader belongs to the parent's own wait(), not to us.
     """
-    if peek_exit and ptrace.peek_exited(tid):
-        return _GONE
+    if peek_exit:
+        ended = ptrace.peek_exit_status(tid)
+        if ended is not None:
+            if ended != ptrace.GONE_UNSEEN:
+                _endings[tid] = ended
+            return _GONE
     try:
         got, status = os.waitpid(tid, os.WNOHANG | ptrace.__WALL)
     except ChildProcessError:
@@ -949,6 +953,7 @@ class FrozenProcess:
                 else:
                     ptrace.detach(tid, 0)
             except ProcessLookupError:
+                self._collect_end(tid)
                 self.exited.add(tid)
             except OSError as exc:
                 failures.append(f"{tid}: {exc.strerror}")
@@ -959,6 +964,14 @@ class FrozenProcess:
             self.stopped_ms = self._stopped_total * 1000
         if failures:  # the tracer thread's exit detaches these; say so rather than hide it
             raise OperationFailed(f"PTRACE_DETACH failed for threads of process {self.pid}: {', '.join(failures)}")
+
+    def _collect_end(self, tid: int) -> None:
+        """A thread that vanished from its stop was killed (SIGKILL reaches a stopped thread) or exited: take the
+        status its tracer is owed, so the error can say which (how_it_ended), for a moment at most."""
+        deadline = time.monotonic() + 0.1
+        peek = self._leader_is_child and tid == self.pid
+        while poll_status(tid, peek_exit=peek) == _NO_EVENT and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _undo_our_eintr(self, tid: int, info: ptrace.siginfo_t | None) -> None:
         """A thread our interrupt woke out of a call that fails with EINTR issues it again (restart.py)."""

@@ -329,13 +329,24 @@ def stop_event(status: int) -> int:
     return (status >> 16) & 0xFFFF
 
 
-def peek_exited(tid: int) -> bool:
-    """Has `tid` exited? Looks without reaping (WNOWAIT), so a tracer that is also the parent keeps the status."""
+#: peek_exit_status's answer for a task that is gone with no status left to look at.
+GONE_UNSEEN: Final = -1
+
+
+def peek_exit_status(tid: int) -> int | None:
+    """How `tid` ended, as a waitpid() status, or None while it lives. Looks without reaping (WNOWAIT), so a
+    tracer that is also the parent leaves the status to the parent's own wait(); GONE_UNSEEN if nothing is left."""
     try:
         result = os.waitid(P_PID, tid, WEXITED | WSTOPPED | WNOHANG | WNOWAIT | __WALL)
     except ChildProcessError:
-        return True
-    return result is not None and result.si_code in (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
+        return GONE_UNSEEN
+    if result is None:
+        return None
+    if result.si_code == os.CLD_EXITED:
+        return (result.si_status & 0xFF) << 8
+    if result.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return result.si_status | (0x80 if result.si_code == os.CLD_DUMPED else 0)
+    return None
 
 
 # ---- pidfds, other processes' memory, signals ----------------------------------------------------------------
