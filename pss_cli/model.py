@@ -349,11 +349,12 @@ class MemoryCapture:
     bytes_captured: int
     regions: int
     clone_pid: int | None = None
-    #: How long copying the memory took (after the process was let go, with the VA clone), once it is done.
+    #: How long copying the memory took (after the process was let go, with the VA clone); None until it is done.
     copy_ms: float | None = None
-    #: Pages that could not be read and are zero in the snapshot.
-    failed_pages: int = 0
-    #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone.
+    #: Pages that could not be read and are zero in the snapshot; None until the copy is done (0 is a measurement).
+    failed_pages: int | None = None
+    #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone; None
+    #: until it is reaped, and for a copy made while frozen (no clone).
     reap_stopped_ms: float | None = None
 
 

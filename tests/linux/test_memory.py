@@ -330,6 +330,25 @@ def test_capture_with_va_clone_reports_method_size_stop_time_and_leaves_no_child
     assert children_of(layout.pid) == []
 
 
+@pytest.mark.parametrize("method", CLONE_METHODS)
+def test_the_memfd_note_is_the_model_the_snapshot_reports_measured_figures_included(
+    layout: Layout, method: str
+) -> None:
+    """A receiver reading the sealed memfd (memfd.read_snapshot_fd) gets the model the capturer reports once the
+    copy is done: copy time and unreadable pages as measured, the clone's reaping stop as measured."""
+    with backend.capture(layout.pid, backend.DUMP_FLAGS, timeout=10, clone_method=method) as snap:
+        before = snap.model.memory
+        assert before is not None and before.copy_ms is None and before.failed_pages is None, "nothing copied yet"
+        fd = snap.handle()
+        reported = snap.model
+        received = memfd.read_snapshot_fd(fd)
+    assert received == reported
+    assert reported.memory is not None and reported.memory.failed_pages == 0
+    assert reported.memory.copy_ms is not None and reported.memory.copy_ms > 0
+    assert (reported.memory.reap_stopped_ms is not None) == (method == "clone")
+    assert reported.performance.wait_ms is not None and reported.interruptions is not None
+
+
 def test_a_snapshot_closed_unbuilt_kills_and_reaps_its_clone(layout: Layout) -> None:
     flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE
     with backend.capture(layout.pid, flags, timeout=10) as snap:

@@ -83,7 +83,8 @@ class LinuxSnapshot:
     """A snapshot this process holds: the model, and the sealed memfd built from it on first use.
 
     With memory (PSS_CAPTURE_VA_CLONE) `memory` holds its source (the VA clone, or the copy made while frozen):
-    building the memfd copies the memory in and ends the clone; `write_core` writes a core file instead.
+    building the memfd copies the memory in and ends the clone; `write_core` writes a core file instead. Either
+    way `model` becomes the finished model, the one the note holds (copy time, unreadable pages, reaping stop).
     """
 
     def __init__(self, model: Snapshot, auxv: bytes | None, memory: vaclone.MemoryGrab | None = None) -> None:
@@ -100,8 +101,7 @@ class LinuxSnapshot:
         if self._fd is None:
             if self._memory is not None:
                 with os_errors(self._model.process.pid, "copy the memory"):
-                    self._fd = self._memory.build_snapshot(self._model, self._auxv)
-                self._model = self._memory.finished(self._model)
+                    self._fd, self._model = self._memory.build_snapshot(self._model, self._auxv)
             else:
                 layout = elfcore.plan_core(self._model, self._auxv)
                 self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
@@ -113,8 +113,7 @@ class LinuxSnapshot:
             memory.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
             return self._model
         with os_errors(self._model.process.pid, "copy the memory"):
-            self._memory.write_file(fd, self._model, self._auxv)
-        self._model = self._memory.finished(self._model)
+            self._model = self._memory.write_file(fd, self._model, self._auxv)
         return self._model
 
     def close(self) -> None:

@@ -592,7 +592,7 @@ def _write_loop(
             try:
                 if failure.error is None:
                     with bounce.view[:size] as chunk:
-                        _pwrite_all(fd, chunk, offset)
+                        pwrite_all(fd, chunk, offset)
             except BaseException as exc:
                 failure.error = exc
             finally:
@@ -848,7 +848,7 @@ def write_pieces_fd(
     """
     size_file(fd, size)
     if head:
-        _pwrite_all(fd, head, 0)
+        pwrite_all(fd, head, 0)
     with FdSink(fd, bounce) as sink:
         return copy_pieces(pid, pieces, sink, progress=progress, reader=reader)
 
@@ -867,7 +867,7 @@ def write_core_mapped(
         return copy_pieces(pid, pieces_of(layout), sink, progress=progress, reader=reader)
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """pwrite until every byte is written; each view is released as it goes, an error or not."""
     with memoryview(data) as view:
         done = 0
