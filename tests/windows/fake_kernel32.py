@@ -92,6 +92,7 @@ class FakeThread:
     rip: int
     rsp: int
     priority: int = 8
+    base_priority: int = 8
     suspend_count: int = 0
     terminated: bool = False
 
@@ -581,7 +582,7 @@ class FakeKernel32:
             e.ThreadId = t.tid
             e.AffinityMask = 0b1
             e.Priority = t.priority
-            e.BasePriority = 8
+            e.BasePriority = t.base_priority
             e.LastSyscallFirstArgument = 0x44
             e.LastSyscallNumber = 0x1B
             e.UserTime.dwLowDateTime = 5_000_000

@@ -166,6 +166,9 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
     assert by_tid[11].syscall is not None and by_tid[11].syscall.program_counter == 0x7FF7_0000_1000
     assert by_tid[12].state is ThreadState.STOPPED and by_tid[12].suspend_count == 1
     assert by_tid[13].state is ThreadState.DEAD and by_tid[13].exit_status == 0
+    # Priority is the current (boosted) one, BasePriority the base, as ProcessInfo.base_priority; Windows has no nice.
+    assert (by_tid[11].priority, by_tid[11].base_priority, by_tid[11].nice) == (10, 8, None)
+    assert (p.base_priority, p.nice) == (8, None)
 
     assert model.handles is not None
     handles = {h.handle: h for h in model.handles}

@@ -302,13 +302,14 @@ def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
         system_time=ticks(fields[12]),
         start_time=BOOT_TIME + ticks(fields[19]),
         priority=int(fields[15]),
-        base_priority=int(fields[16]),
+        base_priority=int(fields[15]),  # the one kernel priority a Linux thread has, as ProcessInfo.base_priority
         affinity=affinity(tid),
         processor=int(fields[36]) if len(fields) > 36 else None,
         syscall=syscall,
         sig_blocked=status_hex(status, "SigBlk"),
         sig_pending=status_hex(status, "SigPnd"),
         context=None,
+        nice=int(fields[16]),
     )
 
 
