@@ -49,7 +49,7 @@ from typing import Final
 
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
-from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
+from pss_cli.platform.linux import copyengine, dumprules, elfcore, inject, memfd, procfs, ptrace
 from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, wait_stop
 from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
@@ -346,12 +346,12 @@ class MemoryGrab:
     #: The tracer thread the freeze must run on, when the grab keeps something traced past the thaw (the clone).
     tracer: TracerThread | None = None
 
-    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
         self.pid = pid
         self.timeout = timeout
         self.progress = progress
-        self.plan: memory.MemoryPlan | None = None
-        self.stats: memory.CopyStats | None = None
+        self.plan: dumprules.MemoryPlan | None = None
+        self.stats: copyengine.CopyStats | None = None
         self.warnings: list[str] = []
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
@@ -398,8 +398,8 @@ class MemoryGrab:
                 f"the snapshot's headers ({len(layout.head)} bytes) outgrew the room reserved for them "
                 f"({data_offset} bytes); capture again"
             )
-        memory.size_file(fd, layout.size)
-        memory.pwrite_all(fd, layout.head, 0)
+        copyengine.size_file(fd, layout.size)
+        copyengine.pwrite_all(fd, layout.head, 0)
         return model
 
     @property
@@ -419,7 +419,7 @@ class MemoryGrab:
             va_space = tuple(dataclasses.replace(r, dumped=dumped.get((r.base, r.size), 0)) for r in va_space)
         return dataclasses.replace(model, va_space=va_space, memory=capture, warnings=(*model.warnings, *self.warnings))
 
-    def _note_failures(self, stats: memory.CopyStats) -> None:
+    def _note_failures(self, stats: copyengine.CopyStats) -> None:
         self.stats = stats
         if stats.failed_pages:
             self.warnings.append(f"{stats.failed_pages} pages could not be read and are zero in the core")
@@ -430,7 +430,7 @@ class CloneMemory(MemoryGrab):
 
     method = "va-clone"
 
-    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
         super().__init__(pid, timeout=timeout, progress=progress)
         self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
         self.clone: VaClone | None = None
@@ -447,7 +447,7 @@ class CloneMemory(MemoryGrab):
         clone.resend_stashed()
         self.warnings.extend(clone.warnings)
         regions = clone_regions(clone.pid, model.va_space)
-        self.plan = memory.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
+        self.plan = dumprules.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
         self.regions = regions
         if model.va_space is not None:
             model = dataclasses.replace(model, va_space=_with_figures(model.va_space, regions, model))
@@ -460,8 +460,8 @@ class CloneMemory(MemoryGrab):
         data_offset = head_room(elfcore.plan_core(model, auxv, self.segments))
         layout = elfcore.plan_core(model, auxv, self.segments, data_offset=data_offset)
         try:
-            stats = memory.write_pieces_fd(
-                fd, layout.size, memory.pieces_of(layout), self._clone_pid(), progress=self.progress
+            stats = copyengine.write_pieces_fd(
+                fd, layout.size, copyengine.pieces_of(layout), self._clone_pid(), progress=self.progress
             )
         finally:
             self.release()
@@ -518,7 +518,7 @@ class CopyMemory(MemoryGrab):
     method = "frozen-copy"
 
     def __init__(
-        self, pid: int, *, timeout: float, progress: memory.Progress | None, dest_fd: int | None = None
+        self, pid: int, *, timeout: float, progress: copyengine.Progress | None, dest_fd: int | None = None
     ) -> None:
         super().__init__(pid, timeout=timeout, progress=progress)
         self.fd: int | None = None
@@ -532,16 +532,16 @@ class CopyMemory(MemoryGrab):
             with procfs.ProcDir(self.pid) as proc:
                 regions = procfs.read_va_space(proc, section_info=True)
         self.regions = regions
-        self.plan = memory.plan_memory(regions, self.pid)
+        self.plan = dumprules.plan_memory(regions, self.pid)
         self.data_offset = reserve_for_head(frozen, regions, self.plan)
         self.fd = memfd.create_unsealed() if self.dest_fd is None else self.dest_fd
         pieces = []
         offset = self.data_offset
         for seg in self.plan.segments:
             if seg.filesz:
-                pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
+                pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
                 offset += seg.filesz
-        self._note_failures(memory.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
+        self._note_failures(copyengine.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         return self._finish_model(model, self.regions, None)
@@ -556,7 +556,7 @@ class CopyMemory(MemoryGrab):
             return self._write_head(fd, model, auxv, self.data_offset)
         source, model = self.build_snapshot(model, auxv)
         try:
-            memory.copy_file(source, fd)
+            copyengine.copy_file(source, fd)
         finally:
             os.close(source)
         return model
@@ -567,7 +567,7 @@ class CopyMemory(MemoryGrab):
         self.fd = None
 
 
-def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: memory.MemoryPlan) -> int:
+def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: dumprules.MemoryPlan) -> int:
     """Room for the ELF headers and notes, written after the thaw once the model is complete: a generous bound
     (unused room is a hole in the memfd and costs nothing)."""
     threads = len(frozen.tids)
@@ -603,7 +603,7 @@ def head_room(layout: elfcore.CoreLayout) -> int:
 
 
 def _page_align(value: int) -> int:
-    return (value + memory.PAGE_SIZE - 1) // memory.PAGE_SIZE * memory.PAGE_SIZE
+    return (value + copyengine.PAGE_SIZE - 1) // copyengine.PAGE_SIZE * copyengine.PAGE_SIZE
 
 
 def clone_regions(clone_pid: int, source: Sequence[VaRegion] | None) -> tuple[VaRegion, ...]:
@@ -652,7 +652,7 @@ def grab_for(
     pid: int,
     *,
     timeout: float,
-    progress: memory.Progress | None = None,
+    progress: copyengine.Progress | None = None,
     dest_fd: int | None = None,
 ) -> MemoryGrab:
     """The memory source for a capture with PSS_CAPTURE_VA_CLONE; `dest_fd` is a dump's output file, which the
