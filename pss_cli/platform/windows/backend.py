@@ -39,7 +39,7 @@ from pss_cli.model import (
 )
 from pss_cli.outfile import OutputFile
 from pss_cli.platform import Backend, LocalSnapshot
-from pss_cli.platform.windows import abi
+from pss_cli.platform.windows import abi, minidump
 from pss_cli.platform.windows.abi import Abi
 from pss_cli.platform.windows.access import (
     AccessRequest,
@@ -535,21 +535,27 @@ class WindowsBackend:
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
         while the clone is made. An existing file is never replaced unless `force`; a failed dump leaves none
-        (pss_cli.outfile). `progress` is not called (MiniDumpWriteDump reports none)."""
+        (pss_cli.outfile). The model's memory is what the file holds (its memory lists, read back), and copy_ms how
+        long MiniDumpWriteDump took; blocks the clone could not give are left out and named in a warning.
+        `progress` is not called (MiniDumpWriteDump reports none)."""
         if clone_method != "clone":
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
-        with (
-            OutputFile(path, force=force, pid=pid) as out,
-            self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap,
-        ):
-            unread = self._write_minidump(snap, pid, self.k.get_osfhandle(out.fd), dump_type)
-            model = snap.model
-        size = os.stat(out.path).st_size
-        clone_pid = model.memory.clone_pid if model.memory else None
-        regions = model.memory.regions if model.memory else 0
-        memory = MemoryCapture(method="va-clone+minidump", bytes_captured=size, regions=regions, clone_pid=clone_pid)
+        with OutputFile(path, force=force, pid=pid) as out:
+            with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
+                started = time.perf_counter()
+                unread = self._write_minidump(snap, pid, self.k.get_osfhandle(out.fd), dump_type)
+                copy_ms = (time.perf_counter() - started) * 1000
+                model = snap.model
+            held = minidump.memory_in(out.fd, out.path, self.abi)
+        memory = MemoryCapture(
+            method="va-clone+minidump",
+            bytes_captured=held.bytes,
+            regions=held.ranges,
+            clone_pid=model.memory.clone_pid if model.memory else None,
+            copy_ms=copy_ms,
+        )
         return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
