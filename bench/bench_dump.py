@@ -238,20 +238,20 @@ def write_limit_gbps(limit_exe: Path, size: int, where: str) -> float:
 
 def engine_gbps(pid: int, reader: str) -> float:
     """The read engine alone: the target's dumped memory into a pre-faulted anonymous buffer (no file)."""
-    from pss_cli.platform.linux import memory, procfs
+    from pss_cli.platform.linux import copyengine, dumprules, procfs
 
     with procfs.ProcDir(pid) as proc:
         regions = procfs.read_va_space(proc, section_info=True)
-    plan = memory.plan_memory(regions, pid)
+    plan = dumprules.plan_memory(regions, pid)
     pieces, offset = [], 0
     for seg in plan.segments:
         if seg.filesz:
-            pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset))
+            pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset))
             offset += seg.filesz
     buffer = mmap.mmap(-1, offset, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
     try:
-        with memory.MappedSink(buffer) as sink:
-            stats = memory.copy_pieces(pid, pieces, sink, reader=reader)
+        with copyengine.MappedSink(buffer) as sink:
+            stats = copyengine.copy_pieces(pid, pieces, sink, reader=reader)
         return stats.throughput / 1e9
     finally:
         buffer.close()

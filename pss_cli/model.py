@@ -13,7 +13,9 @@ import sys
 from dataclasses import dataclass, field
 
 #: Bumped whenever a field is renamed or removed, or its meaning changes; adding a field keeps the version.
-SCHEMA_VERSION = 1
+#: 2: Linux's ThreadEntry.base_priority is the kernel priority, as ProcessInfo's (it was nice, now ThreadEntry.nice);
+#: MemoryCapture.failed_pages is null until measured (it was 0). Readers upgrade schema 1 (serial.upgrade_snapshot).
+SCHEMA_VERSION = 2
 
 #: The largest PID the system can name: a DWORD on Windows, a pid_t (an int) on Linux. A larger number must be
 #: refused, not passed on: the kernel would truncate it to some other, live PID.
@@ -263,7 +265,12 @@ class ThreadContext:
 
 @dataclass(frozen=True, slots=True)
 class ThreadEntry:
-    """PSS_THREAD_ENTRY plus Linux's scheduler facts."""
+    """PSS_THREAD_ENTRY plus Linux's scheduler facts.
+
+    `priority` and `base_priority` mean what they mean in ProcessInfo and on Windows (current and base scheduling
+    priority); Linux has one kernel priority per thread (/proc stat field 18) and gives it for both. Its nice value
+    is `nice`, as for the process.
+    """
 
     tid: int
     name: str | None
@@ -284,6 +291,7 @@ class ThreadEntry:
     teb_base_address: int | None = None
     start_address: int | None = None
     suspend_count: int | None = None
+    nice: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,11 +357,12 @@ class MemoryCapture:
     bytes_captured: int
     regions: int
     clone_pid: int | None = None
-    #: How long copying the memory took (after the process was let go, with the VA clone), once it is done.
+    #: How long copying the memory took (after the process was let go, with the VA clone); None until it is done.
     copy_ms: float | None = None
-    #: Pages that could not be read and are zero in the snapshot.
-    failed_pages: int = 0
-    #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone.
+    #: Pages that could not be read and are zero in the snapshot; None until the copy is done (0 is a measurement).
+    failed_pages: int | None = None
+    #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone; None
+    #: until it is reaped, and for a copy made while frozen (no clone).
     reap_stopped_ms: float | None = None
 
 

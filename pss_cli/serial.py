@@ -20,7 +20,17 @@ from typing import Any, TypeVar
 from pss_cli.errors import BadSnapshot
 from pss_cli.model import SCHEMA_VERSION
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MAX_ITEMS", "MAX_STRING", "MIN_INT", "SCHEMA_VERSION", "from_dict", "to_dict"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MAX_ITEMS",
+    "MAX_STRING",
+    "MIN_INT",
+    "SCHEMA_VERSION",
+    "from_dict",
+    "to_dict",
+    "upgrade_snapshot",
+]
 
 T = TypeVar("T")
 
@@ -164,6 +174,32 @@ def _is_pairs_type(tp: Any) -> bool:
 
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def upgrade_snapshot(data: object, schema_version: int) -> object:
+    """A snapshot's JSON written under an older model schema, in today's terms (docs/snapshot-format.md, section 4).
+
+    Schema 1 to 2: a Linux thread's `base_priority` held its nice value, which moves to `nice`; its base priority is
+    the kernel priority that `priority` holds. Its notes were rendered before the memory was copied, so their
+    `failed_pages` (always 0) was never measured: null. Anything not shaped as expected is left for from_dict to
+    refuse.
+    """
+    if schema_version != 1 or not isinstance(data, dict):
+        return data
+    out = dict(data)
+    threads = out.get("threads")
+    if out.get("platform") == "linux" and isinstance(threads, list):
+        out["threads"] = [_thread_from_schema_1(t) for t in threads]
+    memory = out.get("memory")
+    if isinstance(memory, dict) and "failed_pages" in memory:
+        out["memory"] = {**memory, "failed_pages": None}
+    return out
+
+
+def _thread_from_schema_1(thread: object) -> object:
+    if not isinstance(thread, dict) or "nice" in thread:
+        return thread
+    return {**thread, "base_priority": thread.get("priority"), "nice": thread.get("base_priority")}
 
 
 def from_dict(cls: type[T], data: object, *, what: str = "snapshot") -> T:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pss_cli.model import SCHEMA_VERSION
 from tests.conftest import PSS_DUP, Target, a_kernel_thread, proc_status, reap, run_cli, start_target
 
 NOBODY = 65534
@@ -24,7 +25,7 @@ def capture_json(*args: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 1 and document["ok"] is True
+    assert document["schema_version"] == SCHEMA_VERSION and document["ok"] is True
     snapshot: dict[str, Any] = document["results"][0]["snapshot"]
     return snapshot
 
@@ -54,6 +55,23 @@ def test_snapshot_finds_threads_files_pipe_socket_mapping_and_environment(target
     assert len(mapped) == 1 and mapped[0]["size"] == 65536 and mapped[0]["type"] == "MAPPED"
     assert mapped[0]["perms"] == "rw-s"
     assert snap["performance"]["stopped_ms"] > 0
+
+
+def test_threads_report_nice_and_the_kernel_priority_as_base_priority_like_the_process() -> None:
+    """ThreadEntry.base_priority means what ProcessInfo.base_priority means (the kernel priority, stat field 18);
+    the nice value is `nice` in both."""
+    child = subprocess.Popen(["nice", "-n", "7", "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{child.pid}/comm").read_text().strip() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        snap = capture_json(str(child.pid), "--threads")
+    finally:
+        reap(child)
+    process = snap["process"]
+    [thread] = snap["threads"]
+    assert process["nice"] == thread["nice"] == 7
+    assert process["base_priority"] == thread["base_priority"] == thread["priority"] == 20 + 7
 
 
 def test_target_runs_on_untraced_after_capture(target: Target) -> None:

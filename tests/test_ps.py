@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from pss_cli.model import SCHEMA_VERSION
 from tests.conftest import HOLDER, PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder
 
 
@@ -134,7 +135,7 @@ def test_jsonl_prints_one_record_per_line(holder: Holder) -> None:
     lines = result.stdout.splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert record["schema_version"] == 1 and record["command"] == "ps" and record["pid"] == holder.pid
+    assert record["schema_version"] == SCHEMA_VERSION and record["command"] == "ps" and record["pid"] == holder.pid
 
 
 def test_table_marks_the_snapshot_holder_and_shows_hostile_names_as_they_are() -> None:

@@ -93,13 +93,14 @@ def thread(tid: int, index: int, *, context: bool = True) -> ThreadEntry:
         system_time=0.25,
         start_time=1_700_000_000.0 + index,
         priority=20,
-        base_priority=0,
+        base_priority=20,
         affinity=(0, 1),
         processor=index % 2,
         syscall=SyscallState(230, "clock_nanosleep", (1, 0, values["rdx"], 0, 0, 0), values["rsp"], values["rip"]),
         sig_blocked=1 << 13,
         sig_pending=0,
         context=ctx,
+        nice=0,
     )
 
 

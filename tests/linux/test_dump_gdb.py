@@ -5,6 +5,7 @@ checks out, no zombie is left, no SIGCHLD reached it."""
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pty
 import re
@@ -19,11 +20,15 @@ from typing import Any
 
 import pytest
 
+from pss_cli import serial
 from pss_cli.model import CLONE_METHODS
 from tests.conftest import PSS_DUP, need_tools, proc_status
 from tests.linux.conftest import children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+
+if sys.platform == "linux":
+    from pss_cli.platform.linux import elfcore
 
 
 @pytest.fixture(autouse=True)
@@ -216,6 +221,31 @@ def test_gdb_names_every_thread_function_and_reads_locals_globals_and_heap(
     assert any(re.search(r"\bmain \(\)", s) for s in sections)
     assert re.search(r"\$1 = 1592594996\b", out), out  # 0x5eed1234
     assert re.search(r"\$2 = 987654321\b", out), out
+
+
+@pytest.mark.parametrize("method", CLONE_METHODS)
+def test_the_core_note_is_the_model_the_json_reported_measured_figures_included(
+    c_target: CTarget, tmp_path: Path, method: str
+) -> None:
+    """The PSSDUP note is written once the memory is copied (and the clone reaped): what gdb users and pss-dup's own
+    reader find in the core is the model the CLI reported, copy time, unreadable pages and reaping stop included,
+    and readelf still reads the layout."""
+    need_tools("readelf")
+    core = tmp_path / "parked.core"
+    record = dump(str(c_target.pid), str(core), "--clone-method", method)
+    with open(core, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        note = elfcore.read_core(m).snapshot
+    assert serial.to_dict(note) == record["snapshot"]
+    reported = record["snapshot"]["memory"]
+    assert reported == record["memory"]
+    assert reported["copy_ms"] > 0 and reported["failed_pages"] == 0
+    assert reported["bytes_captured"] == sum(r["dumped"] for r in record["snapshot"]["va_space"])
+    assert (reported["reap_stopped_ms"] is not None) == (method == "clone")
+    assert record["snapshot"]["performance"]["wait_ms"] is not None
+    assert record["snapshot"]["interruptions"] is not None
+    listing = subprocess.run(["readelf", "-W", "-l", "-n", str(core)], capture_output=True, text=True, check=True)
+    assert "PSSDUP" in listing.stdout and "NT_PRSTATUS" in listing.stdout
+    assert "Warning" not in listing.stderr + listing.stdout and "Error" not in listing.stderr
 
 
 def test_source_runs_on_with_its_memory_intact_no_zombie_and_no_sigchld(c_target: CTarget, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from pss_cli import serial
 from pss_cli.errors import BadSnapshot
-from pss_cli.model import SCHEMA_VERSION, Snapshot, ThreadContext
+from pss_cli.model import SCHEMA_VERSION, MemoryCapture, Snapshot, ThreadContext
 from pss_cli.platform.linux import elfcore
 from pss_cli.platform.linux.elfcore import (
     CORE_OWNER,
@@ -485,6 +485,27 @@ def test_version_is_read_from_headers_alone() -> None:
     assert elfcore.read_version(core) == (elfcore.FORMAT_VERSION, SCHEMA_VERSION)
     broken_model = cs.build_core(cs.replace_note(cs.notes_of(core), PSSDUP_OWNER, NT_PSSDUP_MODEL, b"{"))
     assert elfcore.read_version(broken_model) == (elfcore.FORMAT_VERSION, SCHEMA_VERSION)
+
+
+def test_a_schema_1_core_reads_in_todays_terms_nice_moved_and_unmeasured_failed_pages_null() -> None:
+    """Schema 1 stored a Linux thread's nice value in base_priority, and its note, rendered before the memory copy,
+    said failed_pages 0 that nothing had measured. Read back today, they mean what schema 2 says."""
+    written = dataclasses.replace(cs.snapshot(2), memory=MemoryCapture("va-clone", 4096, 1))
+    notes = cs.notes_of(elfcore.render_core(written, cs.auxv()))
+    model = json.loads(next(d for o, t, d in notes if t == NT_PSSDUP_MODEL))
+    for thread, nice in zip(model["threads"], (5, -3), strict=True):
+        del thread["nice"]
+        thread["base_priority"] = nice
+    model["memory"]["failed_pages"] = 0
+    notes = cs.replace_note(notes, PSSDUP_OWNER, NT_PSSDUP_MODEL, json.dumps(model).encode())
+    parsed = elfcore.read_core(
+        cs.build_core(cs.replace_note(notes, PSSDUP_OWNER, NT_PSSDUP_VERSION, version_note(1, 1)))
+    )
+    assert parsed.schema_version == 1
+    threads = parsed.snapshot.threads or ()
+    assert [(t.priority, t.base_priority, t.nice) for t in threads] == [(20, 20, 5), (20, 20, -3)]
+    assert parsed.snapshot.memory is not None and parsed.snapshot.memory.failed_pages is None
+    assert dataclasses.replace(parsed.snapshot, threads=written.threads, memory=written.memory) == written
 
 
 def test_non_buffer_input_is_refused() -> None:

@@ -10,7 +10,6 @@ import json
 import mmap
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -29,7 +28,8 @@ from tests.linux.conftest import children_of
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
 if sys.platform == "linux":
-    from pss_cli.platform.linux import backend, elfcore, memfd, memory, procfs, vaclone
+    from pss_cli.platform.linux import backend, copyengine, dumprules, elfcore, memfd, pagescan, procfs, vaclone
+    from pss_cli.platform.linux.dumprules import Extent
 
 PAGE = 4096
 
@@ -211,35 +211,38 @@ def region(perms: str = "rw-p", path: str | None = None, **fields: Any) -> VaReg
 @pytest.mark.parametrize(
     ("case", "extent"),
     [
-        (region(anonymous=PAGE, vm_flags=("rd", "wr", "dd")), memory.Extent.NONE),
-        (region(anonymous=PAGE, vm_flags=("rd", "wr", "io")), memory.Extent.NONE),
-        (region(anonymous=PAGE, vm_flags=("rd", "wr", "pf")), memory.Extent.NONE),
-        (region("r--p", "[vvar]", anonymous=0, vm_flags=()), memory.Extent.NONE),
-        (region("r--p", "[vvar_vclock]", anonymous=0, vm_flags=()), memory.Extent.NONE),
-        (region("--xp", "[vsyscall]", anonymous=0, vm_flags=()), memory.Extent.NONE),
-        (region("r-xp", "[vdso]", anonymous=0, vm_flags=()), memory.Extent.WHOLE),
-        (region(anonymous=PAGE, vm_flags=("rd", "wr")), memory.Extent.WHOLE),
-        (region(anonymous=0, swap=PAGE, vm_flags=("rd", "wr")), memory.Extent.WHOLE),
-        (region(anonymous=0, vm_flags=("rd", "wr")), memory.Extent.NONE),
-        (region("r--p", "/usr/lib/libc.so.6", inode=5, offset=0, anonymous=0, vm_flags=()), memory.Extent.HEADER),
-        (region("r-xp", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=0, vm_flags=()), memory.Extent.NONE),
-        (region("rw-p", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=PAGE, vm_flags=()), memory.Extent.WHOLE),
-        (region("rw-s", "/tmp/data.bin", inode=5, offset=0, rss=PAGE, vm_flags=()), memory.Extent.NONE),
-        (region("rw-s", "/dev/zero (deleted)", inode=5, offset=0, vm_flags=()), memory.Extent.WHOLE),
-        (region("rw-s", "/memfd:buffers (deleted)", inode=5, offset=0, vm_flags=()), memory.Extent.WHOLE),
-        (region("rw-s", "/SYSV00000000 (deleted)", inode=5, offset=0, vm_flags=("ht",)), memory.Extent.NONE),
-        (region(anonymous=PAGE, vm_flags=("rd", "wr", "ht")), memory.Extent.WHOLE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "dd")), Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "io")), Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "pf")), Extent.NONE),
+        (region("r--p", "[vvar]", anonymous=0, vm_flags=()), Extent.NONE),
+        (region("r--p", "[vvar_vclock]", anonymous=0, vm_flags=()), Extent.NONE),
+        (region("--xp", "[vsyscall]", anonymous=0, vm_flags=()), Extent.NONE),
+        (region("r-xp", "[vdso]", anonymous=0, vm_flags=()), Extent.WHOLE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr")), Extent.WHOLE),
+        (region(anonymous=0, swap=PAGE, vm_flags=("rd", "wr")), Extent.WHOLE),
+        (region(anonymous=0, vm_flags=("rd", "wr")), Extent.NONE),
+        (region("r--p", "/usr/lib/libc.so.6", inode=5, offset=0, anonymous=0, vm_flags=()), Extent.HEADER),
+        (region("r-xp", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=0, vm_flags=()), Extent.NONE),
+        (
+            region("rw-p", "/usr/lib/libc.so.6", inode=5, offset=PAGE, anonymous=PAGE, vm_flags=()),
+            Extent.WHOLE,
+        ),
+        (region("rw-s", "/tmp/data.bin", inode=5, offset=0, rss=PAGE, vm_flags=()), Extent.NONE),
+        (region("rw-s", "/dev/zero (deleted)", inode=5, offset=0, vm_flags=()), Extent.WHOLE),
+        (region("rw-s", "/memfd:buffers (deleted)", inode=5, offset=0, vm_flags=()), Extent.WHOLE),
+        (region("rw-s", "/SYSV00000000 (deleted)", inode=5, offset=0, vm_flags=("ht",)), Extent.NONE),
+        (region(anonymous=PAGE, vm_flags=("rd", "wr", "ht")), Extent.WHOLE),
     ],
 )
-def test_dump_rules_follow_the_kernel_core_filter(case: VaRegion, extent: memory.Extent) -> None:
-    assert memory.dump_rule(case, clone=False).extent is extent
+def test_dump_rules_follow_the_kernel_core_filter(case: VaRegion, extent: Extent) -> None:
+    assert dumprules.dump_rule(case, clone=False).extent is extent
 
 
 def test_dontfork_and_wipeonfork_regions_are_left_out_of_a_clone_only() -> None:
     for flag in ("dc", "wf"):
         case = region(anonymous=PAGE, vm_flags=("rd", "wr", flag))
-        assert memory.dump_rule(case, clone=True).extent is memory.Extent.NONE
-        assert memory.dump_rule(case, clone=False).extent is memory.Extent.WHOLE
+        assert dumprules.dump_rule(case, clone=True).extent is Extent.NONE
+        assert dumprules.dump_rule(case, clone=False).extent is Extent.WHOLE
 
 
 # ------------------------------------------------------------------------------------- real address spaces
@@ -330,6 +333,25 @@ def test_capture_with_va_clone_reports_method_size_stop_time_and_leaves_no_child
     assert children_of(layout.pid) == []
 
 
+@pytest.mark.parametrize("method", CLONE_METHODS)
+def test_the_memfd_note_is_the_model_the_snapshot_reports_measured_figures_included(
+    layout: Layout, method: str
+) -> None:
+    """A receiver reading the sealed memfd (memfd.read_snapshot_fd) gets the model the capturer reports once the
+    copy is done: copy time and unreadable pages as measured, the clone's reaping stop as measured."""
+    with backend.capture(layout.pid, backend.DUMP_FLAGS, timeout=10, clone_method=method) as snap:
+        before = snap.model.memory
+        assert before is not None and before.copy_ms is None and before.failed_pages is None, "nothing copied yet"
+        fd = snap.handle()
+        reported = snap.model
+        received = memfd.read_snapshot_fd(fd)
+    assert received == reported
+    assert reported.memory is not None and reported.memory.failed_pages == 0
+    assert reported.memory.copy_ms is not None and reported.memory.copy_ms > 0
+    assert (reported.memory.reap_stopped_ms is not None) == (method == "clone")
+    assert reported.performance.wait_ms is not None and reported.interruptions is not None
+
+
 def test_a_snapshot_closed_unbuilt_kills_and_reaps_its_clone(layout: Layout) -> None:
     flags = CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE
     with backend.capture(layout.pid, flags, timeout=10) as snap:
@@ -344,7 +366,7 @@ def test_a_snapshot_closed_unbuilt_kills_and_reaps_its_clone(layout: Layout) -> 
 
 def test_pagemap_scan_and_plain_pagemap_reads_find_the_same_pages(layout: Layout) -> None:
     base = layout.where["sparse"]
-    with memory.PageScanner(layout.pid) as scanner:
+    with pagescan.PageScanner(layout.pid) as scanner:
         scanned = scanner.runs(base, base + (64 << 20))
         scanner.use_scan = False
         read = scanner.runs(base, base + (64 << 20))
@@ -353,15 +375,15 @@ def test_pagemap_scan_and_plain_pagemap_reads_find_the_same_pages(layout: Layout
     assert scanned == expected
 
 
-@pytest.mark.parametrize("reader", [memory.READ_PROC_MEM, memory.READ_PROCESS_VM])
+@pytest.mark.parametrize("reader", [copyengine.READ_PROC_MEM, copyengine.READ_PROCESS_VM])
 def test_copy_engine_zeroes_an_unreadable_page_and_goes_on(layout: Layout, tmp_path: Path, reader: str) -> None:
     shared, gap = layout.where["shared"], layout.where["gap"]  # gap: three pages, the middle one unmapped
     # One-page bounce buffers, three of them in rotation: by the time the unmapped page is read, its buffer still
     # holds a page of `shared` from an earlier batch, which must not end up in the core.
-    pieces = [memory.Piece(shared, 3 * PAGE, 0), memory.Piece(gap, 3 * PAGE, 3 * PAGE)]
+    pieces = [copyengine.Piece(shared, 3 * PAGE, 0), copyengine.Piece(gap, 3 * PAGE, 3 * PAGE)]
     with open(tmp_path / "out", "w+b") as out:
-        sink = memory.FdSink(out.fileno(), bounce=PAGE)
-        stats = memory.copy_pieces(layout.pid, pieces, sink, reader=reader)
+        sink = copyengine.FdSink(out.fileno(), bounce=PAGE)
+        stats = copyengine.copy_pieces(layout.pid, pieces, sink, reader=reader)
         sink.close()
         out.seek(0)
         data = out.read()
@@ -377,7 +399,7 @@ def test_copy_engine_zeroes_an_unreadable_page_and_goes_on(layout: Layout, tmp_p
 
 
 class InterruptAt:
-    """A trace function that raises KeyboardInterrupt before the n-th bytecode run in memory.py on this thread: a
+    """A trace function that raises KeyboardInterrupt before the n-th bytecode run in copyengine.py on this thread: a
     signal handler raises at a bytecode boundary, and this tries each boundary in turn (n = 0 only counts them)."""
 
     def __init__(self, at: int) -> None:
@@ -385,7 +407,7 @@ class InterruptAt:
         self.count = 0
 
     def __call__(self, frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename != memory.__file__:
+        if frame.f_code.co_filename != copyengine.__file__:
             return None
         frame.f_trace_opcodes = True
         return self.opcode
@@ -420,17 +442,17 @@ def test_ctrl_c_on_any_bytecode_of_a_copy_raises_it_and_leaves_no_buffer_or_thre
     view of it lived on; the mapping can be closed; no writer thread outlives the copy. (A signal handler runs only
     at some bytecodes; every one is tried. An fd returned by the call just before the interrupt may leak, as
     anywhere in Python; only an uninterrupted copy is checked for that.)"""
-    pieces = [memory.Piece(layout.where["gap"], 3 * PAGE, PAGE)]  # its middle page is unmapped: a failed read
+    pieces = [copyengine.Piece(layout.where["gap"], 3 * PAGE, PAGE)]  # its middle page is unmapped: a failed read
 
     def to_file() -> None:
         with open(tmp_path / "out", "w+b") as out:
-            memory.write_pieces_fd(out.fileno(), 4 * PAGE, pieces, layout.pid, head=b"head", bounce=2 * PAGE)
+            copyengine.write_pieces_fd(out.fileno(), 4 * PAGE, pieces, layout.pid, head=b"head", bounce=2 * PAGE)
 
     def to_mapping() -> None:
         mapping = mmap.mmap(-1, 4 * PAGE)
         try:
-            with memory.MappedSink(mapping) as sink:
-                memory.copy_pieces(layout.pid, pieces, sink, batch=2 * PAGE)
+            with copyengine.MappedSink(mapping) as sink:
+                copyengine.copy_pieces(layout.pid, pieces, sink, batch=2 * PAGE)
         finally:
             mapping.close()  # BufferError here if a view of it were left behind
 
@@ -476,19 +498,19 @@ def test_mapped_sink_writes_the_same_core_as_the_pwrite_sink(layout: Layout, tmp
     with procfs.ProcDir(layout.pid) as proc:
         regions = procfs.read_va_space(proc, section_info=True)
         info = procfs.read_process_info(proc)
-    plan = memory.plan_memory(regions, layout.pid)
+    plan = dumprules.plan_memory(regions, layout.pid)
     from pss_cli.model import Performance, Snapshot
 
     model = Snapshot(CaptureFlags.VA_SPACE, "linux", "x86_64", 0.0, info, None, None, tuple(regions),
                      Performance(0.0, None))  # fmt: skip
     layout_ = elfcore.plan_core(model, None, plan.segments)
     with open(tmp_path / "a", "w+b") as a:
-        memory.write_core_fd(a.fileno(), layout_, layout.pid)
+        copyengine.write_core_fd(a.fileno(), layout_, layout.pid)
         a.seek(0)
         by_fd = a.read()
-    box: list[memory.CopyStats] = []
+    box: list[copyengine.CopyStats] = []
     fd = memfd.create_sealed(
-        layout_, lambda m: box.append(memory.write_core_mapped(m, layout_, layout.pid)), prefault=True
+        layout_, lambda m: box.append(copyengine.write_core_mapped(m, layout_, layout.pid)), prefault=True
     )
     try:
         with mmap.mmap(fd, layout_.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:
@@ -498,33 +520,6 @@ def test_mapped_sink_writes_the_same_core_as_the_pwrite_sink(layout: Layout, tmp
 
 
 # -------------------------------------------------------------------------------------------- output files
-
-
-def test_core_file_is_created_0600_and_never_replaces_a_file_without_force(tmp_path: Path) -> None:
-    path = tmp_path / "x.core"
-    with memory.CoreFile(path, force=False) as out:
-        os.write(out.fd, b"first")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    with pytest.raises(OutputExists), memory.CoreFile(path, force=False):
-        pass
-    assert path.read_bytes() == b"first"
-    with memory.CoreFile(path, force=True) as out:
-        os.write(out.fd, b"second")
-    assert path.read_bytes() == b"second" and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
-
-
-def test_a_failed_dump_leaves_neither_a_partial_file_nor_a_damaged_old_one(tmp_path: Path) -> None:
-    path = tmp_path / "x.core"
-    path.write_bytes(b"old")
-    with pytest.raises(RuntimeError), memory.CoreFile(path, force=True) as out:
-        os.write(out.fd, b"half")
-        raise RuntimeError("copy failed")
-    assert path.read_bytes() == b"old"
-    new = tmp_path / "new.core"
-    with pytest.raises(RuntimeError), memory.CoreFile(new, force=False):
-        raise RuntimeError("copy failed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.core"]
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -552,7 +547,7 @@ def test_a_held_snapshot_is_copied_to_a_file_across_filesystems(layout: Layout, 
     with backend.capture(layout.pid, CaptureFlags.VA_SPACE | CaptureFlags.VA_CLONE, timeout=10) as snap:
         fd = snap.handle()
         with open(tmp_path / "held.core", "w+b") as out:
-            copied = memory.copy_file(fd, out.fileno())
+            copied = copyengine.copy_file(fd, out.fileno())
             out.seek(0)
             assert copied == os.fstat(fd).st_size
             with mmap.mmap(fd, copied, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as m:

@@ -92,6 +92,7 @@ class FakeThread:
     rip: int
     rsp: int
     priority: int = 8
+    base_priority: int = 8
     suspend_count: int = 0
     terminated: bool = False
 
@@ -581,7 +582,7 @@ class FakeKernel32:
             e.ThreadId = t.tid
             e.AffinityMask = 0b1
             e.Priority = t.priority
-            e.BasePriority = 8
+            e.BasePriority = t.base_priority
             e.LastSyscallFirstArgument = 0x44
             e.LastSyscallNumber = 0x1B
             e.UserTime.dwLowDateTime = 5_000_000
@@ -829,8 +830,12 @@ class FakeKernel32:
                 return False
             if not ok or not out.CheckCancel:
                 break
+        dumped = []
         for region in snap.source.regions:
-            if region.readable or region.state != MemoryState.COMMIT:
+            if region.state != MemoryState.COMMIT:
+                continue
+            if region.readable:
+                dumped.append(region)
                 continue
 
             def failure(cb_in: ctypes.Structure, region: FakeRegion = region) -> None:
@@ -843,5 +848,50 @@ class FakeKernel32:
                 self._last_error = READ_FAILURE_HRESULT
                 return False
             self.omitted.append((region.base, region.size))
-        os.write(self.files[file], b"MDMP\x93\xa7\x00\x00" + process_id.to_bytes(4, "little"))
+        os.write(self.files[file], minidump_bytes([(r.base, r.size) for r in dumped]))
         return True
+
+
+#: MINIDUMP_STREAM_TYPE ThreadListStream: a stream the fake writes besides the memory list, as dbghelp does.
+THREAD_LIST_STREAM = 3
+
+
+def minidump_bytes(ranges: list[tuple[int, int]], *, list64: bool = True) -> bytes:
+    """A minidump as dbghelp lays one out: header, stream directory (an empty thread list, then the memory list),
+    the list, then the memory (zeros here). A full-memory dump has a Memory64ListStream, whose memory follows from
+    its BaseRva on; other dumps a MemoryListStream, whose descriptors each give their memory's Rva."""
+    header = A.MINIDUMP_HEADER()
+    directory = (A.MINIDUMP_DIRECTORY * 2)()
+    threads = ctypes.c_uint32(0)
+    lst = A.MINIDUMP_MEMORY64_LIST if list64 else A.MINIDUMP_MEMORY_LIST
+    head_size = lst.MemoryRanges.offset
+    descriptors = ((A.MINIDUMP_MEMORY_DESCRIPTOR64 if list64 else A.MINIDUMP_MEMORY_DESCRIPTOR) * len(ranges))()
+    header.Signature = abi.MINIDUMP_SIGNATURE
+    header.Version = 0xA793  # MINIDUMP_VERSION
+    header.NumberOfStreams = 2
+    header.StreamDirectoryRva = ctypes.sizeof(header)
+    threads_rva = header.StreamDirectoryRva + ctypes.sizeof(directory)
+    list_rva = threads_rva + ctypes.sizeof(threads)
+    memory_rva = list_rva + head_size + ctypes.sizeof(descriptors)
+    directory[0].StreamType = THREAD_LIST_STREAM
+    directory[0].Location.DataSize = ctypes.sizeof(threads)
+    directory[0].Location.Rva = threads_rva
+    directory[1].StreamType = abi.Memory64ListStream if list64 else abi.MemoryListStream
+    directory[1].Location.DataSize = head_size + ctypes.sizeof(descriptors)
+    directory[1].Location.Rva = list_rva
+    head = lst()
+    head.NumberOfMemoryRanges = len(ranges)
+    if list64:
+        head.BaseRva = memory_rva
+    rva = memory_rva
+    for d, (base, size) in zip(descriptors, ranges, strict=True):
+        d.StartOfMemoryRange = base
+        if list64:
+            d.DataSize = size
+        else:
+            d.Memory.DataSize, d.Memory.Rva = size, rva
+        rva += size
+    return (
+        bytes(header) + bytes(directory) + bytes(threads) + bytes(head)[:head_size] + bytes(descriptors)
+        + bytes(sum(size for _, size in ranges))
+    )  # fmt: skip

@@ -26,7 +26,7 @@ from pss_cli.model import (
     MemoryType,
     ThreadState,
 )
-from pss_cli.platform.windows import abi
+from pss_cli.platform.windows import abi, minidump
 from pss_cli.platform.windows.backend import WindowsBackend, enable_debug_privilege
 from pss_cli.platform.windows.reader import ReadOptions, SnapshotReader
 from tests.windows.fake_kernel32 import (
@@ -37,6 +37,7 @@ from tests.windows.fake_kernel32 import (
     READ_MEMORY_FAILURE_CALLBACK,
     SELF,
     FakeKernel32,
+    minidump_bytes,
 )
 from tests.windows.win32metadata import Metadata, metadata_root
 from tests.windows.win_world import OTHER, RECEIVER, TARGET, backend_for, make_world
@@ -166,6 +167,9 @@ def test_capture_reads_back_what_the_snapshot_holds() -> None:
     assert by_tid[11].syscall is not None and by_tid[11].syscall.program_counter == 0x7FF7_0000_1000
     assert by_tid[12].state is ThreadState.STOPPED and by_tid[12].suspend_count == 1
     assert by_tid[13].state is ThreadState.DEAD and by_tid[13].exit_status == 0
+    # Priority is the current (boosted) one, BasePriority the base, as ProcessInfo.base_priority; Windows has no nice.
+    assert (by_tid[11].priority, by_tid[11].base_priority, by_tid[11].nice) == (10, 8, None)
+    assert (p.base_priority, p.nice) == (8, None)
 
     assert model.handles is not None
     handles = {h.handle: h for h in model.handles}
@@ -691,7 +695,10 @@ def test_dump_writes_a_minidump_from_a_va_clone_snapshot_with_the_snapshot_callb
     assert [(kind, ok) for kind, ok, _ in fake.callback_answers] == [(abi.IsProcessSnapshotCallback, True), (6, True)]
     assert fake.callback_answers[0][2] == abi.S_FALSE
     assert model.memory is not None and model.memory.method == "va-clone+minidump"
-    assert model.memory.bytes_captured == out.stat().st_size
+    # The memory the file holds (its Memory64ListStream: the three committed regions), not the file's size.
+    assert (model.memory.bytes_captured, model.memory.regions) == (0x2000 + 0x5000 + 0x1000, 3)
+    assert out.stat().st_size > model.memory.bytes_captured
+    assert model.memory.copy_ms is not None and model.memory.failed_pages is None
     names = pss_calls(fake)
     assert names.index("MiniDumpWriteDump") < names.index("PssFreeSnapshot")
     assert_clean(fake)
@@ -708,7 +715,41 @@ def test_dump_turns_cancel_callbacks_off_and_leaves_out_clone_memory_it_cannot_r
     assert fake.callback_answers[2][2] == 0, "S_OK: ignore the read failure"
     assert fake.omitted == [(0x20000, 0x2000)]
     assert any("0x20000" in w and "8192 bytes" in w for w in model.warnings), model.warnings
+    assert model.memory is not None and (model.memory.bytes_captured, model.memory.regions) == (0x5000 + 0x1000, 2)
     assert_clean(fake)
+
+
+def counted(tmp_path: Path, data: bytes) -> minidump.MinidumpMemory:
+    path = tmp_path / "x.dmp"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        return minidump.memory_in(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def test_the_memory_of_a_minidump_is_counted_from_its_memory_lists(tmp_path: Path) -> None:
+    data = minidump_bytes([(0x20000, 0x2000), (0x7FF0_0000_0000, 0x1000)])
+    assert counted(tmp_path, data) == minidump.MinidumpMemory(0x3000, 2)
+    assert counted(tmp_path, minidump_bytes([])) == minidump.MinidumpMemory(0, 0)
+    # A dump that is not full-memory lists its memory in a MemoryListStream (32-bit offsets) instead.
+    assert counted(tmp_path, minidump_bytes([(0x20000, 0x2000)], list64=False)) == minidump.MinidumpMemory(0x2000, 1)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: b"MDMX" + d[4:], "no MDMP signature"),
+        (lambda d: d[:40], "lie beyond its end"),
+        (lambda d: d[:-1], "lie beyond its end"),
+    ],
+)
+def test_a_file_that_is_no_minidump_is_one_clear_error(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    with pytest.raises(errors.OperationFailed, match=reason):
+        counted(tmp_path, damage(minidump_bytes([(0x20000, 0x2000)])))
 
 
 def test_the_callback_types_of_the_dump_are_the_sdk_values_in_the_backend_and_the_fake() -> None:

@@ -240,7 +240,7 @@ def test_dump_writes_a_minidump(target: subprocess.Popen[str], tmp_path: Path) -
     start = time.monotonic()
     model = WindowsBackend().dump(target.pid, out, force=False, timeout=60)
     assert out.read_bytes()[:4] == b"MDMP"
-    assert model.memory is not None and model.memory.bytes_captured == out.stat().st_size
+    assert model.memory is not None and 0 < model.memory.bytes_captured < out.stat().st_size
     assert time.monotonic() - start < 60
     with pytest.raises(errors.OutputExists):
         WindowsBackend().dump(target.pid, out, force=False, timeout=60)

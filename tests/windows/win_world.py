@@ -18,7 +18,7 @@ def target_process() -> FakeProcess:
         ppid=1000,
         image="C:\\Apps\\target.exe",
         threads=[
-            FakeThread(tid=11, rip=0x7FF7_0000_1000, rsp=0x0000_00AA_0000),
+            FakeThread(tid=11, rip=0x7FF7_0000_1000, rsp=0x0000_00AA_0000, priority=10),  # boosted above its base
             FakeThread(tid=12, rip=0x7FF7_0000_2000, rsp=0x0000_00BB_0000, suspend_count=1),
             FakeThread(tid=13, rip=0x7FF7_0000_3000, rsp=0x0000_00CC_0000, terminated=True),
         ],

@@ -48,7 +48,8 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform import LocalSnapshot
-from pss_cli.platform.linux import access, elfcore, inject, memfd, memory, procfs, vaclone
+from pss_cli import outfile
+from pss_cli.platform.linux import access, copyengine, elfcore, inject, memfd, procfs, vaclone
 from pss_cli.platform.linux.freeze import FrozenProcess
 
 #: What a capture asks of the kernel, for the report's access column.
@@ -83,7 +84,8 @@ class LinuxSnapshot:
     """A snapshot this process holds: the model, and the sealed memfd built from it on first use.
 
     With memory (PSS_CAPTURE_VA_CLONE) `memory` holds its source (the VA clone, or the copy made while frozen):
-    building the memfd copies the memory in and ends the clone; `write_core` writes a core file instead.
+    building the memfd copies the memory in and ends the clone; `write_core` writes a core file instead. Either
+    way `model` becomes the finished model, the one the note holds (copy time, unreadable pages, reaping stop).
     """
 
     def __init__(self, model: Snapshot, auxv: bytes | None, memory: vaclone.MemoryGrab | None = None) -> None:
@@ -100,8 +102,7 @@ class LinuxSnapshot:
         if self._fd is None:
             if self._memory is not None:
                 with os_errors(self._model.process.pid, "copy the memory"):
-                    self._fd = self._memory.build_snapshot(self._model, self._auxv)
-                self._model = self._memory.finished(self._model)
+                    self._fd, self._model = self._memory.build_snapshot(self._model, self._auxv)
             else:
                 layout = elfcore.plan_core(self._model, self._auxv)
                 self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
@@ -110,11 +111,10 @@ class LinuxSnapshot:
     def write_core(self, fd: int) -> Snapshot:
         """Write the snapshot as a core file into `fd` (an empty output file); the model as finally reported."""
         if self._memory is None:
-            memory.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
+            copyengine.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
             return self._model
         with os_errors(self._model.process.pid, "copy the memory"):
-            self._memory.write_file(fd, self._model, self._auxv)
-        self._model = self._memory.finished(self._model)
+            self._model = self._memory.write_file(fd, self._model, self._auxv)
         return self._model
 
     def close(self) -> None:
@@ -148,7 +148,7 @@ def capture(
     *,
     timeout: float,
     clone_method: str = vaclone.METHOD_CLONE,
-    progress: memory.Progress | None = None,
+    progress: copyengine.Progress | None = None,
     dump_fd: int | None = None,
 ) -> LinuxSnapshot:
     """PssCaptureSnapshot on Linux.
@@ -344,7 +344,7 @@ NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
-def _write_errors(pid: int, out: memory.CoreFile, *, others: bool = True) -> Iterator[None]:
+def _write_errors(pid: int, out: outfile.OutputFile, *, others: bool = True) -> Iterator[None]:
     """A failed write of the output file as a typed error. No room (NO_ROOM) says where and how much, wherever it
     came from; with `others`, any other error of a call on a file descriptor (EIO) is a failed write too."""
     try:
@@ -359,14 +359,14 @@ def _write_errors(pid: int, out: memory.CoreFile, *, others: bool = True) -> Ite
         raise
 
 
-def _no_room(exc: OSError, out: memory.CoreFile, pid: int) -> OutputFull:
+def _no_room(exc: OSError, out: outfile.OutputFile, pid: int) -> OutputFull:
     """The one line for a file that got no room: "no space left on DEVICE for FILE (N bytes needed, M written)", and
     the like for a quota or a size limit. N is the size the core needs, M what the filesystem holds of it now (the
     file is removed once this is said)."""
     st = os.fstat(out.fd)
-    needed = exc.size if isinstance(exc, memory.SizeRefused) else st.st_size
+    needed = exc.size if isinstance(exc, copyengine.SizeRefused) else st.st_size
     figures = f"({needed} bytes needed, {min(st.st_blocks * 512, st.st_size)} written)"
-    where = memory.filesystem_of(out.fd) or f"the filesystem of {os.path.dirname(os.path.abspath(out.path))}"
+    where = outfile.filesystem_of(out.fd) or f"the filesystem of {os.path.dirname(os.path.abspath(out.path))}"
     if exc.errno == errno.ENOSPC:
         return OutputFull(f"no space left on {where} for {out.path} {figures}", pid=pid)
     if exc.errno == errno.EDQUOT:
@@ -410,12 +410,12 @@ class LinuxBackend:
         force: bool,
         timeout: float,
         clone_method: str = vaclone.METHOD_CLONE,
-        progress: memory.Progress | None = None,
+        progress: copyengine.Progress | None = None,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
         if clone_method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
-        with memory.CoreFile(path, force=force, pid=pid) as out:
+        with outfile.OutputFile(path, force=force, pid=pid) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
                     pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
@@ -434,8 +434,8 @@ class LinuxBackend:
                 local = inject.get_remote_fd(pid, handle)
         try:
             model = memfd.read_snapshot_fd(local, label=f"fd {handle} of process {pid}")
-            with memory.CoreFile(path, force=force, pid=pid) as out, _write_errors(pid, out):
-                memory.copy_file(local, out.fd)
+            with outfile.OutputFile(path, force=force, pid=pid) as out, _write_errors(pid, out):
+                copyengine.copy_file(local, out.fd)
             return model
         finally:
             os.close(local)

@@ -500,7 +500,7 @@ def read_core(data: Any) -> ParsedCore:
         notes_offset, notes_size, loads = _read_headers(view, load_table=True)
         notes = list(_walk_notes(view, notes_offset, notes_size))
         format_version, schema_version = _check_version(view, notes)
-        snapshot = _read_model(view, notes)
+        snapshot = _read_model(view, notes, schema_version)
         registers, auxv, files = _read_standard_notes(view, notes)
         snapshot = _merge_registers(snapshot, registers)
         return ParsedCore(snapshot, format_version, schema_version, registers, auxv, files, loads)
@@ -647,7 +647,7 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _read_model(view: memoryview, notes: list[_Note]) -> Snapshot:
+def _read_model(view: memoryview, notes: list[_Note], schema_version: int) -> Snapshot:
     found = [n for n in notes if n.owner == PSSDUP_OWNER and n.type == NT_PSSDUP_MODEL]
     if len(found) != 1:
         raise _bad("no PSSDUP model note" if not found else "more than one PSSDUP model note")
@@ -663,7 +663,7 @@ def _read_model(view: memoryview, notes: list[_Note]) -> Snapshot:
     except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, int digit limit
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise _bad(f"model note is not ASCII JSON ({reason})") from None
-    return serial.from_dict(Snapshot, data)
+    return serial.from_dict(Snapshot, serial.upgrade_snapshot(data, schema_version))
 
 
 def _no_constant(name: str) -> Any:

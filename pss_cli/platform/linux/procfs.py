@@ -398,13 +398,14 @@ def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
         system_time=ticks(st.stime),
         start_time=BOOT_TIME + ticks(st.starttime),
         priority=st.priority,
-        base_priority=st.nice,
+        base_priority=st.priority,  # the one kernel priority a Linux thread has, as ProcessInfo.base_priority
         affinity=affinity(tid),
         processor=st.processor,
         syscall=syscall,
         sig_blocked=status_hex(status, "SigBlk"),
         sig_pending=status_hex(status, "SigPnd"),
         context=None,
+        nice=st.nice,
     )
 
 

@@ -22,7 +22,10 @@ through that path (pss_cli.interrupts); what is left after a SIGKILL of pss-dup 
 
 `CopyMemory` is the other method (`--clone-method copy`): the memory is copied while the process stays frozen, for
 processes where injection is refused. It writes the memory into the snapshot memfd during the freeze at an offset
-reserved for the headers, which are written once the model is complete.
+reserved for the headers.
+
+Either way the headers are written last, once the copy is done and the clone ended: the PSSDUP note then holds the
+copy time, the unreadable pages and the reaping stop as measured, never the defaults of a model not yet finished.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Final
 
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import MemoryCapture, Snapshot, VaRegion
-from pss_cli.platform.linux import elfcore, inject, memfd, memory, procfs, ptrace
+from pss_cli.platform.linux import copyengine, dumprules, elfcore, inject, memfd, procfs, ptrace
 from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, wait_stop
 from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
@@ -331,18 +334,21 @@ class MemoryGrab:
     `during_freeze` runs inside FrozenProcess; `after_thaw` fills the model (regions' `dumped`, `memory`);
     `build_snapshot` makes the sealed memfd; `write_file` writes the core into an output file; `release` ends
     whatever the grab still holds (the clone). Every path ends in `release`.
+
+    The memory always goes in before the headers: the PSSDUP note is rendered from the model once the copy is
+    done (and the clone reaped), so it carries what they measured, and equals the model the caller reports.
     """
 
     method: str = ""
     #: The tracer thread the freeze must run on, when the grab keeps something traced past the thaw (the clone).
     tracer: TracerThread | None = None
 
-    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
         self.pid = pid
         self.timeout = timeout
         self.progress = progress
-        self.plan: memory.MemoryPlan | None = None
-        self.stats: memory.CopyStats | None = None
+        self.plan: dumprules.MemoryPlan | None = None
+        self.stats: copyengine.CopyStats | None = None
         self.warnings: list[str] = []
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
@@ -351,10 +357,12 @@ class MemoryGrab:
     def after_thaw(self, model: Snapshot) -> Snapshot:
         raise NotImplementedError
 
-    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
-        raise NotImplementedError
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> tuple[int, Snapshot]:
+        """The sealed memfd, and the model its note holds."""
+        return _sealed(memfd.create_unsealed(), lambda fd: self.write_file(fd, model, auxv))
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
+        """Write the whole core into `fd` (an empty file); the model its note holds."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -363,7 +371,7 @@ class MemoryGrab:
     def reap_stopped_ms(self) -> float | None:
         return None
 
-    def finished(self, model: Snapshot) -> Snapshot:
+    def _finished(self, model: Snapshot) -> Snapshot:
         """The model once the memory is copied: its copy time, unreadable pages, and any warnings added."""
         extra = tuple(w for w in self.warnings if w not in model.warnings)
         if self.stats is not None and model.memory is not None:
@@ -375,6 +383,21 @@ class MemoryGrab:
             )
             model = dataclasses.replace(model, memory=done)
         return dataclasses.replace(model, warnings=(*model.warnings, *extra)) if extra else model
+
+    def _write_head(self, fd: int, model: Snapshot, auxv: bytes | None, data_offset: int) -> Snapshot:
+        """Put the headers and notes of the finished model in front of the memory already at `data_offset`, and size
+        the file; the model they hold."""
+        model = self._finished(model)
+        layout = elfcore.plan_core(model, auxv, self.segments, data_offset=data_offset)
+        first = next((p.offset for p in layout.loads if p.segment.filesz), data_offset)
+        if first != data_offset:
+            raise OperationFailed(
+                f"the snapshot's headers ({len(layout.head)} bytes) outgrew the room reserved for them "
+                f"({data_offset} bytes); capture again"
+            )
+        copyengine.size_file(fd, layout.size)
+        copyengine.pwrite_all(fd, layout.head, 0)
+        return model
 
     @property
     def segments(self) -> tuple[elfcore.LoadSegment, ...]:
@@ -393,7 +416,7 @@ class MemoryGrab:
             va_space = tuple(dataclasses.replace(r, dumped=dumped.get((r.base, r.size), 0)) for r in va_space)
         return dataclasses.replace(model, va_space=va_space, memory=capture, warnings=(*model.warnings, *self.warnings))
 
-    def _note_failures(self, stats: memory.CopyStats) -> None:
+    def _note_failures(self, stats: copyengine.CopyStats) -> None:
         self.stats = stats
         if stats.failed_pages:
             self.warnings.append(f"{stats.failed_pages} pages could not be read and are zero in the core")
@@ -404,7 +427,7 @@ class CloneMemory(MemoryGrab):
 
     method = "va-clone"
 
-    def __init__(self, pid: int, *, timeout: float, progress: memory.Progress | None) -> None:
+    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
         super().__init__(pid, timeout=timeout, progress=progress)
         self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
         self.clone: VaClone | None = None
@@ -421,34 +444,26 @@ class CloneMemory(MemoryGrab):
         clone.resend_stashed()
         self.warnings.extend(clone.warnings)
         regions = clone_regions(clone.pid, model.va_space)
-        self.plan = memory.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
+        self.plan = dumprules.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
         self.regions = regions
         if model.va_space is not None:
             model = dataclasses.replace(model, va_space=_with_figures(model.va_space, regions, model))
         performance = dataclasses.replace(model.performance, va_clone_ms=clone.clone_ms)
         return self._finish_model(dataclasses.replace(model, performance=performance), regions, clone.pid)
 
-    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
-        layout = elfcore.plan_core(model, auxv, self.segments)
-        fd = memfd.create_unsealed()
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
+        """The memory first, read from the clone behind room left for the headers; then the clone is ended; then
+        the headers, whose note carries what the copy and the reaping measured."""
+        data_offset = head_room(elfcore.plan_core(model, auxv, self.segments))
+        layout = elfcore.plan_core(model, auxv, self.segments, data_offset=data_offset)
         try:
-            self._note_failures(memory.write_core_fd(fd, layout, self._clone_pid(), progress=self.progress))
-            memfd.seal(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        finally:
-            self.release()
-        return fd
-
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
-        layout = elfcore.plan_core(model, auxv, self.segments)
-        try:
-            stats = memory.write_core_fd(fd, layout, self._clone_pid(), progress=self.progress)
+            stats = copyengine.write_pieces_fd(
+                fd, layout.size, copyengine.pieces_of(layout), self._clone_pid(), progress=self.progress
+            )
         finally:
             self.release()
         self._note_failures(stats)
-        return stats
+        return self._write_head(fd, model, auxv, data_offset)
 
     def reap_stopped_ms(self) -> float | None:
         return self.clone.reap_stopped_ms if self.clone is not None else None
@@ -467,6 +482,17 @@ class CloneMemory(MemoryGrab):
         finally:
             if self.tracer is not None:
                 self.tracer.close()  # no clone was made (or it is ended): nothing is left attached to it
+
+
+def _sealed(fd: int, fill: Callable[[int], Snapshot]) -> tuple[int, Snapshot]:
+    """Complete the core in memfd `fd` (`fill` returns the model its note holds) and seal it; closed on failure."""
+    try:
+        model = fill(fd)
+        memfd.seal(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, model
 
 
 #: Clone grabs not released yet. A termination signal that lands between two statements of a caller (after the
@@ -489,7 +515,7 @@ class CopyMemory(MemoryGrab):
     method = "frozen-copy"
 
     def __init__(
-        self, pid: int, *, timeout: float, progress: memory.Progress | None, dest_fd: int | None = None
+        self, pid: int, *, timeout: float, progress: copyengine.Progress | None, dest_fd: int | None = None
     ) -> None:
         super().__init__(pid, timeout=timeout, progress=progress)
         self.fd: int | None = None
@@ -503,58 +529,34 @@ class CopyMemory(MemoryGrab):
             with procfs.ProcDir(self.pid) as proc:
                 regions = procfs.read_va_space(proc, section_info=True)
         self.regions = regions
-        self.plan = memory.plan_memory(regions, self.pid)
+        self.plan = dumprules.plan_memory(regions, self.pid)
         self.data_offset = reserve_for_head(frozen, regions, self.plan)
         self.fd = memfd.create_unsealed() if self.dest_fd is None else self.dest_fd
         pieces = []
         offset = self.data_offset
         for seg in self.plan.segments:
             if seg.filesz:
-                pieces.append(memory.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
+                pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
                 offset += seg.filesz
-        self._note_failures(memory.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
+        self._note_failures(copyengine.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         return self._finish_model(model, self.regions, None)
 
-    def _layout(self, model: Snapshot, auxv: bytes | None) -> elfcore.CoreLayout:
-        layout = elfcore.plan_core(model, auxv, self.segments, data_offset=self.data_offset)
-        first = next((p.offset for p in layout.loads if p.segment.filesz), self.data_offset)
-        if first != self.data_offset:
-            raise OperationFailed(
-                f"the snapshot's headers ({len(layout.head)} bytes) outgrew the room reserved for them "
-                f"({self.data_offset} bytes); capture again"
-            )
-        return layout
-
-    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> int:
-        fd, self.fd = self.fd, None
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> tuple[int, Snapshot]:
+        fd, self.fd = self.fd, None  # the memfd the frozen copy filled: the caller's from now on
         assert fd is not None and fd != self.dest_fd
-        try:
-            layout = self._layout(model, auxv)
-            os.ftruncate(fd, layout.size)
-            os.pwrite(fd, layout.head, 0)
-            memfd.seal(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return _sealed(fd, lambda fd: self._write_head(fd, model, auxv, self.data_offset))
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> memory.CopyStats:
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
         if fd == self.dest_fd:  # the memory is already in place: only the headers are missing
-            layout = self._layout(model, auxv)
-            memory.size_file(fd, layout.size)
-            os.pwrite(fd, layout.head, 0)
-            assert self.stats is not None
-            return self.stats
-        source = self.build_snapshot(model, auxv)
+            return self._write_head(fd, model, auxv, self.data_offset)
+        source, model = self.build_snapshot(model, auxv)
         try:
-            started = time.perf_counter()
-            memory.copy_file(source, fd)
-            assert self.stats is not None
-            return dataclasses.replace(self.stats, seconds=self.stats.seconds + time.perf_counter() - started)
+            copyengine.copy_file(source, fd)
         finally:
             os.close(source)
+        return model
 
     def release(self) -> None:
         if self.fd is not None and self.fd != self.dest_fd:
@@ -562,7 +564,7 @@ class CopyMemory(MemoryGrab):
         self.fd = None
 
 
-def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: memory.MemoryPlan) -> int:
+def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: dumprules.MemoryPlan) -> int:
     """Room for the ELF headers and notes, written after the thaw once the model is complete: a generous bound
     (unused room is a hole in the memfd and costs nothing)."""
     threads = len(frozen.tids)
@@ -586,8 +588,19 @@ def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: m
     return _page_align(2 * estimate + (1 << 20))
 
 
+#: Room left after the headers of a clone's core, rendered before its copy, for what the copy and the clone's end
+#: add to the note: three measured figures and a few lines of warnings. Unused room is a hole: it costs nothing.
+HEAD_SLACK: Final = 64 * 1024
+
+
+def head_room(layout: elfcore.CoreLayout) -> int:
+    """Where the memory of a core starts when its headers are written after the copy: behind the headers as
+    rendered before it, with HEAD_SLACK to spare."""
+    return _page_align(len(layout.head) + HEAD_SLACK)
+
+
 def _page_align(value: int) -> int:
-    return (value + memory.PAGE_SIZE - 1) // memory.PAGE_SIZE * memory.PAGE_SIZE
+    return (value + copyengine.PAGE_SIZE - 1) // copyengine.PAGE_SIZE * copyengine.PAGE_SIZE
 
 
 def clone_regions(clone_pid: int, source: Sequence[VaRegion] | None) -> tuple[VaRegion, ...]:
@@ -636,7 +649,7 @@ def grab_for(
     pid: int,
     *,
     timeout: float,
-    progress: memory.Progress | None = None,
+    progress: copyengine.Progress | None = None,
     dest_fd: int | None = None,
 ) -> MemoryGrab:
     """The memory source for a capture with PSS_CAPTURE_VA_CLONE; `dest_fd` is a dump's output file, which the

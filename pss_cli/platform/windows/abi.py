@@ -124,6 +124,11 @@ MiniDumpWithHandleData = 0x00000004
 MiniDumpWithUnloadedModules = 0x00000020
 MiniDumpWithFullMemoryInfo = 0x00000800
 MiniDumpWithThreadInfo = 0x00001000
+#: MINIDUMP_STREAM_TYPE: the streams that list the memory a minidump carries (32-bit and 64-bit offsets).
+MemoryListStream = 5
+Memory64ListStream = 9
+#: MINIDUMP_SIGNATURE, "MDMP" read as a little-endian ULONG32 (a #define, which win32metadata does not carry).
+MINIDUMP_SIGNATURE = 0x504D444D
 
 # --- memoryapi.h: values the model's enums carry, under their SDK names -------------------------------------------
 MEM_COMMIT = MemoryState.COMMIT
@@ -281,6 +286,13 @@ class Abi:
     MINIDUMP_CALLBACK_INPUT: CStruct
     MINIDUMP_CALLBACK_OUTPUT: CStruct
     MINIDUMP_CALLBACK_INFORMATION: CStruct
+    MINIDUMP_LOCATION_DESCRIPTOR: CStruct
+    MINIDUMP_HEADER: CStruct
+    MINIDUMP_DIRECTORY: CStruct
+    MINIDUMP_MEMORY_DESCRIPTOR: CStruct
+    MINIDUMP_MEMORY_LIST: CStruct
+    MINIDUMP_MEMORY_DESCRIPTOR64: CStruct
+    MINIDUMP_MEMORY64_LIST: CStruct
 
     def structures(self) -> dict[str, CStruct]:
         """Every declared structure by its SDK name (what the layout test walks)."""
@@ -708,6 +720,42 @@ def build_abi(arch: Arch) -> Abi:
         [("CallbackRoutine", ptr), ("CallbackParam", ptr)],
         pack=4 if arch == "x64" else None,
     )
+    # The file's own structures (the same on every architecture): what `dump` reads back from the minidump it wrote.
+    MINIDUMP_LOCATION_DESCRIPTOR = _define("MINIDUMP_LOCATION_DESCRIPTOR", [("DataSize", u32), ("Rva", u32)], pack=4)
+    MINIDUMP_HEADER = _define(
+        "MINIDUMP_HEADER",
+        [
+            ("Signature", u32),
+            ("Version", u32),
+            ("NumberOfStreams", u32),
+            ("StreamDirectoryRva", u32),
+            ("CheckSum", u32),
+            ("Anonymous", _union("_Anonymous_e__Union", [("Reserved", u32), ("TimeDateStamp", u32)], pack=4)),
+            ("Flags", u64),
+        ],
+        pack=4,
+        anonymous=("Anonymous",),
+    )
+    MINIDUMP_DIRECTORY = _define(
+        "MINIDUMP_DIRECTORY", [("StreamType", u32), ("Location", MINIDUMP_LOCATION_DESCRIPTOR)], pack=4
+    )
+    MINIDUMP_MEMORY_DESCRIPTOR = _define(
+        "MINIDUMP_MEMORY_DESCRIPTOR", [("StartOfMemoryRange", u64), ("Memory", MINIDUMP_LOCATION_DESCRIPTOR)], pack=4
+    )
+    # The lists end in a one-element array that stands for as many descriptors as NumberOfMemoryRanges says.
+    MINIDUMP_MEMORY_LIST = _define(
+        "MINIDUMP_MEMORY_LIST",
+        [("NumberOfMemoryRanges", u32), ("MemoryRanges", MINIDUMP_MEMORY_DESCRIPTOR * 1)],
+        pack=4,
+    )
+    MINIDUMP_MEMORY_DESCRIPTOR64 = _define(
+        "MINIDUMP_MEMORY_DESCRIPTOR64", [("StartOfMemoryRange", u64), ("DataSize", u64)], pack=4
+    )
+    MINIDUMP_MEMORY64_LIST = _define(
+        "MINIDUMP_MEMORY64_LIST",
+        [("NumberOfMemoryRanges", u64), ("BaseRva", u64), ("MemoryRanges", MINIDUMP_MEMORY_DESCRIPTOR64 * 1)],
+        pack=4,
+    )
     return Abi(
         arch=arch,
         pointer_size=pointer_size,
@@ -749,6 +797,13 @@ def build_abi(arch: Arch) -> Abi:
         MINIDUMP_CALLBACK_INPUT=MINIDUMP_CALLBACK_INPUT,
         MINIDUMP_CALLBACK_OUTPUT=MINIDUMP_CALLBACK_OUTPUT,
         MINIDUMP_CALLBACK_INFORMATION=MINIDUMP_CALLBACK_INFORMATION,
+        MINIDUMP_LOCATION_DESCRIPTOR=MINIDUMP_LOCATION_DESCRIPTOR,
+        MINIDUMP_HEADER=MINIDUMP_HEADER,
+        MINIDUMP_DIRECTORY=MINIDUMP_DIRECTORY,
+        MINIDUMP_MEMORY_DESCRIPTOR=MINIDUMP_MEMORY_DESCRIPTOR,
+        MINIDUMP_MEMORY_LIST=MINIDUMP_MEMORY_LIST,
+        MINIDUMP_MEMORY_DESCRIPTOR64=MINIDUMP_MEMORY_DESCRIPTOR64,
+        MINIDUMP_MEMORY64_LIST=MINIDUMP_MEMORY64_LIST,
     )
 
 

@@ -22,7 +22,6 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import TracebackType
 
 from pss_cli import errors
@@ -38,8 +37,9 @@ from pss_cli.model import (
     MemoryType,
     Snapshot,
 )
+from pss_cli.outfile import OutputFile
 from pss_cli.platform import Backend, LocalSnapshot
-from pss_cli.platform.windows import abi
+from pss_cli.platform.windows import abi, minidump
 from pss_cli.platform.windows.abi import Abi
 from pss_cli.platform.windows.access import (
     AccessRequest,
@@ -534,39 +534,28 @@ class WindowsBackend:
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
-        while the clone is made. An existing file is never replaced unless `force`; a failed dump leaves none.
+        while the clone is made. An existing file is never replaced unless `force`; a failed dump leaves none
+        (pss_cli.outfile). The model's memory is what the file holds (its memory lists, read back), and copy_ms how
+        long MiniDumpWriteDump took; blocks the clone could not give are left out and named in a warning.
         `progress` is not called (MiniDumpWriteDump reports none)."""
         if clone_method != "clone":
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
-        target = Path(path)
-        if force:
-            fd, partial = _create_beside(target)
-        else:
-            try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-            except FileExistsError as exc:
-                raise errors.OutputExists(f"{target} exists; pass --force to replace it", pid=pid) from exc
-            except OSError as exc:
-                raise errors.OutputExists(f"cannot create {target}: {exc.strerror}", pid=pid) from exc
-            partial = target
-        done = False
-        try:
-            with os.fdopen(fd, "wb") as stream, self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
-                unread = self._write_minidump(snap, pid, self.k.get_osfhandle(stream.fileno()), dump_type)
+        with OutputFile(path, force=force, pid=pid) as out:
+            with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
+                started = time.perf_counter()
+                unread = self._write_minidump(snap, pid, self.k.get_osfhandle(out.fd), dump_type)
+                copy_ms = (time.perf_counter() - started) * 1000
                 model = snap.model
-            if partial != target:
-                os.replace(partial, target)
-            done = True
-        finally:
-            if not done:
-                with contextlib.suppress(OSError):
-                    os.unlink(partial)
-        size = target.stat().st_size
-        clone_pid = model.memory.clone_pid if model.memory else None
-        regions = model.memory.regions if model.memory else 0
-        memory = MemoryCapture(method="va-clone+minidump", bytes_captured=size, regions=regions, clone_pid=clone_pid)
+            held = minidump.memory_in(out.fd, out.path, self.abi)
+        memory = MemoryCapture(
+            method="va-clone+minidump",
+            bytes_captured=held.bytes,
+            regions=held.ranges,
+            clone_pid=model.memory.clone_pid if model.memory else None,
+            copy_ms=copy_ms,
+        )
         return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
@@ -634,20 +623,6 @@ def _dump_held_unsupported(pid: int) -> errors.NotSupported:
         "dump --from is not supported on Windows yet: a minidump needs the process handle, not only the snapshot",
         pid=pid,
     )
-
-
-def _create_beside(target: Path) -> tuple[int, Path]:
-    """A new file next to `target`, to be renamed over it once complete (so --force never leaves half a dump)."""
-    for attempt in range(100):
-        partial = target.with_name(f".{target.name}.{os.getpid()}.{attempt}.partial")
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise errors.OutputExists(f"cannot create a file in {target.parent}: {exc.strerror}") from exc
-        return fd, partial
-    raise errors.OutputExists(f"cannot create a temporary file beside {target}")
 
 
 def _conforms(backend: WindowsBackend) -> Backend:
