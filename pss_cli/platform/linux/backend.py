@@ -47,7 +47,7 @@ from pss_cli.model import (
     ThreadEntry,
     VaRegion,
 )
-from pss_cli.platform import LocalSnapshot
+from pss_cli.platform import LiveProcess, LocalSnapshot
 from pss_cli.platform.linux import access, elfcore, inject, memfd, memory, procfs, vaclone
 from pss_cli.platform.linux.freeze import FrozenProcess
 
@@ -591,8 +591,25 @@ class LinuxBackend:
         finally:
             os.close(local)
 
+    def process_exists(self, pid: int) -> bool:
+        return procfs.process_exists(pid)
+
+    def live_processes(self) -> Iterator[LiveProcess]:
+        for pid, name in procfs.live_processes():
+            yield LiveProcess(pid, name)
+
+    def is_kernel_thread(self, pid: int) -> bool:
+        return procfs.is_kernel_thread(pid)
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
-        return memfd.held_snapshots(pid)
+        named = procfs.snapshot_fds(pid)
+        return named if not named else memfd.checked_snapshots(pid, named)
+
+    def named_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        return procfs.snapshot_fds(pid)
+
+    def handle_size(self, pid: int, handle: int) -> int | None:
+        return procfs.fd_size(pid, handle)
 
     def enable_debug_privilege(self) -> bool:
         raise NotSupported(
