@@ -1,4 +1,5 @@
-"""The click application: a thin layer that parses, calls the API, and renders.
+"""The click application: a thin layer that parses, calls the API (pss_cli.api, and nothing else below it), and
+renders (pss_cli.render).
 
 `main()` runs click without its standalone mode so that every failure gets exactly one line on stderr and a
 documented exit code (errors.ExitCode), and Ctrl-C exits 130 after the lower layers restored every process.
@@ -93,8 +94,8 @@ def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
     message = " ".join(exc.format_message().split()).rstrip(".")
     wanted = requested_format(argv)
     if wanted in ("json", "jsonl"):
-        from pss_cli.cli.common import Ui
         from pss_cli.errors import UsageError
+        from pss_cli.render.console import Ui
         from pss_cli.render.jsonout import emit_error
 
         ui = Ui(output=wanted, quiet=True, color="never", timeout=0, command=command.removeprefix("pss-dup").strip())

@@ -1,7 +1,8 @@
 """The one interface every platform backend implements, and the choice of backend, made once.
 
-The public API (pss_cli/__init__.py) and the CLI never branch on the platform: they call the object that
-`backend()` returns. Backends are imported lazily so that `pss-dup --version` and shell completion stay fast.
+Only the library API (pss_cli.api, and pss_cli.lookup beneath it) calls `backend()`; the CLI calls the API. Neither
+branches on the platform. Backends are imported lazily, and keep their own heavy modules (injection, the ELF core
+writer) for the operations that need them, so that a command imports only what it uses.
 """
 
 from __future__ import annotations
