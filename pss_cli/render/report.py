@@ -1,4 +1,7 @@
-"""One entry point per command's report, choosing tables or JSON by the run's output format."""
+"""One entry point per command's report, choosing tables or JSON by the run's output format.
+
+rich (through tables) and the model's serialiser load only in the reports that use them: `ps -o json` needs neither.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pss_cli.model import DuplicateResult, FreeResult, Snapshot
 from pss_cli.render import printable
 from pss_cli.render.console import Ui, print_trimmed, status
 from pss_cli.render.jsonout import emit, error_record
-from pss_cli.serial import to_dict, to_json
 
 if TYPE_CHECKING:
     from pss_cli.doctor import Check
@@ -35,6 +37,8 @@ def captures(ui: Ui, outcomes: list[tuple[int, Snapshot | PssError]]) -> None:
 
 
 def snapshot_record(pid: int, snap: Snapshot) -> dict[str, Any]:
+    from pss_cli.serial import to_dict
+
     return {"status": "ok", "pid": pid, "snapshot": to_dict(snap)}
 
 
@@ -42,6 +46,8 @@ def duplicated(ui: Ui, result: DuplicateResult, snap: Snapshot | None, source_ha
     capture_ms = snap.performance.capture_ms if snap else None
     source_stopped = snap.performance.stopped_ms if snap else None
     if ui.machine:
+        from pss_cli.serial import to_dict, to_json
+
         record = {
             "status": "ok",
             "dry_run": result.dry_run,
@@ -77,6 +83,8 @@ def duplicated(ui: Ui, result: DuplicateResult, snap: Snapshot | None, source_ha
 
 def freed(ui: Ui, result: FreeResult) -> None:
     if ui.machine:
+        from pss_cli.serial import to_dict
+
         emit(ui, [{"status": "ok", **to_dict(result)}])
         return
     from pss_cli.render.tables import result_view
@@ -160,6 +168,8 @@ def dumped(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
         size = None
     memory = snap.memory
     if ui.machine:
+        from pss_cli.serial import to_dict
+
         record = {
             "status": "ok",
             "pid": snap.process.pid,
