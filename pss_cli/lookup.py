@@ -14,7 +14,7 @@ from pss_cli.errors import AmbiguousTarget, NoSuchProcess
 from pss_cli.model import MAX_PID
 from pss_cli.platform import backend
 
-#: Only what a `ps` row shows: process_iter reads these under one oneshot() per process, and nothing slow.
+#: Only what a `ps` row shows: as_dict reads these under one oneshot() per process, and nothing slow.
 PSUTIL_ATTRS = ["ppid", "username", "name", "num_threads", "memory_info", "cmdline", "create_time"]
 HANDLE_ATTR = "num_handles" if sys.platform == "win32" else "num_fds"
 
@@ -124,11 +124,15 @@ def list_processes(pattern: str | None = None, user: str | None = None, parent: 
         attrs.append("uids")
     own = os.getpid()
     rows = []
-    for proc in psutil.process_iter(attrs, ad_value=None):
-        info = proc.info
-        cmdline = tuple(info["cmdline"]) if info["cmdline"] is not None else None
-        if proc.pid == own or (sys.platform == "win32" and proc.pid == 0):
+    for pid in psutil.pids():
+        if pid == own or (sys.platform == "win32" and pid == 0) or platform.is_kernel_thread(pid):
+            continue  # most of a Linux host's PIDs are kernel threads: ruled out before psutil reads anything
+        try:
+            proc = psutil.Process(pid)
+            info = proc.as_dict(attrs, ad_value=None)
+        except psutil.NoSuchProcess:
             continue
+        cmdline = tuple(info["cmdline"]) if info["cmdline"] is not None else None
         if parent is not None and info["ppid"] != parent:
             continue
         if pattern is not None and not name_glob_matches(pattern, info["name"], cmdline):
@@ -136,12 +140,10 @@ def list_processes(pattern: str | None = None, user: str | None = None, parent: 
         uids = info.get("uids")
         if user is not None and not user_matches(user, info["username"], uids.real if uids else None):
             continue
-        if platform.is_kernel_thread(proc.pid):
-            continue
         memory = info["memory_info"]
         rows.append(
             ProcessRow(
-                pid=proc.pid,
+                pid=pid,
                 ppid=info["ppid"],
                 user=info["username"],
                 name=info["name"],
@@ -150,7 +152,7 @@ def list_processes(pattern: str | None = None, user: str | None = None, parent: 
                 rss=memory.rss if memory is not None else None,
                 cmdline=cmdline,
                 create_time=info["create_time"],
-                snapshots=platform.held_snapshots(proc.pid),
+                snapshots=platform.held_snapshots(pid),
             )
         )
     return sorted(rows, key=lambda r: r.pid)
