@@ -6,9 +6,11 @@ sides alike), reported as medians:
     pss-dup capture PID --handles -o json   beside   lsof -p PID     (goal: ratio <= 3)
     pss-dup ps -o json                      beside   ps aux          (goal: ratio <= 8)
 
-PID is a process this script starts (a Python interpreter waiting on stdin) and ends. Then the floors every run
-pays before pss-dup does anything, timed the same way: the interpreter alone, and with click and the model
-imported, beside each goal's budget (the goal ratio times the native command's median).
+PID is a process this script starts (a Python interpreter waiting on stdin) and ends. Each pair also times the same
+work done through the library in one interpreter, without click (what a JSON path that bypassed click could gain
+at best). Then the floors every run pays before pss-dup does anything, timed the same way: the interpreter
+alone, with click, with the model, with both, beside each goal's budget (the goal ratio times the native
+command's median).
 
 lsof is not a dependency of pss-dup or of its tests; install it for this benchmark (`apt-get install lsof`). Run
 as root (capture traces): `.venv/bin/python bench/bench_startup.py [--runs N]`. Python modules are timed as
@@ -31,16 +33,27 @@ from pathlib import Path
 import pss_cli
 
 TARGET = "import sys; print('ready', flush=True); sys.stdin.read()"
+#: The same work as the two commands, through the library: no click, nothing of the CLI.
+LIBRARY_CAPTURE = (
+    "import json, pss_cli; from pss_cli.serial import to_dict; "
+    "print(json.dumps([to_dict(pss_cli.capture({pid}, pss_cli.CaptureFlags.HANDLES))], indent=2))"
+)
+LIBRARY_PS = (
+    "import json, pss_cli; from pss_cli.render.report import process_record; "
+    "print(json.dumps([process_record(row) for row in pss_cli.list_processes()], indent=2))"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """A pss-dup command, the native command it is measured against, and the largest ratio allowed."""
+    """A pss-dup command, the native command it is measured against, the largest ratio allowed, and the same work
+    through the library without click."""
 
     title: str
     ours: list[str]
     native: list[str]
     goal: float
+    library: list[str]
 
 
 def run_ms(argv: list[str]) -> float:
@@ -67,20 +80,24 @@ def show(argv: list[str], times: list[float]) -> None:
 
 
 def measure(pair: Pair, runs: int) -> tuple[bool, float]:
-    """Print both medians and their ratio; whether the goal is met, and the goal's budget in ms."""
-    ours, native = interleaved([pair.ours, pair.native], runs)
+    """Print the medians and the ratios; whether the goal is met, and the goal's budget in ms."""
+    ours, native, library = interleaved([pair.ours, pair.native, pair.library], runs)
     ratio = statistics.median(ours) / statistics.median(native)
     met = ratio <= pair.goal
     print(pair.title)
     show(pair.ours, ours)
     show(pair.native, native)
-    print(f"  ratio {ratio:.2f} (goal <= {pair.goal:g}): {'met' if met else 'MISSED'}")
+    print(f"  {'the same through the library, without click':<44} median {statistics.median(library):7.1f} ms   "
+          f"min {min(library):7.1f} ms")  # fmt: skip
+    print(f"  ratio {ratio:.2f} (goal <= {pair.goal:g}): {'met' if met else 'MISSED'}; "
+          f"without click {statistics.median(library) / statistics.median(native):.2f}")  # fmt: skip
     return met, pair.goal * statistics.median(native)
 
 
 def floors(budgets: dict[str, float], runs: int) -> None:
     """What any pss-dup run pays before its own code: the interpreter, then click and the model imported."""
-    commands = [[sys.executable, "-c", code] for code in ("pass", "import click", "import click, pss_cli.model")]
+    codes = ("pass", "import click", "import pss_cli.model", "import click, pss_cli.model")
+    commands = [[sys.executable, "-c", code] for code in codes]
     times = interleaved(commands, runs)
     print("floors (every run pays these first)")
     for argv, series in zip(commands, times, strict=True):
@@ -106,8 +123,9 @@ def main() -> int:
         pid = str(target.pid)
         pairs = (
             Pair("capture of one process's fd table", [exe, "capture", pid, "--handles", "-o", "json"],
-                 ["lsof", "-p", pid], 3),
-            Pair("list every process", [exe, "ps", "-o", "json"], ["ps", "aux"], 8),
+                 ["lsof", "-p", pid], 3, [sys.executable, "-c", LIBRARY_CAPTURE.format(pid=pid)]),
+            Pair("list every process", [exe, "ps", "-o", "json"], ["ps", "aux"], 8,
+                 [sys.executable, "-c", LIBRARY_PS]),
         )  # fmt: skip
         print(f"{runs} interleaved runs each, target pid {pid}")
         results = {pair.title: measure(pair, runs) for pair in pairs}
