@@ -17,9 +17,9 @@ from pathlib import Path
 from rich.console import Console
 
 import pss_cli
-from pss_cli.cli.common import Ui
 from pss_cli.model import CaptureFlags
 from pss_cli.render import report
+from pss_cli.render.console import Ui
 
 OUTPUT = Path(__file__).resolve().parent / "report.svg"
 WIDTH = 118

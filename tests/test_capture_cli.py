@@ -149,6 +149,16 @@ def test_no_such_process_exits_3() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_thread_id_is_no_process_and_exits_3(target: Target) -> None:
+    """/proc/TID exists for any thread, though /proc lists only processes: a worker's TID names no process."""
+    tid = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
+    assert tid != target.pid and os.path.exists(f"/proc/{tid}")
+    result = run_cli("capture", str(tid), "--flags", "0")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stderr == f"pss-dup: no process with PID {tid}; list processes with `pss-dup ps`\n"
+    assert target.echo("still here") == "echo:still here"
+
+
 def test_name_matching_several_processes_lists_them_and_exits_2() -> None:
     procs = [subprocess.Popen(["sleep", "301"]) for _ in range(2)]
     try:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
+import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -169,3 +172,19 @@ def test_piped_table_keeps_a_long_command_line_whole(holder: Holder) -> None:
         proc.wait()
         assert proc.stdin
         proc.stdin.close()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_kernel_threads_are_ruled_out_from_their_stat_alone(tmp_path: Path) -> None:
+    """Most of a host's PIDs are kernel threads: `ps` reads each one's /proc/PID/stat and nothing else of it."""
+    kernel_threads = kernel_thread_pids()
+    if not kernel_threads:
+        pytest.skip("this host shows no kernel threads")
+    log = tmp_path / "strace.log"
+    result = subprocess.run(["strace", "-f", "-e", "trace=open,openat,readlink,readlinkat", "-o", str(log), PSS_DUP,
+                             "ps", "-o", "json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not {r["pid"] for r in json.loads(result.stdout)["results"]} & kernel_threads
+    touched = log.read_text()
+    for pid in kernel_threads:
+        assert set(re.findall(rf'"/proc/{pid}/([^"]*)"', touched)) <= {"stat"}, pid

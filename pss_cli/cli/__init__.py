@@ -1,13 +1,18 @@
-"""The click application: a thin layer that parses, calls the API, and renders.
+"""The click application: a thin layer that parses, calls the API (pss_cli.api, and nothing else below it), and
+renders (pss_cli.render).
 
 `main()` runs click without its standalone mode so that every failure gets exactly one line on stderr and a
 documented exit code (errors.ExitCode), and Ctrl-C exits 130 after the lower layers restored every process.
+
+Each command's module is imported only when that command runs, or when help lists every command: scripts call
+pss-dup in loops, and a `capture` should not pay for `doctor`'s or `dump`'s imports.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, MutableMapping
 from typing import NoReturn
 
 import click
@@ -29,6 +34,60 @@ class _Stopped(BaseException):
         self.cause = cause
 
 
+#: Every command: its name, and the module and attribute that define it (click's "lazy group" pattern).
+COMMANDS = {
+    "capture": "pss_cli.cli.capture:capture",
+    "completion": "pss_cli.cli.completion:completion",
+    "doctor": "pss_cli.cli.doctor:doctor",
+    "dump": "pss_cli.cli.dump:dump",
+    "dup": "pss_cli.cli.snapshots:dup",
+    "free": "pss_cli.cli.snapshots:free",
+    "inspect": "pss_cli.cli.snapshots:inspect",
+    "ps": "pss_cli.cli.ps:ps",
+}
+
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's commands by name, each imported on first access; listing the names imports nothing.
+
+    click reads a group's commands only through this mapping (`get_command`, `list_commands`), so parsing,
+    completion and help work unchanged while a run loads just the module of the command it runs.
+    """
+
+    def __init__(self, where: dict[str, str]) -> None:
+        self._where = dict(where)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            module, _, attribute = self._where[name].partition(":")
+            # `from module import attribute`, through the import statement's machinery (which -X importtime
+            # reports; importlib.import_module would hide the module from that measurement).
+            command = getattr(__import__(module, fromlist=[attribute]), attribute)
+            assert isinstance(command, click.Command), self._where[name]
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._where.pop(name, None)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._where and name not in self._loaded:
+            raise KeyError(name)
+        self._where.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted({*self._where, *self._loaded}))
+
+    def __len__(self) -> int:
+        return len({*self._where, *self._loaded})
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where or name in self._loaded
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -39,6 +98,7 @@ class _Group(click.Group):
 
 @click.group(
     cls=_Group,
+    commands=LazyCommands(COMMANDS),
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
     epilog=EXIT_CODES_EPILOG,
 )
@@ -48,22 +108,6 @@ def cli() -> None:
 
     On Linux this needs root or CAP_SYS_PTRACE over the processes involved (see `pss-dup doctor`).
     """
-
-
-def register_commands() -> None:
-    from pss_cli.cli import capture, completion, doctor, dump, ps, snapshots
-
-    cli.add_command(capture.capture)
-    cli.add_command(snapshots.dup)
-    cli.add_command(snapshots.free)
-    cli.add_command(snapshots.inspect)
-    cli.add_command(ps.ps)
-    cli.add_command(completion.completion)
-    cli.add_command(doctor.doctor)
-    cli.add_command(dump.dump)
-
-
-register_commands()
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -93,8 +137,8 @@ def usage_error(exc: click.UsageError, argv: list[str]) -> NoReturn:
     message = " ".join(exc.format_message().split()).rstrip(".")
     wanted = requested_format(argv)
     if wanted in ("json", "jsonl"):
-        from pss_cli.cli.common import Ui
         from pss_cli.errors import UsageError
+        from pss_cli.render.console import Ui
         from pss_cli.render.jsonout import emit_error
 
         ui = Ui(output=wanted, quiet=True, color="never", timeout=0, command=command.removeprefix("pss-dup").strip())

@@ -6,10 +6,11 @@ from typing import Any
 
 import click
 
-from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.common import output_options
 from pss_cli.cli.params import TARGET
 from pss_cli.errors import ExitCode, PssError, UsageError
 from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags
+from pss_cli.render.console import Ui
 
 #: One option per PSS capture flag: (option, flag, help).
 FLAG_OPTIONS: tuple[tuple[str, CaptureFlags, str], ...] = (
@@ -134,16 +135,15 @@ def capture(
     The process is frozen only while its registers, handles and memory map are read, and then runs on exactly as
     before; a process that was stopped stays stopped.
     """
-    import pss_cli
-    from pss_cli.lookup import resolve
+    from pss_cli import api
     from pss_cli.render import report
 
     flags = flags_from(selected, everything, mask)
-    pids = resolve(target, all_matches=all_matches)
+    pids = api.resolve(target, all_matches=all_matches)
     outcomes: list[tuple[int, Any]] = []
     for pid in pids:
         try:
-            outcomes.append((pid, pss_cli.capture(pid, flags, timeout=ui.timeout)))
+            outcomes.append((pid, api.capture(pid, flags, timeout=ui.timeout)))
         except PssError as exc:
             if len(pids) == 1:
                 raise

@@ -1,95 +1,22 @@
-"""What every command shares: output options, the per-run console state, and error reporting.
+"""What every command shares: the output options, which build the run's Ui, and error reporting.
 
-rich is imported only when a command actually renders, so `--version`, `--help` and shell completion stay fast.
+Ui and the consoles live in pss_cli.render.console; rich is imported only when a command actually renders, so
+`--version`, `--help`, shell completion and JSON output never load it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from pss_cli.cli.params import Seconds
 from pss_cli.errors import PssError, own_error
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from pss_cli.render.console import OUTPUT_FORMATS, Ui
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-OUTPUT_FORMATS = ("table", "json", "jsonl")
-
-
-@dataclass
-class Ui:
-    """How this run reports: format, verbosity, colour, and the two consoles (data on stdout, the rest on stderr)."""
-
-    output: str
-    quiet: bool
-    color: str
-    timeout: float
-    command: str
-    _out: Console | None = None
-    _err: Console | None = None
-
-    @property
-    def machine(self) -> bool:
-        return self.output in ("json", "jsonl")
-
-    @property
-    def out(self) -> Console:
-        if self._out is None:
-            self._out = make_console(self.color, stderr=False)
-        return self._out
-
-    @property
-    def err(self) -> Console:
-        if self._err is None:
-            self._err = make_console(self.color, stderr=True)
-        return self._err
-
-    @property
-    def interactive(self) -> bool:
-        """Animate only for a person watching: a real terminal on stderr, not CI, not quiet, not FORCE_COLOR's fake."""
-        return (
-            sys.stderr.isatty()
-            and not self.quiet
-            and not os.environ.get("CI")
-            and os.environ.get("TTY_INTERACTIVE") != "0"
-        )
-
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            from rich.text import Text
-
-            from pss_cli.render import printable
-
-            self.err.print(Text(printable(f"pss-dup: warning: {message}"), style="yellow"))
-
-
-def make_console(color: str, *, stderr: bool) -> Console:
-    """A console per run (NO_COLOR is read when one is built).
-
-    Piped output is never cut to fit a width: COLUMNS describes a terminal, and a pipe has none (some libraries
-    export COLUMNS=80 into every child process, which would otherwise fold every path in the report).
-    """
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else 100_000
-    return Console(
-        stderr=stderr,
-        highlight=False,
-        no_color=True if color == "never" else None,
-        force_terminal={"always": True, "never": False}.get(color),
-        width=width,
-        soft_wrap=False,
-    )
 
 
 def output_options(func: F) -> F:
@@ -150,9 +77,9 @@ def output_options(func: F) -> F:
         ctx.obj = ui
         try:
             if debug_privilege:
-                from pss_cli.platform import backend
+                from pss_cli import api
 
-                if not backend().enable_debug_privilege():
+                if not api.enable_debug_privilege():
                     ui.warn("SeDebugPrivilege could not be enabled: run from an elevated prompt")
             return func(ui, *args, **kwargs)
         except (PssError, OSError) as exc:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.common import output_options
+from pss_cli.render.console import Ui
 
 PROG_NAME = "pss-dup"
 COMPLETE_VAR = "_PSS_DUP_COMPLETE"

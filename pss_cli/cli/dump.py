@@ -6,22 +6,17 @@ is made; its memory is copied afterwards, with a progress bar on stderr when a p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 import click
 
-from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.common import output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
 from pss_cli.model import CLONE_METHODS
-
-if TYPE_CHECKING:
-    from pss_cli.model import Snapshot
+from pss_cli.render.console import Ui
 
 #: Characters kept from a process name in the default file name; anything else becomes "_".
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -64,9 +59,10 @@ def dump(
     existing file is never replaced without --force. With --from PID --handle H, the snapshot that PID already
     holds is written out instead (FILE is then the only argument).
     """
-    from pss_cli.platform import backend
+    from pss_cli import api
+    from pss_cli.render import report
+    from pss_cli.render.console import progress_bar
 
-    impl = backend()
     if holder is not None or handle is not None:
         if holder is None or handle is None:
             raise UsageError("--from and --handle go together: the process that holds the snapshot, and its handle")
@@ -74,134 +70,18 @@ def dump(
             raise UsageError("with --from there is no TARGET: give only FILE")
         file = target
         started = time.perf_counter()
-        path = file or _default_for_held(impl, holder, handle, ui)
-        snap = impl.dump_held(holder, handle, path, force=force, timeout=ui.timeout)
-        report(ui, snap, path, holder, handle, time.perf_counter() - started)
+        if not file:
+            held = api.inspect(holder, handle, timeout=ui.timeout)
+            file = default_name(held.process.name, held.process.pid, held.captured_at, dump_suffix())
+        snap = api.dump_held(holder, handle, file, force=force, timeout=ui.timeout)
+        report.dumped(ui, snap, file, holder, handle, time.perf_counter() - started)
         return 0
     if target is None:
         raise UsageError("give TARGET (a PID or a process name), or --from PID --handle H")
-    from pss_cli.lookup import resolve
-
-    (pid,) = resolve(target)
-    path = file or default_name(_process_name(pid), pid, time.time(), dump_suffix())
+    (pid,) = api.resolve(target)
+    path = file or default_name(api.process_name(pid), pid, time.time(), dump_suffix())
     started = time.perf_counter()
-    with progress_bar(ui) as progress:
-        snap = impl.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress)
-    report(ui, snap, path, None, None, time.perf_counter() - started)
+    with progress_bar(ui, "copying memory") as progress:
+        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress)
+    report.dumped(ui, snap, path, None, None, time.perf_counter() - started)
     return 0
-
-
-def _process_name(pid: int) -> str:
-    import psutil
-
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return "process"
-
-
-def _default_for_held(impl: Any, holder: int, handle: int, ui: Ui) -> str:
-    snap = impl.inspect(holder, handle, timeout=ui.timeout)
-    return default_name(snap.process.name, snap.process.pid, snap.captured_at, dump_suffix())
-
-
-@contextlib.contextmanager
-def progress_bar(ui: Ui) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr while memory is copied, only for a person watching (ui.interactive)."""
-    if not ui.interactive:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("copying memory"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=ui.err, transient=True) as bar:
-        task = bar.add_task("memory", total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
-
-
-def report(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | None, seconds: float) -> None:
-    """One record: the file, how much memory it holds and how it got it, and how long the process was stopped."""
-    try:
-        size: int | None = os.stat(path).st_size
-    except OSError:
-        size = None
-    if ui.machine:
-        from pss_cli.render.jsonout import emit
-        from pss_cli.serial import to_dict
-
-        memory = snap.memory
-        record = {
-            "status": "ok",
-            "pid": snap.process.pid,
-            "file": os.path.abspath(path),
-            "size": size,
-            "source": {"pid": holder, "handle": handle} if holder is not None else None,
-            "memory": to_dict(memory) if memory is not None else None,
-            "timings": {
-                "total_ms": seconds * 1000,
-                "capture_ms": snap.performance.capture_ms,
-                "stopped_ms": snap.performance.stopped_ms,
-                "wait_ms": snap.performance.wait_ms,
-                "reap_stopped_ms": memory.reap_stopped_ms if memory is not None else None,
-                "va_clone_ms": snap.performance.va_clone_ms,
-            },
-            "warnings": list(snap.warnings),
-            "snapshot": to_dict(snap),
-        }
-        emit(ui, [record])
-        return
-    from rich.table import Table
-    from rich.text import Text
-
-    from pss_cli.render.tables import ms, summary
-    from pss_cli.render.tables import size as size_text
-
-    if not ui.quiet:
-        ui.out.print(summary(snap))
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column(overflow="fold")
-    grid.add_row("file", Text(os.path.abspath(path)))
-    grid.add_row("size", size_text(size))
-    memory = snap.memory
-    if memory is not None:
-        how = {"va-clone": "VA clone (copy-on-write clone, copied while the process ran)",
-               "frozen-copy": "copied while the process was frozen"}.get(memory.method, memory.method)  # fmt: skip
-        grid.add_row("memory", Text.assemble(size_text(memory.bytes_captured), f" in {memory.regions} regions"))
-        grid.add_row("method", Text(how))
-        if memory.copy_ms:
-            rate = memory.bytes_captured / (memory.copy_ms / 1000) / 1e9
-            grid.add_row("copied in", f"{memory.copy_ms / 1000:.2f} s ({rate:.2f} GB/s)")
-        if memory.failed_pages:
-            grid.add_row("unreadable pages", f"{memory.failed_pages} (zero in the core)")
-    if holder is not None:
-        grid.add_row("from", Text(f"fd {handle} of process {holder}"))
-    else:
-        reap = snap.memory.reap_stopped_ms if snap.memory is not None else None
-        stopped = ms(snap.performance.stopped_ms) + (f" (and {ms(reap)} to reap the clone)" if reap else "")
-        if snap.performance.wait_ms:
-            grid.add_row("waited first", f"{ms(snap.performance.wait_ms)} for a thread in D state (nothing stopped)")
-        grid.add_row("process stopped", stopped)
-        if snap.performance.va_clone_ms is not None:
-            grid.add_row("clone made in", ms(snap.performance.va_clone_ms))
-    grid.add_row("total", f"{seconds:.2f} s")
-    ui.out.print(grid)
-    for warning in snap.warnings:
-        ui.warn(warning)

@@ -1,105 +1,27 @@
 """click parameter types for processes and snapshot handles, with shell completion.
 
 Completion runs the whole program on every TAB, so it must be quick and must never fail: every lookup here is
-wrapped, results are capped, and no command line is read. On Linux the process list comes straight from
-/proc/PID/stat, because psutil's `name()` reads /proc/PID/cmdline whenever `comm` is 15 characters long.
+wrapped, results are capped, and no command line is read. Processes and handles come from the API's quick,
+look-only listings (pss_cli.api.live_processes, named_snapshots), never from /proc read here: a TAB must stay
+quick, so a handle is offered by its name and the completed command checks it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ParamSpec
 
 import click
 from click.shell_completion import CompletionItem
 
 from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
-from pss_cli.render import printable
+from pss_cli.render import human_size, printable
 
-#: What readlink(/proc/PID/fd/N) says for a pss-dup snapshot: memfd_create("pss-snapshot", ...).
-SNAPSHOT_LINK = "/memfd:pss-snapshot (deleted)"
 #: More completions than this help nobody at a prompt, and each one costs time.
 MAX_COMPLETIONS = 200
-#: `flags` in /proc/PID/stat: the task is a kernel thread, which pss-dup cannot capture.
-PF_KTHREAD = 0x00200000
 
 P = ParamSpec("P")
-
-
-@dataclass(frozen=True, slots=True)
-class LiveProcess:
-    """A process seen while completing: its PID and its short name (Linux `comm`, at most 15 characters)."""
-
-    pid: int
-    name: str
-
-
-def read_stat(pid: int) -> tuple[str, str, int] | None:
-    """(comm, state, flags) from /proc/PID/stat; comm may contain spaces and parentheses, so split at the last ')'."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    head, _, tail = raw.rpartition(b")")
-    fields = tail.split()
-    if b"(" not in head or len(fields) < 7:
-        return None
-    comm = head.partition(b"(")[2].decode("utf-8", "replace")
-    return comm, fields[0].decode("ascii", "replace"), int(fields[6])
-
-
-def live_processes() -> Iterator[LiveProcess]:
-    """Processes pss-dup could act on, this one excluded: no kernel threads, no zombies. Never raises."""
-    own = os.getpid()
-    if sys.platform == "linux":
-        try:
-            entries = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-        except OSError:
-            return
-        for pid in sorted(entries):
-            stat = read_stat(pid)
-            if pid == own or stat is None:
-                continue
-            comm, state, flags = stat
-            if state in ("Z", "X") or flags & PF_KTHREAD:
-                continue
-            yield LiveProcess(pid, comm)
-        return
-    try:
-        import psutil
-
-        for proc in psutil.process_iter(["name"], ad_value=None):
-            if proc.pid not in (own, 0):
-                yield LiveProcess(proc.pid, proc.info["name"] or "")
-    except Exception:
-        return
-
-
-def snapshot_fds(pid: int) -> list[int] | None:
-    """The fds of `pid` named like pss-dup snapshots (Linux), or None when its fd table cannot be read.
-
-    Only readlink: a TAB must stay quick, so the name nominates and the completed command checks the format
-    (`ps` checks it up front, through the backend).
-    """
-    if sys.platform != "linux":
-        return None
-    found = []
-    try:
-        with os.scandir(f"/proc/{pid}/fd") as entries:
-            for entry in entries:
-                try:
-                    if os.readlink(entry.path) == SNAPSHOT_LINK:
-                        found.append(int(entry.name))
-                except (OSError, ValueError):
-                    continue
-    except OSError:
-        return None
-    return sorted(found)
 
 
 def usable_word(name: str) -> bool:
@@ -108,8 +30,10 @@ def usable_word(name: str) -> bool:
 
 def pid_items(incomplete: str) -> list[CompletionItem[str]]:
     """Live PIDs that start with `incomplete`, each with the process name as its description."""
+    from pss_cli import api
+
     items = []
-    for proc in live_processes():
+    for proc in api.live_processes():
         if str(proc.pid).startswith(incomplete):
             # A name is chosen by whoever started the process: no control codes into the shell's protocol.
             items.append(CompletionItem(str(proc.pid), help=printable(proc.name) or None))
@@ -124,8 +48,10 @@ def name_items(incomplete: str) -> list[CompletionItem[str]]:
     Names with whitespace, commas or control characters are left out: a shell would split or mangle them (fish
     splits each reply at its first comma). Descriptions here carry no commas for the same reason.
     """
+    from pss_cli import api
+
     pids: dict[str, list[int]] = {}
-    for proc in live_processes():
+    for proc in api.live_processes():
         if proc.name.startswith(incomplete) and usable_word(proc.name):
             pids.setdefault(proc.name, []).append(proc.pid)
     items = []
@@ -224,13 +150,17 @@ class SnapshotHandle(click.ParamType[int, Any]):
 
     @guarded
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem[str]]:
+        from pss_cli import api
+
         pid = holder_pid(self.process_value(ctx))
         if pid is None:
             return []
         items = []
-        for fd in snapshot_fds(pid) or []:
+        for fd in api.named_snapshots(pid) or ():
             if str(fd).startswith(incomplete):
-                items.append(CompletionItem(str(fd), help=f"pss-dup snapshot ({describe_size(pid, fd)})"))
+                size = api.handle_size(pid, fd)
+                described = "size unknown" if size is None else human_size(size)
+                items.append(CompletionItem(str(fd), help=f"pss-dup snapshot ({described})"))
         return items[:MAX_COMPLETIONS]
 
     def process_value(self, ctx: click.Context) -> object:
@@ -253,20 +183,10 @@ def holder_pid(value: object) -> int | None:
         return None
     if value.isdigit():
         return pid_number(value)
-    matches = [p.pid for p in live_processes() if p.name == value]
+    from pss_cli import api
+
+    matches = [p.pid for p in api.live_processes() if p.name == value]
     return matches[0] if len(matches) == 1 else None
-
-
-def describe_size(pid: int, fd: int) -> str:
-    try:
-        size = float(os.stat(f"/proc/{pid}/fd/{fd}").st_size)
-    except OSError:
-        return "size unknown"
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 class Seconds(click.ParamType[float, Any]):

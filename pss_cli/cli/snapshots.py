@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from pss_cli.cli.capture import capture_options, flags_from
-from pss_cli.cli.common import Ui, output_options
+from pss_cli.cli.common import output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
+from pss_cli.render.console import Ui
 
 
 @click.command()
@@ -42,37 +43,31 @@ def dup(
     SOURCE and TARGET are PIDs or process names. TARGET ends up with a new file descriptor (Linux) holding the
     sealed snapshot, and carries on exactly as before; read it there with pss_cli.open_snapshot(fd).
     """
-    from pss_cli.lookup import resolve
-    from pss_cli.platform import backend
+    from pss_cli import api
     from pss_cli.render import report
 
     if close_source and source_handle is None:
         raise UsageError("--close-source needs --handle: only a snapshot SOURCE already holds can be closed there")
-    (source_pid,) = resolve(source)
-    (target_pid,) = resolve(target)
-    impl = backend()
+    (source_pid,) = api.resolve(source)
+    (target_pid,) = api.resolve(target)
     if source_handle is not None:
-        result = impl.duplicate(
-            None, source_pid, source_handle, target_pid, close_source=close_source, inherit=inherit,
-            dry_run=dry_run, force=force, timeout=ui.timeout,
+        result = api.duplicate_held(
+            source_pid, source_handle, target_pid, close_source=close_source, inherit=inherit, force=force,
+            dry_run=dry_run, timeout=ui.timeout,
         )  # fmt: skip
         report.duplicated(ui, result, None, source_handle)
         return 0
     flags = flags_from(selected, everything, mask)
     if dry_run:  # a capture stops SOURCE: a dry run only plans it
-        plan = impl.plan_capture(source_pid, flags)
-        result = impl.duplicate(
-            plan, source_pid, None, target_pid, close_source=False, inherit=inherit, dry_run=True, force=force,
-            timeout=ui.timeout,
-        )  # fmt: skip
+        plan = api.plan_capture(source_pid, flags)
+        result = api.duplicate(
+            plan, source_pid, target_pid, inherit=inherit, force=force, dry_run=True, timeout=ui.timeout
+        )
         report.duplicated(ui, result, None, None)
         return 0
-    local = impl.capture(source_pid, flags, timeout=ui.timeout)
+    local = api.capture_snapshot(source_pid, flags, timeout=ui.timeout)
     try:
-        result = impl.duplicate(
-            local, source_pid, None, target_pid, close_source=False, inherit=inherit, dry_run=dry_run,
-            force=force, timeout=ui.timeout,
-        )  # fmt: skip
+        result = api.duplicate(local, source_pid, target_pid, inherit=inherit, force=force, timeout=ui.timeout)
     finally:
         local.close()
     report.duplicated(ui, result, local.model, None)
@@ -90,10 +85,10 @@ def free(ui: Ui, pid: int, handle: int, force: bool, dry_run: bool) -> int:
 
     The handle is checked first (a sealed memfd in pss-dup's format); any other handle is refused untouched.
     """
-    from pss_cli.platform import backend
+    from pss_cli import api
     from pss_cli.render import report
 
-    result = backend().free(pid, handle, dry_run=dry_run, force=force, timeout=ui.timeout)
+    result = api.free(pid, handle, force=force, dry_run=dry_run, timeout=ui.timeout)
     report.freed(ui, result)
     return 0
 
@@ -104,9 +99,9 @@ def free(ui: Ui, pid: int, handle: int, force: bool, dry_run: bool) -> int:
 @output_options
 def inspect(ui: Ui, pid: int, handle: int) -> int:
     """Read the snapshot that process PID holds as HANDLE, and report it like `capture`."""
-    from pss_cli.platform import backend
+    from pss_cli import api
     from pss_cli.render import report
 
-    snap = backend().inspect(pid, handle, timeout=ui.timeout)
+    snap = api.inspect(pid, handle, timeout=ui.timeout)
     report.captures(ui, [(pid, snap)])
     return 0

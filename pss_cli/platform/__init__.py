@@ -1,7 +1,8 @@
 """The one interface every platform backend implements, and the choice of backend, made once.
 
-The public API (pss_cli/__init__.py) and the CLI never branch on the platform: they call the object that
-`backend()` returns. Backends are imported lazily so that `pss-dup --version` and shell completion stay fast.
+Only the library API (pss_cli.api, and pss_cli.lookup beneath it) calls `backend()`; the CLI calls the API. Neither
+branches on the platform. Backends are imported lazily, and keep their own heavy modules (injection, the ELF core
+writer) for the operations that need them, so that a command imports only what it uses.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import functools
 import os
 import platform as _platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from pss_cli.errors import NotSupported
@@ -18,6 +20,14 @@ from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveProcess:
+    """A process pss-dup could act on, as shell completion offers it: its PID and its short name (Linux `comm`)."""
+
+    pid: int
+    name: str
 
 
 class LocalSnapshot(Protocol):
@@ -73,9 +83,33 @@ class Backend(Protocol):
         """Read a snapshot that another process holds."""
         ...
 
+    def process_exists(self, pid: int) -> bool:
+        """Whether `pid` is a process now (a zombie counts; a thread's ID does not). Reads one small file at most."""
+        ...
+
+    def live_processes(self) -> Iterator[LiveProcess]:
+        """Processes pss-dup could act on, this one excluded: no kernel threads, no zombies. Never raises.
+
+        Shell completion calls this on every TAB: no command line is read, and nothing slower than a name.
+        """
+        ...
+
+    def is_kernel_thread(self, pid: int) -> bool:
+        """A kernel thread has no user space to capture: `ps` leaves them out. False where there are none."""
+        ...
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """The handles `pid` holds that are pss-dup snapshots, checked as `free` checks them; None where that
         cannot be told from outside (an fd table we may not read; Windows, where an HPSS is an address)."""
+        ...
+
+    def named_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        """The handles `pid` holds under a pss-dup snapshot's name, by looking only (nothing is opened, nothing
+        checked: quick enough for every TAB of shell completion); None where that cannot be told from outside."""
+        ...
+
+    def handle_size(self, pid: int, handle: int) -> int | None:
+        """The size of what `handle` of `pid` refers to, by looking only; None when it cannot be told."""
         ...
 
     def enable_debug_privilege(self) -> bool:

@@ -16,7 +16,7 @@ from pss_cli.errors import PssError
 from pss_cli.model import SCHEMA_VERSION
 
 if TYPE_CHECKING:
-    from pss_cli.cli.common import Ui
+    from pss_cli.render.console import Ui
 
 
 def error_record(exc: PssError) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime
 import enum
+import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -24,7 +26,14 @@ from pss_cli.model import (
     ThreadEntry,
     VaRegion,
 )
-from pss_cli.render import printable
+from pss_cli.render import human_size, printable
+
+if TYPE_CHECKING:
+    from pss_cli.doctor import Check
+    from pss_cli.lookup import ProcessRow
+
+#: The colour of each doctor result.
+CHECK_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
 
 def text(value: object) -> Text:
@@ -33,14 +42,7 @@ def text(value: object) -> Text:
 
 
 def size(value: int | None) -> Text:
-    if value is None:
-        return Text("-")
-    amount = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return Text(f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}")
-        amount /= 1024
-    raise AssertionError("unreachable")
+    return Text("-" if value is None else human_size(value))
 
 
 def ms(value: float | None) -> str:
@@ -212,3 +214,89 @@ def result_view(result: DuplicateResult | FreeResult, capture_ms: float | None =
     parts.extend(interruption_lines(result.interruptions))
     parts.extend(Text(printable(f"warning: {w}"), style="yellow") for w in result.warnings)
     return Group(*parts)
+
+
+def process_table(rows: Sequence[ProcessRow]) -> Table:
+    """`ps`: every process-controlled string (name, user, command line) goes in as Text, never read as markup."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    handles = "handles" if sys.platform == "win32" else "fds"
+    for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap"):
+        table.add_column(column, justify="right" if column not in ("user", "name") else "left", no_wrap=True)
+    # The one column rich may narrow on a terminal; each cell stays one line, cut with an ellipsis there.
+    table.add_column("command", overflow="ellipsis")
+    for row in rows:
+        if row.snapshots is None:
+            marker = Text("?", style="dim")
+        elif row.snapshots:
+            marker = Text(f"*{len(row.snapshots)}", style="bold magenta")
+        else:
+            marker = Text("")
+        command = " ".join(row.cmdline) if row.cmdline else (f"[{row.name}]" if row.name else "-")
+        table.add_row(
+            str(row.pid),
+            "-" if row.ppid is None else str(row.ppid),
+            Text(printable(row.user or "-")),
+            Text(printable(row.name or "-")),
+            "-" if row.threads is None else str(row.threads),
+            "-" if row.handles is None else str(row.handles),
+            size(row.rss),
+            marker,
+            Text(printable(command), no_wrap=True, overflow="ellipsis"),
+        )
+    return table
+
+
+def checks_table(checks: Sequence[Check]) -> Table:
+    """`doctor`: one row per check, grouped by section; a fix is shown only where something failed or warned."""
+    table = Table(title="pss-dup doctor", title_justify="left", header_style="bold")
+    table.add_column("section", style="bold")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    section = None
+    for check in checks:
+        if section is not None and check.section != section:
+            table.add_section()
+        table.add_row(
+            check.section if check.section != section else "",
+            Text(check.name),
+            Text(check.status.value.upper(), style=CHECK_STYLES[check.status.value]),
+            Text(check.detail),
+            Text(check.fix or "") if check.status.value in ("fail", "warn") else "",
+        )
+        section = check.section
+    return table
+
+
+def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | None, handle: int | None,
+              seconds: float) -> Table:  # fmt: skip
+    """`dump`: the file, how much memory it holds and how it got it, and how long the process was stopped."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("file", Text(path))
+    grid.add_row("size", size(file_size))
+    memory = snap.memory
+    if memory is not None:
+        how = {"va-clone": "VA clone (copy-on-write clone, copied while the process ran)",
+               "frozen-copy": "copied while the process was frozen"}.get(memory.method, memory.method)  # fmt: skip
+        grid.add_row("memory", Text.assemble(size(memory.bytes_captured), f" in {memory.regions} regions"))
+        grid.add_row("method", Text(how))
+        if memory.copy_ms:
+            rate = memory.bytes_captured / (memory.copy_ms / 1000) / 1e9
+            grid.add_row("copied in", f"{memory.copy_ms / 1000:.2f} s ({rate:.2f} GB/s)")
+        if memory.failed_pages:
+            grid.add_row("unreadable pages", f"{memory.failed_pages} (zero in the core)")
+    if holder is not None:
+        grid.add_row("from", Text(f"fd {handle} of process {holder}"))
+    else:
+        reap = memory.reap_stopped_ms if memory is not None else None
+        stopped = ms(snap.performance.stopped_ms) + (f" (and {ms(reap)} to reap the clone)" if reap else "")
+        if snap.performance.wait_ms:
+            grid.add_row("waited first", f"{ms(snap.performance.wait_ms)} for a thread in D state (nothing stopped)")
+        grid.add_row("process stopped", stopped)
+        if snap.performance.va_clone_ms is not None:
+            grid.add_row("clone made in", ms(snap.performance.va_clone_ms))
+    grid.add_row("total", f"{seconds:.2f} s")
+    return grid

@@ -268,7 +268,7 @@ def check_traceable(pid: int) -> None:
     except PermissionError:
         raise explain_denied(pid, "read /proc of") from None
     comm = st.comm
-    if st.flags & ptrace.PF_KTHREAD:
+    if st.flags & procfs.PF_KTHREAD:
         raise NotSupported(
             f"process {pid} ({comm}) is a kernel thread: it has no user registers, memory or fds to work on", pid=pid
         )

@@ -2,6 +2,9 @@
 
 Each operation reads as its steps; the mechanisms live in procfs.py (reading), freeze.py and inject.py (stopping
 and injecting), elfcore.py and memfd.py (the snapshot container). OS errors are translated here, once.
+
+Only procfs is imported with this module: each operation imports the mechanisms it uses, so that listing processes
+loads no ptrace code and a capture without memory loads neither injection nor the core writer.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from pss_cli.errors import (
     AccessDenied,
@@ -47,10 +51,14 @@ from pss_cli.model import (
     ThreadEntry,
     VaRegion,
 )
-from pss_cli.platform import LocalSnapshot
-from pss_cli import outfile
-from pss_cli.platform.linux import access, copyengine, elfcore, inject, memfd, procfs, vaclone
-from pss_cli.platform.linux.freeze import FrozenProcess
+from pss_cli.platform import LiveProcess, LocalSnapshot, ProgressCallback
+from pss_cli.platform.linux import procfs
+
+if TYPE_CHECKING:
+    from pss_cli import outfile
+    from pss_cli.platform.linux import inject
+    from pss_cli.platform.linux.freeze import FrozenProcess
+    from pss_cli.platform.linux.vaclone import MemoryGrab
 
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
@@ -59,6 +67,8 @@ FREEZE_FLAGS = CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT | CaptureFlags
 
 
 def context_from_regs(gpr: bytes, fpregs: bytes | None, xstate: bytes | None) -> ThreadContext:
+    from pss_cli.platform.linux import elfcore
+
     values = elfcore.GPREGS.unpack_from(gpr)
     return ThreadContext(
         arch="x86_64", registers=tuple(zip(elfcore.X86_64_GPR_NAMES, values, strict=True)), fpregs=fpregs, xstate=xstate
@@ -77,6 +87,8 @@ def os_errors(pid: int, what: str) -> Iterator[None]:
             raise ProcessGone(f"process {pid} changed while pss-dup was reading it ({exc.strerror})", pid=pid) from exc
         raise ProcessGone(f"process {pid} exited during {what}", pid=pid) from exc
     except PermissionError as exc:
+        from pss_cli.platform.linux import access
+
         raise access.explain_denied(pid, what) from exc
 
 
@@ -88,7 +100,7 @@ class LinuxSnapshot:
     way `model` becomes the finished model, the one the note holds (copy time, unreadable pages, reaping stop).
     """
 
-    def __init__(self, model: Snapshot, auxv: bytes | None, memory: vaclone.MemoryGrab | None = None) -> None:
+    def __init__(self, model: Snapshot, auxv: bytes | None, memory: MemoryGrab | None = None) -> None:
         self._model = model
         self._auxv = auxv
         self._fd: int | None = None
@@ -104,6 +116,8 @@ class LinuxSnapshot:
                 with os_errors(self._model.process.pid, "copy the memory"):
                     self._fd, self._model = self._memory.build_snapshot(self._model, self._auxv)
             else:
+                from pss_cli.platform.linux import elfcore, memfd
+
                 layout = elfcore.plan_core(self._model, self._auxv)
                 self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
         return self._fd
@@ -111,6 +125,8 @@ class LinuxSnapshot:
     def write_core(self, fd: int) -> Snapshot:
         """Write the snapshot as a core file into `fd` (an empty output file); the model as finally reported."""
         if self._memory is None:
+            from pss_cli.platform.linux import copyengine, elfcore
+
             copyengine.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
             return self._model
         with os_errors(self._model.process.pid, "copy the memory"):
@@ -139,6 +155,8 @@ def open_proc(pid: int) -> procfs.ProcDir:
     except FileNotFoundError:
         raise NoSuchProcess(f"no process with PID {pid}; list processes with `pss-dup ps`", pid=pid) from None
     except PermissionError:
+        from pss_cli.platform.linux import access
+
         raise access.explain_denied(pid, "open /proc") from None
 
 
@@ -147,8 +165,8 @@ def capture(
     flags: CaptureFlags,
     *,
     timeout: float,
-    clone_method: str = vaclone.METHOD_CLONE,
-    progress: copyengine.Progress | None = None,
+    clone_method: str = "clone",
+    progress: ProgressCallback | None = None,
     dump_fd: int | None = None,
 ) -> LinuxSnapshot:
     """PssCaptureSnapshot on Linux.
@@ -157,13 +175,18 @@ def capture(
     thread's scheduler state, the fd table, the memory map); the freeze then reads registers and re-checks the
     fd table and the memory map, reading again only what changed, so the process is stopped as briefly as possible.
     """
+    from pss_cli.platform.linux import access
+    from pss_cli.platform.linux.freeze import FrozenProcess
+
     access.require_supported_arch()
     started = time.perf_counter()
     captured_at = time.time()
-    grab: vaclone.MemoryGrab | None = None
+    grab: MemoryGrab | None = None
     with open_proc(pid) as proc, os_errors(pid, "capture"), _released_on_error(lambda: grab):
         access.check_traceable(pid)
         if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
+            from pss_cli.platform.linux import vaclone
+
             grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd)
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
@@ -247,6 +270,8 @@ def plan_capture(pid: int, flags: CaptureFlags) -> CapturePlan:
     What the real capture would refuse before stopping anything (zombie, kernel thread, tracer, 32-bit, access, a
     VA clone it cannot make safely) is refused here the same way; a thread in D state is said to be waited for.
     """
+    from pss_cli.platform.linux import access
+
     access.require_supported_arch()
     with open_proc(pid) as proc, os_errors(pid, "capture"):
         access.check_traceable(pid)
@@ -270,6 +295,8 @@ def plan_capture(pid: int, flags: CaptureFlags) -> CapturePlan:
             count = f"{len(tids)} thread" + ("s" if len(tids) != 1 else "")
             actions.append(f"freeze its {count} (PTRACE_SEIZE + PTRACE_INTERRUPT) to read {_frozen_reads(flags)}")
         if flags & CaptureFlags.VA_CLONE:
+            from pss_cli.platform.linux import vaclone
+
             clone = vaclone.plan_clone(pid)
             warnings = clone.warnings
             actions.append(
@@ -300,7 +327,7 @@ def _frozen_reads(flags: CaptureFlags) -> str:
 
 
 @contextlib.contextmanager
-def _released_on_error(grab: Callable[[], vaclone.MemoryGrab | None]) -> Iterator[None]:
+def _released_on_error(grab: Callable[[], MemoryGrab | None]) -> Iterator[None]:
     """A capture that fails after the VA clone was made kills and reaps the clone before the error goes up; should
     that fail too, the error says so (the clone's tracer is gone by then, so the kernel has killed the clone)."""
     try:
@@ -363,6 +390,9 @@ def _no_room(exc: OSError, out: outfile.OutputFile, pid: int) -> OutputFull:
     """The one line for a file that got no room: "no space left on DEVICE for FILE (N bytes needed, M written)", and
     the like for a quota or a size limit. N is the size the core needs, M what the filesystem holds of it now (the
     file is removed once this is said)."""
+    from pss_cli import outfile
+    from pss_cli.platform.linux import copyengine
+
     st = os.fstat(out.fd)
     needed = exc.size if isinstance(exc, copyengine.SizeRefused) else st.st_size
     figures = f"({needed} bytes needed, {min(st.st_blocks * 512, st.st_size)} written)"
@@ -391,6 +421,8 @@ def _free_needs_force(target_pid: int, pushed: inject.PushResult) -> tuple[str, 
 
 def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
     """The check made on a local copy of another process's fd before it is handed on, closed or read."""
+    from pss_cli.platform.linux import memfd
+
     return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
 
 
@@ -409,10 +441,12 @@ class LinuxBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = vaclone.METHOD_CLONE,
-        progress: copyengine.Progress | None = None,
+        clone_method: str = "clone",
+        progress: ProgressCallback | None = None,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
+        from pss_cli import outfile
+
         if clone_method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
         with outfile.OutputFile(path, force=force, pid=pid) as out:
@@ -427,6 +461,9 @@ class LinuxBackend:
         self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float
     ) -> Snapshot:
         """Write the snapshot that `pid` holds as fd `handle` into a core file; nothing is stopped."""
+        from pss_cli import outfile
+        from pss_cli.platform.linux import copyengine, inject, memfd
+
         if pid == os.getpid():
             local = os.dup(handle)
         else:
@@ -456,6 +493,8 @@ class LinuxBackend:
         force: bool,
         timeout: float,
     ) -> DuplicateResult:
+        from pss_cli.platform.linux import access, inject
+
         access.require_supported_arch()
         access_used = [AccessUse(pid=target_pid, role="target", names=PUSH_ACCESS)]
         actions: list[str] = []
@@ -554,6 +593,8 @@ class LinuxBackend:
                 os.close(local_fd)
 
     def free(self, pid: int, handle: int, *, dry_run: bool, force: bool, timeout: float) -> FreeResult:
+        from pss_cli.platform.linux import access, inject
+
         access.require_supported_arch()
         used = (AccessUse(pid=pid, role="holder", names=PUSH_ACCESS),)
         with os_errors(pid, "free"):
@@ -584,6 +625,8 @@ class LinuxBackend:
     def inspect(self, pid: int, handle: int, *, timeout: float) -> Snapshot:
         if pid == os.getpid():
             return self.open_snapshot(handle)
+        from pss_cli.platform.linux import inject, memfd
+
         with os_errors(pid, "read the snapshot handle"):
             local = inject.get_remote_fd(pid, handle)
         try:
@@ -591,8 +634,29 @@ class LinuxBackend:
         finally:
             os.close(local)
 
+    def process_exists(self, pid: int) -> bool:
+        return procfs.process_exists(pid)
+
+    def live_processes(self) -> Iterator[LiveProcess]:
+        for pid, name in procfs.live_processes():
+            yield LiveProcess(pid, name)
+
+    def is_kernel_thread(self, pid: int) -> bool:
+        return procfs.is_kernel_thread(pid)
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
-        return memfd.held_snapshots(pid)
+        named = procfs.snapshot_fds(pid)
+        if not named:
+            return named  # unreadable, or nothing named like a snapshot: the snapshot reader need not even load
+        from pss_cli.platform.linux import memfd
+
+        return memfd.checked_snapshots(pid, named)
+
+    def named_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        return procfs.snapshot_fds(pid)
+
+    def handle_size(self, pid: int, handle: int) -> int | None:
+        return procfs.fd_size(pid, handle)
 
     def enable_debug_privilege(self) -> bool:
         raise NotSupported(
@@ -600,6 +664,8 @@ class LinuxBackend:
         )
 
     def open_snapshot(self, handle: int) -> Snapshot:
+        from pss_cli.platform.linux import memfd
+
         try:
             return memfd.read_snapshot_fd(handle)
         except OSError as exc:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from pss_cli.errors import BadSnapshot, NoSuchHandle, OperationFailed
 from pss_cli.model import Snapshot
-from pss_cli.platform.linux import elfcore
+from pss_cli.platform.linux import elfcore, procfs
 
 #: memfd_create(2) flags; MFD_NOEXEC_SEAL (6.3+) is missing from Python 3.11's os module.
 MFD_CLOEXEC = 0x0001
@@ -38,9 +38,9 @@ F_SEAL_WRITE = fcntl.F_SEAL_WRITE
 #: The seals every pss-dup snapshot carries (F_SEAL_EXEC, from MFD_NOEXEC_SEAL, may come on top).
 SNAPSHOT_SEALS = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL
 
-MEMFD_NAME = "pss-snapshot"
-#: What readlink(/proc/PID/fd/N) says for a snapshot memfd; any memfd may carry that name, so it only nominates.
-SNAPSHOT_LINK = f"/memfd:{MEMFD_NAME} (deleted)"
+#: The name a snapshot's memfd gets, and what readlink(/proc/PID/fd/N) then says: defined where /proc is read, so
+#: that ps and completion look for the very name created here. Any memfd may carry it, so it only nominates.
+MEMFD_NAME = procfs.SNAPSHOT_MEMFD_NAME
 
 
 def create_sealed(
@@ -128,35 +128,31 @@ def verify_snapshot_fd(fd: int, *, label: str | None = None) -> None:
             raise BadSnapshot(f"{label}: {exc}") from None
 
 
-def held_snapshots(pid: int) -> tuple[int, ...] | None:
-    """The fds of `pid` that are pss-dup snapshots, checked as `free` checks them (a sealed memfd in pss-dup's
-    format); None when its fd table cannot be read.
+def checked_snapshots(pid: int, named: tuple[int, ...]) -> tuple[int, ...]:
+    """Those of `named` (fds of `pid` that procfs.snapshot_fds found under a snapshot's name) that are pss-dup
+    snapshots, checked as `free` checks them: a sealed memfd in pss-dup's format.
 
-    Each memfd named like ours is reopened through /proc/PID/fd/N, after stat says it is a regular file: a new open
-    file of the same memfd, so no offset or flag of the process's own changes, and it takes no more access than
-    reading the fd table does (PTRACE_MODE_READ).
+    Each is reopened through /proc/PID/fd/N, after stat says it is a regular file: a new open file of the same
+    memfd, so no offset or flag of the process's own changes, and it takes no more access than reading the fd
+    table does (PTRACE_MODE_READ).
     """
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return None
     found = []
-    for name in names:
-        path = f"/proc/{pid}/fd/{name}"
+    for fd in named:
+        path = f"/proc/{pid}/fd/{fd}"
         try:
-            if os.readlink(path) != SNAPSHOT_LINK or not stat.S_ISREG(os.stat(path).st_mode):
+            if not stat.S_ISREG(os.stat(path).st_mode):
                 continue
             local = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:
             continue  # closed meanwhile, or not ours to open
         try:
             verify_snapshot_fd(local)
-            found.append(int(name))
+            found.append(fd)
         except BadSnapshot:
             pass
         finally:
             os.close(local)
-    return tuple(sorted(found))
+    return tuple(found)
 
 
 def read_snapshot_fd(fd: int, *, label: str | None = None) -> Snapshot:

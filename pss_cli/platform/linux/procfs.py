@@ -849,3 +849,76 @@ def make_region(
         vm_flags=tuple(vm_flags.split()) if vm_flags is not None else None,
         allocation_base=start,
     )
+
+
+# ---- the process list, for `ps` and shell completion ----------------------------------------------------------
+
+#: `flags` in /proc/PID/stat (include/linux/sched.h): the task is a kernel thread, with no user space to capture.
+PF_KTHREAD = 0x00200000
+#: The name every pss-dup snapshot memfd is created with (memfd_create); readlink shows "/memfd:NAME (deleted)".
+SNAPSHOT_MEMFD_NAME = "pss-snapshot"
+SNAPSHOT_LINK = f"/memfd:{SNAPSHOT_MEMFD_NAME} (deleted)"
+
+
+def process_exists(pid: int) -> bool:
+    """Whether `pid` is a process (a zombie counts): /proc/TID answers for any thread too, so Tgid must be `pid`."""
+    try:
+        return read_status(pid).get("Tgid") == str(pid)
+    except OSError:
+        return False
+
+
+def is_kernel_thread(pid: int) -> bool:
+    try:
+        return bool(read_stat(pid).flags & PF_KTHREAD)
+    except (OSError, ValueError):
+        return False
+
+
+def live_processes() -> Iterator[tuple[int, str]]:
+    """(pid, comm) of every process pss-dup could act on, this one excluded: no kernel threads, no zombies.
+
+    Only /proc/PID/stat is read, never a command line: shell completion calls this on every TAB.
+    """
+    own = os.getpid()
+    try:
+        pids = sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+    except OSError:
+        return
+    for pid in pids:
+        if pid == own:
+            continue
+        try:
+            st = read_stat(pid)
+        except (OSError, ValueError):
+            continue
+        if not st.exited and not st.flags & PF_KTHREAD:
+            yield pid, st.comm
+
+
+def snapshot_fds(pid: int) -> tuple[int, ...] | None:
+    """The fds of `pid` named like pss-dup snapshots, or None when its fd table cannot be read.
+
+    Only readlink, never open: looking must not disturb the process or its files. Any memfd may carry the name,
+    so this nominates; memfd.held_snapshots checks the nominees.
+    """
+    found = []
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as entries:
+            for entry in entries:
+                try:
+                    if os.readlink(entry.path) == SNAPSHOT_LINK:
+                        found.append(int(entry.name))
+                except (OSError, ValueError):
+                    continue
+    except OSError:
+        return None
+    return tuple(sorted(found))
+
+
+def fd_size(pid: int, fd: int) -> int | None:
+    """The size of the file behind fd `fd` of `pid` (stat through /proc, which opens nothing); None if unknown."""
+    try:
+        return os.stat(f"/proc/{pid}/fd/{fd}").st_size
+    except OSError:
+        return None

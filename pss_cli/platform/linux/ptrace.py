@@ -116,9 +116,6 @@ X86_EFLAGS_DF: Final = 0x400
 #: struct ptrace_syscall_info's `arch` on x86_64 (linux/audit.h).
 AUDIT_ARCH_X86_64: Final = 0xC000003E
 
-#: /proc/PID/stat flags bit for kernel threads (include/linux/sched.h).
-PF_KTHREAD: Final = 0x00200000
-
 #: Size of a `siginfo_t` on every Linux ABI.
 SIGINFO_SIZE: Final = 128
 #: The kernel's sigset for rt_sig*/PTRACE_*SIGMASK: 64 signals, 8 bytes.

@@ -38,7 +38,7 @@ from pss_cli.model import (
     Snapshot,
 )
 from pss_cli.outfile import OutputFile
-from pss_cli.platform import Backend, LocalSnapshot
+from pss_cli.platform import Backend, LiveProcess, LocalSnapshot
 from pss_cli.platform.windows import abi, minidump
 from pss_cli.platform.windows.abi import Abi
 from pss_cli.platform.windows.access import (
@@ -515,8 +515,33 @@ class WindowsBackend:
         hpss = self._validated_local(handle)
         return self._read(hpss, ReadOptions(CaptureFlags.NONE, probe=True), time.time(), 0.0)
 
+    def process_exists(self, pid: int) -> bool:
+        import psutil
+
+        return psutil.pid_exists(pid)
+
+    def live_processes(self) -> Iterator[LiveProcess]:
+        import psutil
+
+        own = os.getpid()
+        try:
+            for proc in psutil.process_iter(["name"], ad_value=None):
+                if proc.pid not in (own, 0):
+                    yield LiveProcess(proc.pid, proc.info["name"] or "")
+        except Exception:  # a listing for completion: a failure means fewer suggestions, never an error
+            return
+
+    def is_kernel_thread(self, pid: int) -> bool:
+        return False
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
+        return None
+
+    def named_snapshots(self, pid: int) -> tuple[int, ...] | None:
+        return None
+
+    def handle_size(self, pid: int, handle: int) -> int | None:
         return None
 
     def enable_debug_privilege(self) -> bool:
