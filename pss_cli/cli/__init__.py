@@ -51,7 +51,7 @@ def cli() -> None:
 
 
 def register_commands() -> None:
-    from pss_cli.cli import capture, completion, doctor, dump, ps, snapshots
+    from pss_cli.cli import capture, completion, doctor, dump, ps, snapshots, watch
 
     cli.add_command(capture.capture)
     cli.add_command(snapshots.dup)
@@ -61,6 +61,7 @@ def register_commands() -> None:
     cli.add_command(completion.completion)
     cli.add_command(doctor.doctor)
     cli.add_command(dump.dump)
+    cli.add_command(watch.watch)
 
 
 register_commands()

@@ -50,6 +50,7 @@ from pss_cli.model import (
 from pss_cli.platform import LocalSnapshot
 from pss_cli.platform.linux import access, elfcore, inject, memfd, memory, procfs, vaclone
 from pss_cli.platform.linux.freeze import FrozenProcess
+from pss_cli.platform.linux.watching import ProcWatch
 
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
@@ -442,6 +443,9 @@ class LinuxBackend:
 
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         return plan_capture(pid, flags)
+
+    def watch(self, pid: int) -> ProcWatch:
+        return ProcWatch(pid)
 
     def duplicate(
         self,
