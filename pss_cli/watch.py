@@ -189,17 +189,20 @@ class TriggerState:
         t = self.triggers
         fired: list[Fired] = []
         prev, self.previous = self.previous, sample
+        # Samples come every --poll seconds give or take the scheduler: a window ends at the sample nearest to its
+        # end, not one whole poll later because this sample came a millisecond early.
+        slack = (sample.at - prev.at) / 2 if prev is not None else 0.0
         if prev is not None and sample.at > prev.at:
             self.cpu = 100.0 * (sample.cpu_seconds - prev.cpu_seconds) / (sample.at - prev.at)
             if t.cpu is not None:
                 self._above_since = self._window(self.cpu >= t.cpu, self._above_since, prev.at)
-                if self._above_since is not None and sample.at - self._above_since >= t.for_seconds - 1e-6:
+                if self._above_since is not None and sample.at - self._above_since >= t.for_seconds - slack:
                     fired.append(
                         Fired("cpu", round(self.cpu, 1), t.cpu, {"for_seconds": sample.at - self._above_since})
                     )
             if t.cpu_below is not None:
                 self._below_since = self._window(self.cpu < t.cpu_below, self._below_since, prev.at)
-                if self._below_since is not None and sample.at - self._below_since >= t.for_seconds - 1e-6:
+                if self._below_since is not None and sample.at - self._below_since >= t.for_seconds - slack:
                     fired.append(
                         Fired(
                             "cpu-below", round(self.cpu, 1), t.cpu_below, {"for_seconds": sample.at - self._below_since}
@@ -214,7 +217,7 @@ class TriggerState:
         if t.threads is not None and sample.threads >= t.threads:
             fired.append(Fired("threads", sample.threads, t.threads))
         if t.hang is not None:
-            hung = self._hang(sample, prev)
+            hung = self._hang(sample, prev, slack)
             if hung is not None:
                 fired.append(hung)
         return fired
@@ -226,17 +229,17 @@ class TriggerState:
             return None
         return interval_start if since is None else since
 
-    def _hang(self, sample: ResourceSample, prev: ResourceSample | None) -> Fired | None:
+    def _hang(self, sample: ResourceSample, prev: ResourceSample | None, slack: float) -> Fired | None:
         assert self.triggers.hang is not None
         if prev is None or self._progress_at is None or sample.cpu_seconds != prev.cpu_seconds:
             self._progress_at = sample.at
         in_d = {tid for tid, state in sample.thread_states if state == "D"}
         self._d_since = {tid: self._d_since.get(tid, sample.at) for tid in in_d}
         idle = sample.at - self._progress_at
-        if idle >= self.triggers.hang - 1e-6:
+        if idle >= self.triggers.hang - slack:
             return Fired("hang", round(idle, 3), self.triggers.hang, {"reason": "no CPU time used"})
         for tid, since in self._d_since.items():
-            if sample.at - since >= self.triggers.hang - 1e-6:
+            if sample.at - since >= self.triggers.hang - slack:
                 return Fired(
                     "hang",
                     round(sample.at - since, 3),

@@ -149,3 +149,11 @@ def test_bad_templates_are_refused(template: str) -> None:
 
 def test_every_field_is_allowed_in_a_template() -> None:
     assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}.core") is None
+
+
+def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:
+    state = TriggerState(Triggers(cpu=50, for_seconds=2))
+    # the third sample comes 2 ms early: without slack the watch would act one whole --poll late
+    assert feed(state, [sample(0, 0), sample(1, 0.9), sample(1.998, 1.8)]) == [[], [], ["cpu"]]
+    hang = TriggerState(Triggers(hang=1))
+    assert feed(hang, [sample(0, 3), sample(0.499, 3), sample(0.998, 3)]) == [[], [], ["hang"]]
