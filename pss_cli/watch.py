@@ -29,6 +29,9 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 TEMPLATE_FIELDS = ("name", "pid", "trigger", "time", "host", "n")
 DEFAULT_TEMPLATE = "{name}_{trigger}_{time}.{pid}.core"
+#: Below this the watcher would spend a core on sampling and the kernel's tick (CPU times count in 1/CLK_TCK s) could
+#: not tell a busy process from an idle one within one interval.
+MIN_POLL = 0.01
 
 
 def parse_size(text: str) -> int:
@@ -110,8 +113,8 @@ def problems(triggers: Triggers, limits: LimitSettings) -> list[str]:
     for name, value in (("--poll", limits.poll), ("--duration", limits.duration), ("--hang", triggers.hang)):
         if value is not None and value == 0:
             found.append(f"{name} must be more than 0")
-    if limits.poll > 3600:
-        found.append("--poll must be at most 3600 seconds")
+    if limits.poll > 3600 or 0 < limits.poll < MIN_POLL:
+        found.append(f"--poll must be from {MIN_POLL} to 3600 seconds")
     if limits.count < 1:
         found.append(f"-n must be 1 or more, not {limits.count}")
     if triggers.cpu_below is not None and triggers.cpu is not None and triggers.cpu_below > triggers.cpu:

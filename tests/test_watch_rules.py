@@ -123,6 +123,7 @@ def test_bad_sizes_are_refused(text: str) -> None:
         (Triggers(memory=(MiB, MiB)), LimitSettings(), "ascending"),
         (Triggers(hang=0), LimitSettings(), "--hang must be more than 0"),
         (Triggers(), LimitSettings(poll=0), "--poll must be more than 0"),
+        (Triggers(), LimitSettings(poll=0.001), "--poll must be from 0.01"),
         (Triggers(), LimitSettings(count=0), "-n must be"),
         (Triggers(), LimitSettings(every=-1), "--every must be"),
         (Triggers(), LimitSettings(duration=0), "--duration must be more than 0"),

@@ -14,6 +14,7 @@ from pss_cli import interrupts
 from pss_cli.cli.common import Ui, output_options
 from pss_cli.cli.params import PID, TARGET
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
+from pss_cli.watch import DEFAULT_TEMPLATE
 
 
 class Size(click.ParamType[int, Any]):
@@ -83,7 +84,7 @@ SIZE = Size()
     "--name",
     "template",
     metavar="TEMPLATE",
-    default="{name}_{trigger}_{time}.{pid}.core",
+    default=DEFAULT_TEMPLATE,
     show_default=True,
     help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
 )

@@ -367,3 +367,75 @@ def test_dup_into_the_watched_process_is_refused(targets: Callable[..., Target])
         [PSS_DUP, "watch", str(t.pid), "--dup", str(t.pid)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 2 and "into itself" in result.stderr
+
+
+def test_dup_pushes_a_snapshot_the_analyser_opens(spawn: Callable[..., Target], targets: Callable[..., Target]) -> None:
+    t = targets("wait", "0")
+    analyser = spawn([sys.executable, str(Path(__file__).parents[1] / "targets" / "receiver.py")])
+    analyser.expect("ready")
+    w = watcher(
+        spawn,
+        str(t.pid),
+        "--threads",
+        "1",
+        "--poll",
+        "0.1",
+        "--dup",
+        str(analyser.pid),
+        "--exec",
+        'test "$PSS_DUP_HANDLE" -ge 0 && test -z "$PSS_DUP_FILE"',
+    )
+    code, events = finish(w)
+    assert code == 0
+    (action,) = of(events, "action")
+    assert action["ok"] and action["exec_status"] == 0
+    analyser.send(str(action["handle"]))
+    seen = analyser.expect("{")
+    assert '"ok": true' in seen and f'"pid": {t.pid}' in seen
+
+
+def test_sigkill_of_the_watcher_leaves_nothing_behind(
+    spawn: Callable[..., Target], targets: Callable[..., Target]
+) -> None:
+    t = targets("wait", "0")
+    w = watcher(spawn, str(t.pid), "--hang", "100", "--fds", "1000", "--poll", "0.05")
+    w.event("started")
+    time.sleep(0.2)
+    w.proc.kill()
+    assert w.proc.wait(timeout=10) == -signal.SIGKILL
+    # the fixture checks the target: untraced, running, no extra fds or children
+
+
+def test_a_person_at_a_terminal_sees_a_status_line_and_event_lines(targets: Callable[..., Target]) -> None:
+    import pty
+
+    t = targets("wait", "0")
+    leader, follower = pty.openpty()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("CI", "TTY_INTERACTIVE", "NO_COLOR")}
+        result = subprocess.run(
+            [PSS_DUP, "watch", str(t.pid), "--cpu", "99", "--duration", "1.5", "--poll", "0.2"],
+            stdout=follower,
+            stderr=follower,
+            env={**env, "COLUMNS": "150"},
+            timeout=30,
+        )
+        os.close(follower)
+        follower = -1
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every writer is gone
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    text = screen.decode(errors="replace")
+    assert result.returncode == 124
+    assert f"watching {t.pid}" in text and "finished (duration)" in text
+    assert f"{t.pid} {exe_of(t).name}" in text and "cpu 0.0%" in text  # the live status line
