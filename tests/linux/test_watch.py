@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PSS_DUP, need_tools
-from tests.linux.conftest import TARGETS, Target, children_of, fd_count, state, tracer_pids, wait_until
+from tests.linux.conftest import TARGETS, Target, children_of, drain_terminal, fd_count, state, tracer_pids, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
@@ -422,15 +422,7 @@ def test_a_person_at_a_terminal_sees_a_status_line_and_event_lines(targets: Call
         )
         os.close(follower)
         follower = -1
-        screen = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: every writer is gone
-                break
-            if not chunk:
-                break
-            screen += chunk
+        screen = drain_terminal(leader)
     finally:
         os.close(leader)
         if follower >= 0:
