@@ -45,7 +45,7 @@ def targets(spawn: Callable[..., Target], watch_exe: Path) -> Iterator[Callable[
         """`opens`: fds the target opens itself (mode fds)."""
         target = spawn([str(watch_exe), *args])
         target.expect("ready")
-        started.append((target, fd_count(target.pid) + opens))
+        started.append((target, 3 + opens))  # stdin, stdout, stderr (Popen closes the rest), and its own
         return target
 
     yield start
