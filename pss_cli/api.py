@@ -31,6 +31,8 @@ from pss_cli.platform import LiveProcess, LocalSnapshot, ProgressCallback, backe
 if TYPE_CHECKING:
     from pss_cli.doctor import Check
     from pss_cli.lookup import ProcessRow
+    from pss_cli.watch import Action, LimitSettings, Triggers
+    from pss_cli.watcher import Reporter, Watcher
 
 __all__ = [
     "DEFAULT_CAPTURE",
@@ -210,6 +212,11 @@ def resolve(target: str, *, all_matches: bool = False) -> list[int]:
     return lookup.resolve(target, all_matches=all_matches)
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process with this PID exists (and is one: not a thread ID)."""
+    return backend().process_exists(pid)
+
+
 def process_name(pid: int) -> str:
     """The name of process `pid` ("process" once it is gone)."""
     from pss_cli import lookup
@@ -264,3 +271,22 @@ def host_exit_code(checks: list[Check]) -> ExitCode:
     from pss_cli.doctor import exit_code
 
     return exit_code(checks)
+
+
+def watch(
+    targets: list[str],
+    *,
+    all_matches: bool,
+    wait: bool,
+    triggers: Triggers,
+    limits: LimitSettings,
+    action: Action,
+    reporter: Reporter,
+    verbose: bool = False,
+    timeout: float = 10.0,
+) -> Watcher:
+    """A `pss-dup watch` run, ready to `run()`: samples the targets, fires the triggers, takes the action, and tells
+    `reporter` every event (see docs/watch-events.md)."""
+    from pss_cli.watcher import Watcher
+
+    return Watcher(targets, all_matches, wait, triggers, limits, action, reporter, verbose, checked(timeout))

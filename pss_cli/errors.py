@@ -35,7 +35,8 @@ class ExitCode(enum.IntEnum):
 #: One line per code, for README and `--help`.
 EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "success",
-    ExitCode.FAILED: "the operation failed (a system call the tool depends on returned an error)",
+    ExitCode.FAILED: "the operation failed (a system call the tool depends on returned an error); watch: an action "
+    "or its --exec failed",
     ExitCode.USAGE: "usage error: bad option or argument, a name that matches several processes",
     ExitCode.NO_PROCESS: "no such process, or it exited or became a zombie during the operation",
     ExitCode.ACCESS_DENIED: "permission denied: not root, another user's process, Yama, non-dumpable, LSM",
@@ -45,7 +46,8 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.BAD_SNAPSHOT: "not a pss-dup snapshot, or a corrupt or unknown snapshot format",
     ExitCode.FILE_EXISTS: "the output file exists (use --force) or cannot be written",
     ExitCode.NO_HANDLE: "the process has no such handle (fd): nothing was done",
-    ExitCode.TIMEOUT: "a process did not stop or answer within --timeout",
+    ExitCode.TIMEOUT: "a process did not stop or answer within --timeout; watch: --duration ran out and no trigger "
+    "fired",
     ExitCode.HANGUP: "ended by SIGHUP (the terminal closed); every process was restored first",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); every process was restored first",
     ExitCode.BROKEN_PIPE: "ended by SIGPIPE; every process was restored first",

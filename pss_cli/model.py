@@ -469,3 +469,19 @@ class FreeResult:
     warnings: tuple[str, ...] = ()
     #: Blocked calls of the holder's thread that the injection interrupted (Linux).
     interruptions: tuple[Interruption, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSample:
+    """One look at a watched process (`pss-dup watch`): read from /proc without stopping or tracing it.
+
+    `at` is a monotonic clock reading; `fds` is None unless asked for (or unreadable); `thread_states` holds
+    (tid, state letter) pairs only when a trigger needs them (--hang).
+    """
+
+    at: float
+    cpu_seconds: float
+    rss: int
+    threads: int
+    fds: int | None = None
+    thread_states: tuple[tuple[int, str], ...] = ()

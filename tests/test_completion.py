@@ -91,6 +91,9 @@ def test_bash_protocol_offers_the_pid_for_every_pid_argument(holder: Holder) -> 
         (f"pss-dup free {holder.pid}", 2),
         (f"pss-dup inspect {holder.pid}", 2),
         (f"pss-dup ps --parent {holder.pid}", 3),
+        (f"pss-dup watch {holder.pid}", 2),
+        (f"pss-dup watch 1 {holder.pid}", 3),
+        (f"pss-dup watch 1 --dup {holder.pid}", 4),
     ):
         assert str(holder.pid) in bash_values(words, cword), words
 

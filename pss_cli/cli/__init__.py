@@ -44,6 +44,7 @@ COMMANDS = {
     "free": "pss_cli.cli.snapshots:free",
     "inspect": "pss_cli.cli.snapshots:inspect",
     "ps": "pss_cli.cli.ps:ps",
+    "watch": "pss_cli.cli.watch:watch",
 }
 
 

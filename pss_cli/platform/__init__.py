@@ -13,10 +13,10 @@ import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, Snapshot
+from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, ResourceSample, Snapshot
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
@@ -38,6 +38,20 @@ class LocalSnapshot(Protocol):
 
     def handle(self) -> int:
         """The OS handle; on Linux the sealed memfd is built on first use."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class WatchedProcess(Protocol):
+    """A process `watch` samples: opened once, read without stopping or tracing it."""
+
+    def sample(self, *, fds: bool, thread_states: bool) -> ResourceSample:
+        """ProcessGone once it has exited."""
+        ...
+
+    def wait_places(self) -> dict[int, dict[str, Any]]:
+        """Where each thread waits (syscall, wchan), for a hang report; empty when that cannot be read."""
         ...
 
     def close(self) -> None: ...
@@ -135,6 +149,10 @@ class Backend(Protocol):
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
         `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
         """
+        ...
+
+    def watch(self, pid: int) -> WatchedProcess:
+        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist)."""
         ...
 
     def dump_held(

@@ -244,6 +244,20 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def drain_terminal(leader: int) -> bytes:
+    """Everything written to a pty until its last writer closed it (Linux then reports EIO, not an empty read)."""
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    return drawn
+
+
 def own_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 

@@ -23,7 +23,7 @@ import pytest
 from pss_cli import serial
 from pss_cli.model import CLONE_METHODS
 from tests.conftest import PSS_DUP, need_tools, proc_status
-from tests.linux.conftest import children_of
+from tests.linux.conftest import children_of, drain_terminal
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
@@ -376,15 +376,7 @@ def test_progress_bar_is_drawn_only_on_a_terminal(c_target: CTarget, tmp_path: P
         os.close(follower)
         follower = -1
         output, _ = proc.communicate(timeout=120)
-        drawn = b""
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            drawn += chunk
+        drawn = drain_terminal(leader)
     finally:
         os.close(leader)
         if follower >= 0:

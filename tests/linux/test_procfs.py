@@ -86,3 +86,18 @@ def test_syscall_names_the_blocked_call_and_is_none_while_running(named: Target)
     assert blocked is not None and (blocked.number, blocked.name, blocked.args[0]) == (SYS_read, "read", 0)
     for running in (b"running\n", b"-1 0x7ffc0 0x7f000\n"):  # in user space; and in the kernel, not in a call
         assert procfs.parse_syscall(running) is None
+
+
+def test_read_usage_matches_what_status_says_and_reads_fds_and_threads_only_when_asked() -> None:
+    """`watch` samples through read_usage: RSS from stat agrees with VmRSS, and the costly reads are opt-in."""
+    with procfs.ProcDir(os.getpid()) as proc:
+        cheap = procfs.read_usage(proc, fds=False, thread_states=False)
+        full = procfs.read_usage(proc, fds=True, thread_states=True)
+        status = procfs.read_status(os.getpid())
+        inside = len(os.listdir("/proc/self/fd"))
+    assert cheap.fds is None and cheap.thread_states == ()
+    vm_rss = procfs.status_kib(status, "VmRSS")
+    assert vm_rss is not None and abs(cheap.rss - vm_rss) < 8 << 20
+    assert full.threads == int(status["Threads"]) == len(full.thread_states)
+    assert full.fds is not None and abs(full.fds - inside) <= 1  # each count sees its own open directory fd(s)
+    assert full.cpu_seconds >= cheap.cpu_seconds > 0 and full.at >= cheap.at

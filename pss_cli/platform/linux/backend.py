@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from pss_cli.platform.linux import inject
     from pss_cli.platform.linux.freeze import FrozenProcess
     from pss_cli.platform.linux.vaclone import MemoryGrab
+    from pss_cli.platform.linux.watching import ProcWatch
 
 #: What a capture asks of the kernel, for the report's access column.
 CAPTURE_ACCESS = ("PTRACE_MODE_READ_FSCREDS (/proc)", "PTRACE_MODE_ATTACH_REALCREDS (PTRACE_SEIZE)")
@@ -479,6 +480,11 @@ class LinuxBackend:
 
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         return plan_capture(pid, flags)
+
+    def watch(self, pid: int) -> ProcWatch:
+        from pss_cli.platform.linux.watching import ProcWatch
+
+        return ProcWatch(pid)
 
     def duplicate(
         self,

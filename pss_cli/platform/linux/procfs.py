@@ -18,6 +18,7 @@ import itertools
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,6 +32,7 @@ from pss_cli.model import (
     MemoryType,
     ProcessFlags,
     ProcessInfo,
+    ResourceSample,
     SyscallState,
     ThreadEntry,
     ThreadFlags,
@@ -156,6 +158,8 @@ class Stat(NamedTuple):
     nice: int
     num_threads: int
     starttime: int
+    #: Resident set size in pages (of the whole process, in a thread's stat too).
+    rss: int
     #: The CPU it last ran on; None if the kernel's line is too short to hold it.
     processor: int | None
 
@@ -188,6 +192,7 @@ def parse_stat(raw: bytes) -> Stat:
             int(f[16]),  # nice, 19
             int(f[17]),  # num_threads, 20
             int(f[19]),  # starttime, 22
+            int(f[21]),  # rss, 24
             int(f[36]) if len(f) > 36 else None,  # processor, 39
         )
     except IndexError:
@@ -367,6 +372,53 @@ def read_auxv(proc: ProcDir) -> bytes | None:
         return proc.read("auxv")
     except PermissionError:
         return None
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_usage(proc: ProcDir, *, fds: bool, thread_states: bool) -> ResourceSample:
+    """What `watch` samples, as cheaply as /proc allows: one read of stat, and the fd table or each thread's stat
+    only when a trigger needs them. OSError once the process is gone (ProcDir: never a reused PID)."""
+    st = parse_stat(read_small(proc.fd, "stat"))
+    if st.exited:
+        raise ProcessLookupError(f"process {proc.pid} has exited")
+    states: tuple[tuple[int, str], ...] = ()
+    if thread_states:
+        found = []
+        for tid in proc.listdir("task"):
+            try:
+                found.append((int(tid), parse_stat(read_small(proc.fd, f"task/{tid}/stat")).state))
+            except (OSError, ValueError):
+                continue  # the thread ended between the listing and the read
+        states = tuple(found)
+    return ResourceSample(
+        at=time.monotonic(),
+        cpu_seconds=(st.utime + st.stime) / CLK_TCK,
+        rss=st.rss * PAGE_SIZE,
+        threads=st.num_threads,
+        fds=count_fds(proc) if fds else None,
+        thread_states=states,
+    )
+
+
+def read_wait_places(proc: ProcDir) -> dict[int, dict[str, str | None]]:
+    """Where each thread waits (its syscall and kernel wait channel), for the `hang` event."""
+    places: dict[int, dict[str, str | None]] = {}
+    for tid in proc.listdir("task"):
+        try:
+            wchan = proc.read_text(f"task/{tid}/wchan").strip() or None
+        except OSError:
+            wchan = None
+        try:
+            call = parse_syscall(proc.read(f"task/{tid}/syscall"))
+        except OSError:
+            call = None
+        places[int(tid)] = {
+            "syscall": call.name if call is not None else None,
+            "wchan": wchan if wchan != "0" else None,
+        }
+    return places
 
 
 def count_fds(proc: ProcDir) -> int | None:

@@ -38,7 +38,7 @@ from pss_cli.model import (
     Snapshot,
 )
 from pss_cli.outfile import OutputFile
-from pss_cli.platform import Backend, LiveProcess, LocalSnapshot
+from pss_cli.platform import Backend, LiveProcess, LocalSnapshot, WatchedProcess
 from pss_cli.platform.windows import abi, minidump
 from pss_cli.platform.windows.abi import Abi
 from pss_cli.platform.windows.access import (
@@ -299,6 +299,10 @@ class WindowsBackend:
         return copy
 
     # --- Backend -------------------------------------------------------------------------------------------------
+
+    def watch(self, pid: int) -> WatchedProcess:
+        """`pss-dup watch` samples /proc on Linux; its Windows sampler is not written yet."""
+        raise errors.NotSupported("pss-dup watch runs on Linux only for now")
 
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         """The dry run of `capture`: the process is opened with the access PssCaptureSnapshot needs (which proves

@@ -1,0 +1,138 @@
+"""What watching costs, and how fast `pss-dup watch` reacts.
+
+Run as root from the repository: `python bench/bench_watch.py [--window 15] [--runs 5]`. It starts its own targets
+(sleep processes, and tests/linux/targets/watch_target.c compiled here), prints the figures beside the goals, and
+kills and reaps every target at the end.
+- Cost: the watcher's own CPU (utime + stime from /proc, start-up excluded) for 100 processes at --poll 1 (goal
+  <= 2 % of one core), with the cheap triggers and with --fds and --hang too (which read the fd table and every
+  thread), and for one process at --poll 0.1.
+- Reaction: from the moment the target starts spinning (it writes the time) to the clone stop of the dump
+  (`captured_at` in the action event); goal <= --poll + --for + 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
+TARGET_C = REPO / "tests" / "linux" / "targets" / "watch_target.c"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def watcher_cpu(pids: list[int], options: list[str], window: float) -> float:
+    """% of one core the watcher used over `window` seconds, after its first second (start-up: imports)."""
+    argv = [PSS_DUP, "watch", *map(str, pids), *options, "--duration", str(window + 5), "-o", "jsonl"]
+    watcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        before, at = cpu_seconds(watcher.pid), time.monotonic()
+        time.sleep(window)
+        used, spent = cpu_seconds(watcher.pid) - before, time.monotonic() - at
+    finally:
+        reap([watcher])
+    return 100 * used / spent
+
+
+def reaction(exe: Path, poll: float, for_seconds: float, runs: int, cpu: float) -> list[tuple[float, float]]:
+    """(seconds from the spin's start to the clone stop, stopped ms) per run."""
+    found = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            stamp = Path(tmp) / "stamp"
+            target = subprocess.Popen([str(exe), "spin", "1200", str(stamp)], stdout=subprocess.DEVNULL)
+            try:
+                argv = [
+                    PSS_DUP,
+                    "watch",
+                    str(target.pid),
+                    "--cpu",
+                    str(cpu),
+                    "--for",
+                    str(for_seconds),
+                    "--poll",
+                    str(poll),
+                    "--dump",
+                    tmp,
+                    "--duration",
+                    "20",
+                    "-o",
+                    "jsonl",
+                ]
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+            finally:
+                reap([target])
+            (action,) = [e for e in map(json.loads, out.splitlines()) if e["event"] == "action"]
+            found.append((action["captured_at"] - float(stamp.read_text()), action["stopped_ms"]))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", type=float, default=15.0, help="seconds over which the watcher's CPU is measured")
+    parser.add_argument("--runs", type=int, default=5, help="reaction runs per setting")
+    parser.add_argument(
+        "--cpu",
+        type=float,
+        default=20.0,
+        help="--cpu threshold for the reaction runs (low: a spinning thread may get a fraction of a "
+        "core on a shared machine)",
+    )
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; pss-dup {PSS_DUP}")
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(100)]
+    try:
+        pids = [p.pid for p in sleepers]
+        cheap = ["--cpu", "90", "--memory", "10G", "--threads", "1000"]
+        full = [*cheap, "--fds", "100000", "--hang", "3600"]
+        figures = [
+            ("100 processes, --poll 1, cpu/memory/threads", watcher_cpu(pids, [*cheap, "--poll", "1"], args.window)),
+            ("100 processes, --poll 1, + --fds --hang", watcher_cpu(pids, [*full, "--poll", "1"], args.window)),
+            (
+                "1 process, --poll 0.1, cpu/memory/threads",
+                watcher_cpu(pids[:1], [*cheap, "--poll", "0.1"], args.window),
+            ),
+            ("1 process, --poll 0.1, + --fds --hang", watcher_cpu(pids[:1], [*full, "--poll", "0.1"], args.window)),
+        ]
+    finally:
+        reap(sleepers)
+    for name, percent in figures:
+        goal = "goal <= 2 %" if "100 processes" in name else ""
+        print(f"watcher CPU  {name:<46} {percent:6.2f} % of one core   {goal}")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "watch_target"
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(TARGET_C)], check=True, timeout=120)
+        for poll, for_seconds in ((1.0, 1.0), (0.1, 0.0), (0.1, 0.5)):
+            runs = reaction(exe, poll, for_seconds, args.runs, args.cpu)
+            delays = [r[0] * 1000 for r in runs]
+            stops = [r[1] for r in runs]
+            print(
+                f"reaction     --poll {poll} --for {for_seconds}: spin start -> clone stop median "
+                f"{statistics.median(delays):6.0f} ms, max {max(delays):6.0f} ms (goal <= "
+                f"{(poll + for_seconds) * 1000 + 100:.0f} ms); stopped median {statistics.median(stops):.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
