@@ -36,6 +36,7 @@ import sys
 # Linux only: this lets mypy --platform win32 skip the module instead of flagging Linux-only calls.
 assert sys.platform == "linux"
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -99,6 +100,8 @@ SIGNAL_MEANWHILE: Final = "a signal with a handler arrived meanwhile: it interru
 UNKNOWN_WAIT: Final = (
     "how long it had waited is unknown (no /proc/PID/task/TID/sched), so what is left of its timeout is too"
 )
+#: How long started_waiting sleeps on the thread's CPU to be switched out once: the shortest sleep that blocks.
+CALIBRATION_SLEEP: Final = 1e-5
 #: Signals whose default action is to do nothing: pending with SIG_DFL, they interrupt no call.
 DEFAULT_IGNORED: Final = frozenset({17, 18, 23, 28})  # SIGCHLD, SIGCONT, SIGURG, SIGWINCH
 
@@ -136,6 +139,10 @@ def at_stop(pid: int, tid: int, blocked: Blocked | None) -> Blocked | None:
     calls that follow make the thread run too."""
     if blocked is None or not blocked.timed:
         return blocked
+    # The tracer hears of a ptrace stop before the thread has switched out into it; any ptrace request waits until
+    # it has (wait_task_inactive), so that the count read next includes the stop's own switch.
+    with contextlib.suppress(OSError):
+        ptrace.get_event_msg(tid)
     return dataclasses.replace(blocked, stop_switches=read_sched(pid, tid)[1])
 
 
@@ -153,7 +160,10 @@ def observe(pid: int, tid: int) -> Blocked | None:
     if not has_finite_value_timeout(nr, args):
         return Blocked(nr, args, pc)
     exec_start, switches = read_sched(pid, tid)
-    return Blocked(nr, args, pc, started_waiting(pid, tid, exec_start), switches)
+    since = started_waiting(pid, tid, exec_start)
+    if since is not None and read_sched(pid, tid)[1] != switches:
+        return None  # it woke while being looked at: its next call begins after this look
+    return Blocked(nr, args, pc, since, switches)
 
 
 def started_waiting(pid: int, tid: int, exec_start_ms: float | None) -> float | None:
@@ -166,19 +176,21 @@ def started_waiting(pid: int, tid: int, exec_start_ms: float | None) -> float | 
     if exec_start_ms is None:
         return None
     try:
-        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-            cpu = int(f.read().rsplit(b")", 1)[1].split()[36])
+        cpu = procfs.read_stat(pid, tid).processor
         mine = os.sched_getaffinity(0)
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError):
         return None
+    if cpu is None or cpu not in mine:
+        return None  # that CPU is not ours to run on (our affinity, a cpuset)
     try:
         os.sched_setaffinity(0, {cpu})
         try:
+            time.sleep(CALIBRATION_SLEEP)  # one switch: our own exec_start becomes the moment `cpu` took us back
             here, _ = read_sched(os.getpid(), threading.get_native_id())
             now = time.monotonic()
         finally:
             os.sched_setaffinity(0, mine)
-    except OSError:  # that CPU is not ours to run on (a cpuset)
+    except OSError:
         return None
     if here is None:
         return None
@@ -242,13 +254,13 @@ def decide(
     if _signed64(regs.rax) != -EINTR or _signed64(regs.orig_rax) < 0:
         return None
     nr = regs.orig_rax
-    if blocked is not None and (blocked.nr != nr or blocked.pc != regs.rip):
-        blocked = None  # not the call seen before the stop: it began between our look and our stop
+    args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+    if blocked is not None and (blocked.nr != nr or blocked.pc != regs.rip or blocked.args != args):
+        blocked = None  # not the call seen before the stop (a call keeps its arguments): it began after our look
     rule = rule_for(nr)
     name = rule.name if rule else _name(nr)
     if rule is None:
         return Interruption(tid, name, restarted=False, note="pss-dup does not know this call to be safe to re-issue")
-    args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
     why = _why_visible(nr, rule, args)
     if why is not None:
         return Interruption(tid, name, restarted=False, note=why)
