@@ -303,6 +303,8 @@ def test_a_dup_that_needed_force_says_that_its_free_will_need_it_too(target: Tar
         record = dup_json(str(target.pid), str(holder.pid), "--force")
         fd = record["target"]["handle"]
         assert any(f"pss-dup free {holder.pid} {fd}` will need --force" in w for w in record["warnings"]), record
+        woken = record["interruptions"]["target"]
+        assert [(i["call"], i["restarted"]) for i in woken] == [("recvfrom", False)], woken  # its EINTR, said
         assert run_cli("free", str(holder.pid), str(fd)).returncode == 7
         assert run_cli("free", str(holder.pid), str(fd), "--force").returncode == 0
         assert str(fd) not in os.listdir(f"/proc/{holder.pid}/fd")

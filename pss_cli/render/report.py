@@ -71,6 +71,11 @@ def duplicated(ui: Ui, result: DuplicateResult, snap: Snapshot | None, source_ha
             },
             "actions": list(result.actions),
             "warnings": list(result.warnings),
+            # what the stops woke, in the source (its capture) and in the target (the injection)
+            "interruptions": {
+                "source": to_json(snap.interruptions) if snap and snap.interruptions is not None else None,
+                "target": to_json(result.interruptions) if result.interruptions is not None else None,
+            },
         }
         emit(ui, [record])
         return

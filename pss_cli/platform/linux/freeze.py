@@ -664,6 +664,7 @@ class FrozenProcess:
         #: Blocked calls the freeze interrupted with EINTR, and what the thaw did about each (see restart.py).
         self.interruptions: list[Interruption] = []
         self._blocked: dict[int, restart.Blocked] = {}
+        self._rax = ptrace.RaxReader()
         #: When the first thread was interrupted (time.monotonic()).
         self._stopped_at: float | None = None
         self._stopped: dict[int, ptrace.siginfo_t | None] = {}
@@ -976,8 +977,11 @@ class FrozenProcess:
     def _undo_our_eintr(self, tid: int, info: ptrace.siginfo_t | None) -> None:
         """A thread our interrupt woke out of a call that fails with EINTR issues it again (restart.py)."""
         known = self.regs.get(tid)
-        if known is not None and known.gpr and not restart.may_show_eintr(known.gpr):
-            return  # the registers read during the freeze say it is not in that state: no extra system call
+        if known is not None and known.gpr:
+            if not restart.may_show_eintr(known.gpr):
+                return  # the registers read during the freeze say it is not in that state: no extra system call
+        elif self._rax.read(tid) != -restart.EINTR:
+            return  # one word read, not the whole register set: this runs for every thread of the freeze
         regs = ptrace.user_regs_struct()
         ptrace.get_regs(tid, regs)
         decision = restart.decide(
