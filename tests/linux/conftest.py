@@ -6,6 +6,7 @@ not block SIGCHLD would take the ptrace-stop notifications the tracer waits for.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -285,3 +286,20 @@ def run_tool(code: str, *, uid: int | None = None, drop_caps: str | None = None,
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
+
+
+@contextlib.contextmanager
+def big_process(mib: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A Python process with `mib` MiB of written memory, whose dump copies long enough to be interrupted at many
+    points; killed and reaped on exit."""
+    code = f"import sys\ndata = bytearray(b'\\x01') * ({mib} << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()

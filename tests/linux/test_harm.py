@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import pytest
 from pss_cli.errors import ProcessGone
 from pss_cli.platform.linux.freeze import FrozenProcess
 from tests.conftest import PSS_DUP, run_cli
-from tests.linux.conftest import TARGETS, Target, children_of, state, status_field, wait_until
+from tests.linux.conftest import TARGETS, Target, big_process, children_of, state, status_field, wait_until
 
 NOBODY = 65534
 MODES = ("strict", "kill", "errno", "trap")
@@ -163,7 +162,6 @@ def test_without_the_right_to_suspend_seccomp_every_injection_is_refused_before_
 
 # ---- signals that end pss-dup in the middle of a dump ------------------------------------------------------
 
-BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (512 << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
 #: Where in the dump the signal lands: as soon as the process is seen traced (the freeze, the clone's making),
 #: and at offsets from the moment the clone exists (the copy, the release).
 POINTS = (("traced", 0.0), ("traced", 0.002), ("clone", 0.0), ("clone", 0.05), ("clone", 0.25))
@@ -171,16 +169,8 @@ POINTS = (("traced", 0.0), ("traced", 0.002), ("clone", 0.0), ("clone", 0.05), (
 
 @pytest.fixture(scope="module")
 def big_target() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    with big_process(512) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 def _traced(pid: int) -> bool:

@@ -22,8 +22,8 @@ import pytest
 
 from pss_cli.errors import OutputExists
 from pss_cli.model import CLONE_METHODS, CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
-from tests.conftest import PSS_DUP, need_tools, reap
-from tests.linux.conftest import children_of
+from tests.conftest import PSS_DUP, need_tools
+from tests.linux.conftest import big_process, children_of
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
@@ -591,18 +591,11 @@ def test_source_exiting_while_its_clone_is_held_leaves_nothing_behind(layout: La
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
-BIG_TARGET = "import sys\ndata = bytearray(b'\\x01') * (768 << 20)\nprint('ready', flush=True)\nsys.stdin.read()\n"
-
-
 @pytest.fixture
 def big_source() -> Iterator[subprocess.Popen[bytes]]:
     """A process with 768 MiB of written memory: its dump copies long enough to be interrupted at many points."""
-    source = subprocess.Popen([sys.executable, "-c", BIG_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert source.stdout is not None and source.stdout.readline() == b"ready\n"
+    with big_process(768) as source:
         yield source
-    finally:
-        reap(source)
 
 
 def test_pss_dup_killed_during_the_copy_takes_its_clone_with_it(
