@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pss_cli.errors import ProcessGone
+from pss_cli.platform.linux import elfcore
 from pss_cli.platform.linux.freeze import FrozenProcess
 from tests.conftest import PSS_DUP, run_cli
 from tests.linux.conftest import TARGETS, Target, big_process, children_of, state, status_field, wait_until
@@ -208,11 +209,15 @@ def test_a_signal_at_any_point_of_a_dump_ends_it_only_after_the_clone_is_reaped(
             if tool.stderr is not None:
                 tool.stderr.close()
         outcomes.append((anchor, delay, tool.returncode))
-        assert tool.returncode in (expected, 0), f"{anchor}+{delay}: exit {tool.returncode}: {err.decode()}"
+        # -signo: the signal came while Python was already shutting down, every handler of ours done (CPython puts
+        # SIG_DFL back at finalization): the checks below still say whether anything was left behind.
+        assert tool.returncode in (expected, 0, -signo), f"{anchor}+{delay}: exit {tool.returncode}: {err.decode()}"
         if tool.returncode == expected:
             line = err.decode()
             assert line.count("\n") == 1 and ("restored" in line or "let go" in line), line
-            assert not path.exists(), "an interrupted dump left a file"
+        if path.exists():  # the signal landed after the core was complete and linked under its name: it is whole
+            assert elfcore.read_core(path.read_bytes()).snapshot.memory is not None
+            path.unlink()
         assert children_of(big_target.pid) == [], f"{anchor}+{delay}: a clone was left under the process"
         assert status_field(big_target.pid, "TracerPid") == "0"
         assert state(big_target.pid) == "S"

@@ -453,11 +453,13 @@ class SeizedThread:
     first by PTRACE_DETACH from a signal-delivery-stop, any others with tgkill.
     """
 
-    def __init__(self, pid: int, tid: int, *, timeout: float, options: int = 0) -> None:
+    def __init__(self, pid: int, tid: int, *, timeout: float, options: int = 0, interruptible: bool = True) -> None:
         self.pid = pid
         self.tid = tid
         self.timeout = timeout
         self.options = options
+        #: Whether a pending Ctrl-C/SIGTERM gives up waiting for the first stop (not while cleaning up: see vaclone).
+        self.interruptible = interruptible
         self.stashed: list[ptrace.siginfo_t] = []
         #: True while the thread sits in a signal-delivery-stop, where PTRACE_DETACH can deliver a signal.
         self.in_signal_stop = False
@@ -517,7 +519,14 @@ class SeizedThread:
     def wait(self, deadline: float) -> int:
         """The next ptrace-stop status; ProcessGone if the thread exits, Timeout past the deadline."""
         try:
-            return wait_stop(self.pid, self.tid, deadline, peek_exit=self.peek_exit, timeout=self.timeout)
+            return wait_stop(
+                self.pid,
+                self.tid,
+                deadline,
+                peek_exit=self.peek_exit,
+                interruptible=self.interruptible,
+                timeout=self.timeout,
+            )
         except ProcessGone:
             self.gone = True
             self.stopped = False
@@ -573,8 +582,8 @@ class SeizedThread:
 class seized_thread:
     """Context manager: thread `tid` of `pid` held in a ptrace-stop, released (and restored) on exit."""
 
-    def __init__(self, pid: int, tid: int, timeout: float, *, options: int = 0) -> None:
-        self.held = SeizedThread(pid, tid, timeout=timeout, options=options)
+    def __init__(self, pid: int, tid: int, timeout: float, *, options: int = 0, interruptible: bool = True) -> None:
+        self.held = SeizedThread(pid, tid, timeout=timeout, options=options, interruptible=interruptible)
         self._session = TracerSession()
 
     def __enter__(self) -> SeizedThread:

@@ -454,10 +454,12 @@ class Injector:
         force: bool = False,
         tid: int | None = None,
         plan: InjectionPlan | None = None,
+        interruptible: bool = True,
     ) -> None:
         self.pid = pid
         self.timeout = timeout
         self.force = force
+        self.interruptible = interruptible
         self._wanted_tid = tid
         self._plan = plan
         self._owns_plan = plan is None
@@ -488,7 +490,9 @@ class Injector:
         plan = self._plan
         self.warnings = plan.warnings
         options = ptrace.PTRACE_O_SUSPEND_SECCOMP if plan.suspend_seccomp else 0
-        self._context = seized_thread(self.pid, plan.tid, self.timeout, options=options)
+        self._context = seized_thread(
+            self.pid, plan.tid, self.timeout, options=options, interruptible=self.interruptible
+        )
         self._context.held.blocked = plan.blocked
         try:
             self._held = self._context.__enter__()

@@ -190,7 +190,9 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         plan = inject.plan_injection(source_pid, force=True)
     except NoSuchProcess:
         return None  # the source is gone (or a zombie): its children went to init or the nearest subreaper
-    injector = inject.Injector(source_pid, timeout=timeout, force=True, plan=plan)
+    # Part of ending pss-dup cleanly: a Ctrl-C or SIGTERM pending now (the one being handled, or a second) must not
+    # cut the wait for the source's thread short, or the clone would stay a zombie in the source.
+    injector = inject.Injector(source_pid, timeout=timeout, force=True, plan=plan, interruptible=False)
     result = 0
 
     def steps() -> int:
