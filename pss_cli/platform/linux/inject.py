@@ -161,7 +161,7 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
     except ProcessLookupError:
         raise NoSuchProcess(f"no process with PID {pid}", pid=pid) from None
     try:
-        chosen, name, state, warnings = choose_thread(pid, pidfd, force=force, tid=tid)
+        chosen, name, state, warnings, blocked = choose_thread(pid, pidfd, force=force, tid=tid)
         if chosen != pid:
             pidfd = swap_for_thread_pidfd(pidfd, chosen)
         suspend = needs_seccomp_suspended(pid)
@@ -183,7 +183,7 @@ def plan_injection(pid: int, *, force: bool, tid: int | None = None) -> Injectio
             vdso_insn=vdso,
             libc_insn=libc,
             go_runtime=is_go_program(pid, chosen),
-            blocked=restart.observe(pid, chosen),
+            blocked=blocked,
         )
     except FileNotFoundError:
         os.close(pidfd)
@@ -218,8 +218,10 @@ def needs_seccomp_suspended(pid: int) -> bool:
     return True
 
 
-def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tuple[int, str, str, tuple[str, ...]]:
-    """(tid, name, state, warnings): the thread to inject into.
+def choose_thread(
+    pid: int, pidfd: int, *, force: bool, tid: int | None
+) -> tuple[int, str, str, tuple[str, ...], restart.Blocked | None]:
+    """(tid, name, state, warnings, what it is blocked in): the thread to inject into.
 
     The group leader, unless it is a zombie (it called pthread_exit), an io_uring worker (ptrace refuses those), in
     an uninterruptible wait, or blocked in a system call that a ptrace stop would fail with EINTR; then another thread
@@ -233,6 +235,8 @@ def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tupl
         candidates = [pid, *others[: MAX_CANDIDATE_THREADS - 1]]
     fallback: tuple[int, str, str] | None = None
     hazards: list[str] = []
+    #: What each candidate was seen blocked in (restart.plan's look, which for a timed wait is not cheap: once).
+    seen: dict[int, restart.Blocked | None] = {}
     for candidate in candidates:
         try:
             st = procfs.read_stat(pid, candidate)
@@ -245,20 +249,20 @@ def choose_thread(pid: int, pidfd: int, *, force: bool, tid: int | None) -> tupl
             fallback = (candidate, name, state)
         if state == "D" and tid is None:
             continue
-        _blocked, hazard = restart.plan(pid, candidate, pidfd)
+        seen[candidate], hazard = restart.plan(pid, candidate, pidfd)
         if hazard is not None:
             hazards.append(hazard)
             continue
         if candidate != pid and not shares_fd_table(pid, candidate):
             continue
-        return candidate, name, state, ()
+        return candidate, name, state, (), seen[candidate]
     if fallback is None:
         raise ProcessGone(f"process {pid} has no thread left that pss-dup could stop", pid=pid)
     if not hazards:
-        return (*fallback, ())
+        return (*fallback, (), seen.get(fallback[0]))
     if not force:
         raise Refused(f"{hazards[0]}; pss-dup will not stop it (use --force to proceed anyway)", pid=pid)
-    return (*fallback, (hazards[0],))
+    return (*fallback, (hazards[0],), seen.get(fallback[0]))
 
 
 def swap_for_thread_pidfd(pidfd: int, tid: int) -> int:

@@ -242,11 +242,6 @@ def set_regs(tid: int, regs: user_regs_struct) -> None:
     ptrace(PTRACE_SETREGS, tid, 0, ctypes.byref(regs))
 
 
-def set_sigmask(tid: int, mask: int) -> None:
-    value = ctypes.c_uint64(mask)
-    ptrace(PTRACE_SETSIGMASK, tid, KERNEL_SIGSET_SIZE, ctypes.byref(value))
-
-
 def get_siginfo(tid: int, out: siginfo_t) -> None:
     """PTRACE_GETSIGINFO; EINVAL in a PTRACE_EVENT_STOP (a group-stop or interrupt carries no siginfo)."""
     ptrace(PTRACE_GETSIGINFO, tid, 0, ctypes.byref(out))

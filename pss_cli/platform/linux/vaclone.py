@@ -124,7 +124,7 @@ class VaClone:
     pid: int
     pidfd: int
     clone_ms: float
-    park_ms: float
+    hold_ms: float
     source_tid: int
     tracer: TracerThread
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -268,7 +268,7 @@ def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, de
         try:
             started = time.perf_counter()
             warnings = _hold(child, plan, deadline)
-            park_ms = (time.perf_counter() - started) * 1000
+            hold_ms = (time.perf_counter() - started) * 1000
         except BaseException:
             os.close(pidfd)
             raise
@@ -277,7 +277,7 @@ def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, de
             _discard_child(task, child)
         raise
     return VaClone(
-        plan.pid, child, pidfd, clone_ms, park_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
+        plan.pid, child, pidfd, clone_ms, hold_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
     )
 
 
