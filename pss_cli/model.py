@@ -191,6 +191,61 @@ class MemoryProtection(enum.IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
+class Namespaces:
+    """The namespaces a process lives in, by inode number (/proc/PID/ns/NAME): two processes share a namespace
+    exactly when their numbers match. None where the link could not be read."""
+
+    pid: int | None = None
+    mnt: int | None = None
+    net: int | None = None
+    user: int | None = None
+    cgroup: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """The container a process runs in, as its cgroup path or its environment shows it.
+
+    `runtime` is "docker", "containerd", "cri-o", "kubernetes" (a kubepods cgroup that names no runtime), "podman"
+    or "systemd-nspawn" from a cgroup path; from the environment it is the `container=` value as given. `id` is the
+    runtime's container ID (64 hex digits; a machine name for systemd-nspawn), None where only the environment
+    says there is a container. `source` is "cgroup" or "environ".
+    """
+
+    runtime: str
+    id: str | None
+    source: str
+
+    @property
+    def short_id(self) -> str:
+        """The ID as docker shows it (12 hex digits), a machine name whole; "-" without one."""
+        if self.id is None:
+            return "-"
+        return self.id[:12] if self.source == "cgroup" and self.runtime != "systemd-nspawn" else self.id
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessLocation:
+    """Where a process lives: its PID in each PID namespace, its namespaces, its cgroup and its container.
+
+    `ns_pids` is /proc/PID/status NSpid: the PID in the namespace of the /proc that was read (the PID pss-dup
+    sees) first, the PID in the process's own namespace last; one number when both are the same namespace. A PID
+    in a namespace above pss-dup's (the host's, seen from a container) is never visible. `cgroup` is the cgroup v2
+    path (the v1 `name=systemd` one on a host without v2 membership), relative to the reader's cgroup namespace.
+    """
+
+    ns_pids: tuple[int, ...] | None = None
+    namespaces: Namespaces | None = None
+    cgroup: str | None = None
+    container: Container | None = None
+
+    @property
+    def inner_pid(self) -> int | None:
+        """The PID the process has in its own PID namespace (what `ps` inside its container shows)."""
+        return self.ns_pids[-1] if self.ns_pids else None
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """PSS_PROCESS_INFORMATION plus what Linux adds. Times are seconds; start_time is a Unix timestamp."""
 
@@ -228,6 +283,8 @@ class ProcessInfo:
     no_new_privs: bool | None = None
     dumpable: bool | None = None
     peb_base_address: int | None = None
+    #: Namespaces, cgroup and container (Linux); None where the platform has none or /proc would not say.
+    location: ProcessLocation | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from pss_cli.model import (
     HandleEntry,
     Interruption,
     Performance,
+    ProcessLocation,
     Snapshot,
     ThreadEntry,
     VaRegion,
@@ -93,12 +94,34 @@ def summary(snap: Snapshot) -> Panel:
         ("captured", f"{flag_names(snap.flags, CaptureFlags)}  at {when(snap.captured_at)}"),
         ("timing", timing(snap.performance)),
     ]  # fmt: skip
+    rows.extend(location_rows(p.location))
     if snap.memory is not None:
         m = snap.memory
         rows.append(("memory captured", Text.assemble(size(m.bytes_captured), f" in {m.regions} regions ({m.method})")))
     for name, value in rows:
         grid.add_row(name, value)
     return Panel(grid, title=Text(printable(f"snapshot of {p.name} ({p.pid})")), title_align="left", expand=False)
+
+
+def location_rows(where: ProcessLocation | None) -> list[tuple[str, Text | str]]:
+    """Where the process lives: its PIDs from pss-dup's PID namespace inwards, its container, cgroup, namespaces."""
+    if where is None:
+        return []
+    rows: list[tuple[str, Text | str]] = []
+    if where.ns_pids and len(where.ns_pids) > 1:
+        chain = " → ".join(map(str, where.ns_pids))
+        rows.append(("pid namespaces", f"{chain}  (as pss-dup sees it → in its own PID namespace)"))
+    if where.container is not None:
+        c = where.container
+        ident = f"  id {c.id}" if c.id else ""
+        rows.append(("container", Text(printable(f"{c.runtime}{ident}  (from its {c.source})"))))
+    if where.cgroup is not None:
+        rows.append(("cgroup", text(where.cgroup)))
+    if where.namespaces is not None:
+        ns = where.namespaces
+        rows.append(("namespaces", "  ".join(f"{name} {getattr(ns, name) or '-'}"
+                                             for name in ("pid", "mnt", "net", "user", "cgroup"))))  # fmt: skip
+    return rows
 
 
 def thread_table(threads: Sequence[ThreadEntry]) -> Table:

@@ -1,0 +1,53 @@
+"""Issue 15: containers. Built in the test run from real cgroups and namespaces (tests/linux/containers.py): where a
+process lives in the model, `container:ID` targets, pss-dup inside a PID namespace, doctor there, and dumps written
+into the container."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pss_cli import api
+from pss_cli.model import CaptureFlags
+from tests.linux.containers import fake_container, ns_inode
+
+SHAPES = [
+    ("docker-{id}.scope", "docker"),
+    ("docker/{id}", "docker"),
+    ("cri-containerd-{id}.scope", "containerd"),
+    ("kubepods/burstable/pod0f3e/{id}", "kubernetes"),
+    ("crio-{id}.scope", "cri-o"),
+    ("libpod-{id}.scope", "podman"),
+    ("libpod-{id}.scope/container", "podman"),
+]
+
+
+@pytest.mark.parametrize(("leaf", "runtime"), SHAPES)
+def test_capture_names_the_container_namespaces_and_cgroup(leaf: str, runtime: str) -> None:
+    with fake_container(leaf) as box:
+        snap = api.capture(box.init_pid, CaptureFlags.NONE)
+        where = snap.process.location
+        assert where is not None and where.container is not None
+        assert (where.container.runtime, where.container.id, where.container.source) == (runtime, box.id, "cgroup")
+        assert where.cgroup == box.cgroup_path
+        assert where.ns_pids == (box.init_pid, 1)
+        assert where.namespaces is not None
+        for name in ("pid", "mnt", "net", "user", "cgroup"):
+            assert getattr(where.namespaces, name) == ns_inode(box.init_pid, name)
+        assert where.namespaces.pid != ns_inode(os.getpid(), "pid")
+        assert where.namespaces.net != ns_inode(os.getpid(), "net")
+
+
+def test_nspawn_machine_name_is_unescaped() -> None:
+    with fake_container(r"machine-pss\x2dbox.scope") as box:
+        where = api.capture(box.sibling_pid, CaptureFlags.NONE).process.location
+        assert where is not None and where.container is not None
+        assert (where.container.runtime, where.container.id) == ("systemd-nspawn", "pss-box")
+        assert where.ns_pids == (box.sibling_pid, box.sibling_ns_pid)
+
+
+def test_podman_monitor_cgroup_is_not_the_container() -> None:
+    with fake_container("libpod-conmon-{id}.scope") as box:
+        where = api.capture(box.init_pid, CaptureFlags.NONE).process.location
+        assert where is not None and where.container is None
