@@ -5,11 +5,13 @@ into the container."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from pss_cli import api
 from pss_cli.model import CaptureFlags
+from tests.linux.conftest import children_of, state, tracer_pids
 from tests.linux.containers import fake_container, ns_inode
 
 SHAPES = [
@@ -51,3 +53,14 @@ def test_podman_monitor_cgroup_is_not_the_container() -> None:
     with fake_container("libpod-conmon-{id}.scope") as box:
         where = api.capture(box.init_pid, CaptureFlags.NONE).process.location
         assert where is not None and where.container is None
+
+
+def test_host_dumps_a_process_inside_a_pid_namespace(tmp_path: Path) -> None:
+    """The injected clone() returns the clone's PID in the target's namespace; pss-dup must act on the PID it sees."""
+    with fake_container("docker-{id}.scope") as box:
+        core = tmp_path / "inside.core"
+        snap = api.dump(box.sibling_pid, core, timeout=10)
+        assert core.stat().st_size > 0 and snap.memory is not None and snap.memory.bytes_captured > 0
+        assert children_of(box.sibling_pid) == []  # the clone was reaped in the source
+        assert state(box.sibling_pid) in ("S", "R") and tracer_pids(box.sibling_pid) == {box.sibling_pid: 0}
+        assert snap.process.location is not None and snap.process.location.ns_pids == (box.sibling_pid, 2)

@@ -55,6 +55,7 @@ from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
 SYS_clone: Final = 56
 SYS_wait4: Final = 61
+SYS_kill: Final = 62
 SYS_setsid: Final = 112
 SYS_prctl: Final = 157
 SYS_close_range: Final = 436
@@ -121,7 +122,9 @@ class VaClone:
     making it cost."""
 
     source_pid: int
+    #: The clone's PID as pss-dup sees it, and as the source sees it (its parent: who reaps it with wait4).
     pid: int
+    pid_in_source: int
     pidfd: int
     clone_ms: float
     hold_ms: float
@@ -168,7 +171,9 @@ class VaClone:
         finally:
             os.close(self.pidfd)
         try:
-            self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+            self.reap_stopped_ms = reap_in_source(
+                self.source_pid, self.pid_in_source, timeout=timeout, warnings=self.warnings
+            )
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
 
@@ -184,7 +189,8 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
 
 
 def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
-    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
+    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source (`child` is the PID the source knows it by):
+    its dead clone leaves no zombie there.
     Returns how long the source's thread was held (None when the source is gone)."""
     try:
         plan = inject.plan_injection(source_pid, force=True)
@@ -257,11 +263,16 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
 
 
 def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
-    child = 0
+    child = in_source = 0
     try:
         started = time.perf_counter()
-        child = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
+        in_source = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
         clone_ms = (time.perf_counter() - started) * 1000
+        # clone() answers with the PID in the source's namespace, which is another process's PID here when the
+        # source lives in a PID namespace below ours (a container): every call of ours takes the PID we see.
+        child = task.new_task or 0
+        if child <= 0:
+            raise OperationFailed(f"the VA clone {in_source} of process {plan.pid} was not reported to its tracer")
         with contextlib.suppress(OSError):  # first of all: whatever happens to it, the clone writes no core
             resource.prlimit(child, resource.RLIMIT_CORE, (0, 0))
         pidfd = ptrace.pidfd_open(child)
@@ -273,11 +284,20 @@ def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, de
             os.close(pidfd)
             raise
     except BaseException:
-        if child > 0:
-            _discard_child(task, child)
+        if in_source > 0:
+            _discard_child(task, child, in_source)
         raise
     return VaClone(
-        plan.pid, child, pidfd, clone_ms, hold_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
+        plan.pid,
+        child,
+        in_source,
+        pidfd,
+        clone_ms,
+        hold_ms,
+        plan.tid,
+        tracer,
+        [*plan.warnings, *warnings],
+        task.stashed,
     )
 
 
@@ -314,17 +334,24 @@ def _hold(child: int, plan: ClonePlan, deadline: float) -> list[str]:
     return warnings
 
 
-def _discard_child(task: RemoteCalls, child: int) -> None:
-    """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source."""
-    with contextlib.suppress(OSError):
-        os.kill(child, signal.SIGKILL)
+def _discard_child(task: RemoteCalls, child: int, in_source: int) -> None:
+    """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source.
+
+    `child` is its PID as we see it (0 if never reported: the source then kills it), `in_source` as the source
+    sees it."""
+    if child > 0:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(OSError, PssError):
+            while True:
+                got, _ = os.waitpid(child, ptrace.__WALL)
+                if got == child:
+                    break
+    else:
+        with contextlib.suppress(OSError, PssError):
+            task.syscall(SYS_kill, in_source, signal.SIGKILL)
     with contextlib.suppress(OSError, PssError):
-        while True:
-            got, _ = os.waitpid(child, ptrace.__WALL)
-            if got == child:
-                break
-    with contextlib.suppress(OSError, PssError):
-        task.syscall(SYS_wait4, child, 0, ptrace.__WALL, 0)
+        task.syscall(SYS_wait4, in_source, 0, ptrace.__WALL, 0)
 
 
 # ---- memory sources --------------------------------------------------------------------------------------------
