@@ -23,6 +23,7 @@ from pss_cli.model import (
     CapturePlan,
     DuplicateResult,
     FreeResult,
+    ProcessLocation,
     Snapshot,
     timeout_problem,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "inspect",
     "list_processes",
     "live_processes",
+    "locate",
     "named_snapshots",
     "open_snapshot",
     "plan_capture",
@@ -205,11 +207,18 @@ def enable_debug_privilege() -> bool:
 
 
 def resolve(target: str, *, all_matches: bool = False) -> list[int]:
-    """The PIDs a PID or a process name stands for; a name several processes share is AmbiguousTarget unless
-    `all_matches`."""
+    """The PIDs a PID, a process name or `container:ID[:PID]` stands for; a name several processes share is
+    AmbiguousTarget unless `all_matches`; `container:ID` is the container's main process (every one of its
+    processes with `all_matches`), `container:ID:PID` the process with PID in its PID namespace."""
     from pss_cli import lookup
 
     return lookup.resolve(target, all_matches=all_matches)
+
+
+def locate(pid: int) -> ProcessLocation | None:
+    """Where `pid` lives: its PIDs in nested PID namespaces, namespaces, cgroup and container (None on Windows,
+    and once it is gone)."""
+    return backend().locate(pid)
 
 
 def process_exists(pid: int) -> bool:
@@ -224,11 +233,14 @@ def process_name(pid: int) -> str:
     return lookup.process_name(pid)
 
 
-def list_processes(pattern: str | None = None, user: str | None = None, parent: int | None = None) -> list[ProcessRow]:
-    """The processes `pss-dup ps` shows: a name glob, a user (name or uid) and a parent PID filter them."""
+def list_processes(
+    pattern: str | None = None, user: str | None = None, parent: int | None = None, container: str | None = None
+) -> list[ProcessRow]:
+    """The processes `pss-dup ps` shows: a name glob, a user (name or uid), a parent PID and a container ID prefix
+    filter them."""
     from pss_cli import lookup
 
-    return lookup.list_processes(pattern, user, parent)
+    return lookup.list_processes(pattern, user, parent, container)
 
 
 def live_processes() -> Iterator[LiveProcess]:

@@ -28,6 +28,14 @@ MIN_TIMEOUT = 0.1
 MAX_TIMEOUT = 3600.0
 
 
+def pid_number(text: str) -> int | None:
+    """`text` as a PID, or None: ASCII digits only ('²' is a digit to str.isdigit, not to int), within MAX_PID."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_PID else None
+
+
 def timeout_problem(seconds: float) -> str | None:
     """Why `seconds` cannot bound a wait, or None. NaN slips through any range check (every comparison with it is
     false), so finiteness is tested on its own."""

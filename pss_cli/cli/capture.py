@@ -122,13 +122,21 @@ def flags_from(selected: tuple[int, ...], everything: bool, mask: str | None) ->
 
 @click.command()
 @click.argument("target", type=TARGET)
-@click.option("--all", "all_matches", is_flag=True, help="When TARGET is a name that several processes have: all.")
+@click.option(
+    "--all",
+    "all_matches",
+    is_flag=True,
+    help="When TARGET is a name that several processes have: all; with container:ID, every process in it.",
+)
 @capture_options
 @output_options
 def capture(
     ui: Ui, target: str, all_matches: bool, selected: tuple[int, ...], everything: bool, mask: str | None
 ) -> int:
-    """Capture a snapshot of TARGET (a PID or a process name) and report it.
+    """Capture a snapshot of TARGET (a PID, a process name, or container:ID) and report it.
+
+    container:ID is the main process of the container whose ID starts with ID (as docker takes IDs);
+    container:ID:PID is the process with PID in that container's PID namespace.
 
     Process information is always captured. Without selection options: threads with register contexts, the
     handle table with names, basic and type-specific information, and the memory map with section information.

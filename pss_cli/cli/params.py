@@ -15,7 +15,7 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
-from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
+from pss_cli.model import MAX_HANDLE, MAX_PID, pid_number, timeout_problem
 from pss_cli.render import human_size, printable
 
 #: More completions than this help nobody at a prompt, and each one costs time.
@@ -77,13 +77,14 @@ def guarded(complete: Callable[P, list[CompletionItem[str]]]) -> Callable[P, lis
 
 
 class ProcessTarget(click.ParamType[str, Any]):
-    """A PID or a process name; resolved by the command (pss_cli.lookup.resolve), so errors keep their exit codes.
+    """A PID, a process name, or container:ID[:PID]; resolved by the command (pss_cli.lookup.resolve), so errors
+    keep their exit codes.
 
     Completes live PIDs (name shown beside each where the shell supports descriptions) and, once a non-digit is
     typed, process names.
     """
 
-    name = "pid|name"
+    name = "pid|name|container:ID"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip()
@@ -96,14 +97,6 @@ class ProcessTarget(click.ParamType[str, Any]):
         if incomplete == "" or incomplete.isdigit():
             return pid_items(incomplete)
         return name_items(incomplete)
-
-
-def pid_number(text: str) -> int | None:
-    """`text` as a PID, or None: ASCII digits only ('²' is a digit to str.isdigit, not to int), within MAX_PID."""
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PID)):
-        return None
-    number = int(text)
-    return number if 0 < number <= MAX_PID else None
 
 
 class ProcessId(click.ParamType[int, Any]):

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, ResourceSample, Snapshot
+from pss_cli.model import (
+    CaptureFlags,
+    CapturePlan,
+    DuplicateResult,
+    FreeResult,
+    ProcessLocation,
+    ResourceSample,
+    Snapshot,
+)
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
@@ -110,6 +118,11 @@ class Backend(Protocol):
 
     def is_kernel_thread(self, pid: int) -> bool:
         """A kernel thread has no user space to capture: `ps` leaves them out. False where there are none."""
+        ...
+
+    def locate(self, pid: int) -> ProcessLocation | None:
+        """Where `pid` lives (its PIDs in nested PID namespaces, namespaces, cgroup, container), read without
+        stopping it; None once it is gone, or where the platform has no such thing (Windows)."""
         ...
 
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:

@@ -99,6 +99,8 @@ def freed(ui: Ui, result: FreeResult) -> None:
 
 def process_record(row: ProcessRow) -> dict[str, Any]:
     """`ps -o json`: one record per process (the README documents it)."""
+    from pss_cli.serial import to_dict
+
     return {
         "status": "ok",
         "pid": row.pid,
@@ -111,6 +113,7 @@ def process_record(row: ProcessRow) -> dict[str, Any]:
         "cmdline": None if row.cmdline is None else list(row.cmdline),
         "create_time": row.create_time,
         "snapshots": None if row.snapshots is None else list(row.snapshots),
+        "container": None if row.container is None else to_dict(row.container),
     }
 
 

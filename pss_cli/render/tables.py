@@ -17,6 +17,7 @@ from rich.text import Text
 
 from pss_cli.model import (
     AccessUse,
+    Container,
     DuplicateResult,
     FreeResult,
     HandleEntry,
@@ -243,8 +244,8 @@ def process_table(rows: Sequence[ProcessRow]) -> Table:
     """`ps`: every process-controlled string (name, user, command line) goes in as Text, never read as markup."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     handles = "handles" if sys.platform == "win32" else "fds"
-    for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap"):
-        table.add_column(column, justify="right" if column not in ("user", "name") else "left", no_wrap=True)
+    for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap", "container"):
+        table.add_column(column, justify="left" if column in ("user", "name", "container") else "right", no_wrap=True)
     # The one column rich may narrow on a terminal; each cell stays one line, cut with an ellipsis there.
     table.add_column("command", overflow="ellipsis")
     for row in rows:
@@ -264,9 +265,17 @@ def process_table(rows: Sequence[ProcessRow]) -> Table:
             "-" if row.handles is None else str(row.handles),
             size(row.rss),
             marker,
+            Text(printable(container_cell(row.container))),
             Text(printable(command), no_wrap=True, overflow="ellipsis"),
         )
     return table
+
+
+def container_cell(container: Container | None) -> str:
+    """`ps`'s container column: the short ID, or the runtime alone where only the environment names one."""
+    if container is None:
+        return ""
+    return container.short_id if container.id is not None else f"({container.runtime})"
 
 
 def checks_table(checks: Sequence[Check]) -> Table:

@@ -103,12 +103,13 @@ def holders_of(namespace: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def fake_container(leaf: str, *, top: str | None = None) -> Iterator[FakeContainer]:
+def fake_container(leaf: str, *, top: str | None = None, prefix: str = "") -> Iterator[FakeContainer]:
     """A container whose cgroup is TOP/LEAF below this process's own cgroup (TOP defaults to a unique
-    pss-dup-test-*.slice, so runs never meet); `leaf` may hold {id}, replaced with a fresh 64-hex-digit ID."""
+    pss-dup-test-*.slice, so runs never meet); `leaf` may hold {id}, replaced with a fresh 64-hex-digit ID that
+    starts with `prefix`."""
     need_tools("unshare", "nsenter", "setpriv")
     root, hierarchy = cgroup_root()
-    ident = secrets.token_hex(32)
+    ident = (prefix + secrets.token_hex(32))[:64]
     top = top or f"pss-dup-test-{secrets.token_hex(4)}.slice"
     relative = Path(top) / leaf.format(id=ident)
     base = root / own_cgroup(hierarchy).lstrip("/")

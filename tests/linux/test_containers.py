@@ -4,13 +4,16 @@ into the container."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from pss_cli import api
+from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
 from pss_cli.model import CaptureFlags
+from tests.conftest import run_cli
 from tests.linux.conftest import children_of, state, tracer_pids
 from tests.linux.containers import fake_container, ns_inode
 
@@ -64,3 +67,53 @@ def test_host_dumps_a_process_inside_a_pid_namespace(tmp_path: Path) -> None:
         assert children_of(box.sibling_pid) == []  # the clone was reaped in the source
         assert state(box.sibling_pid) in ("S", "R") and tracer_pids(box.sibling_pid) == {box.sibling_pid: 0}
         assert snap.process.location is not None and snap.process.location.ns_pids == (box.sibling_pid, 2)
+
+
+def test_container_target_is_the_main_process_or_all_or_a_namespace_pid() -> None:
+    with fake_container("docker-{id}.scope") as box:
+        assert api.resolve(f"container:{box.id[:12]}") == [box.init_pid]
+        assert api.resolve(f"container:{box.id}") == [box.init_pid]
+        # --all: the container's every process, `unshare` (in the cgroup, outside the namespace) included
+        assert api.resolve(f"container:{box.id[:8]}", all_matches=True) == sorted(
+            [box.unshare.pid, box.init_pid, box.sibling_pid]
+        )
+        # namespace PID -> ours, and ours -> the namespace's (NSpid)
+        assert api.resolve(f"container:{box.id[:12]}:{box.sibling_ns_pid}") == [box.sibling_pid]
+        where = api.locate(box.sibling_pid)
+        assert where is not None and where.inner_pid == box.sibling_ns_pid == 2
+        with pytest.raises(NoSuchProcess, match="no process with PID 77 in the PID namespace"):
+            api.resolve(f"container:{box.id[:12]}:77")
+
+
+def test_container_target_unknown_or_ambiguous_lists_candidates() -> None:
+    with (
+        fake_container("docker-{id}.scope", prefix="abcd") as one,
+        fake_container("libpod-{id}.scope", prefix="abce") as two,
+    ):
+        with pytest.raises(UsageError) as unknown:
+            api.resolve("container:zz")
+        assert "matches no container" in str(unknown.value)
+        assert f"{one.id[:12]} (docker, main PID {one.init_pid}, 3 processes)" in str(unknown.value)
+        assert f"{two.id[:12]} (podman, main PID {two.init_pid}, 3 processes)" in str(unknown.value)
+        with pytest.raises(UsageError, match="'abc' matches several containers") as several:
+            api.resolve("container:abc")
+        assert one.id[:12] in str(several.value) and two.id[:12] in str(several.value)
+        assert api.resolve("container:abce") == [two.init_pid]
+        for bad in ("container:abc", "container:", "container:abcd:x"):
+            result = run_cli("capture", bad)
+            assert result.returncode == ExitCode.USAGE, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ps_shows_and_filters_by_container() -> None:
+    with fake_container("cri-containerd-{id}.scope") as box:
+        result = run_cli("ps", "--container", box.id[:10], "-o", "json")
+        assert result.returncode == 0, result.stderr
+        records = json.loads(result.stdout)["results"]
+        assert sorted(r["pid"] for r in records) == sorted([box.unshare.pid, box.init_pid, box.sibling_pid])
+        assert {json.dumps(r["container"], sort_keys=True) for r in records} == {
+            json.dumps({"runtime": "containerd", "id": box.id, "source": "cgroup"}, sort_keys=True)
+        }
+        table = run_cli("ps", "-C", box.id[:10])
+        assert table.returncode == 0 and box.id[:12] in table.stdout and box.id[:13] not in table.stdout
+        assert run_cli("ps", "-C", "nope").returncode == ExitCode.NO_PROCESS

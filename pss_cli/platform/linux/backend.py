@@ -39,6 +39,7 @@ from pss_cli.model import (
     CLONE_METHODS,
     EVERYTHING,
     AccessUse,
+    ProcessLocation,
     CaptureFlags,
     CapturePlan,
     DuplicateResult,
@@ -649,6 +650,9 @@ class LinuxBackend:
 
     def is_kernel_thread(self, pid: int) -> bool:
         return procfs.is_kernel_thread(pid)
+
+    def locate(self, pid: int) -> ProcessLocation | None:
+        return procfs.locate(pid)
 
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         named = procfs.snapshot_fds(pid)

@@ -35,6 +35,7 @@ from pss_cli.model import (
     MemoryProtection,
     MemoryState,
     MemoryType,
+    ProcessLocation,
     Snapshot,
 )
 from pss_cli.outfile import OutputFile
@@ -537,6 +538,9 @@ class WindowsBackend:
 
     def is_kernel_thread(self, pid: int) -> bool:
         return False
+
+    def locate(self, pid: int) -> ProcessLocation | None:
+        return None  # Windows containers (silos) are not modelled
 
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
