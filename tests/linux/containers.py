@@ -179,3 +179,25 @@ def children(pid: int) -> list[int]:
 def only(items: Any) -> int:
     (item,) = list(items)
     return int(item)
+
+
+#: Runs argv[1:] under a seccomp filter that denies ptrace, process_vm_readv and pidfd_getfd with EPERM, as a
+#: container runtime's default profile does for a container without CAP_SYS_PTRACE.
+SECCOMP_DENY = r"""
+import ctypes, os, struct, sys
+DENIED = (101, 310, 438)  # x86_64 ptrace, process_vm_readv, pidfd_getfd
+ERRNO_EPERM, ALLOW, AUDIT_ARCH_X86_64 = 0x00050000 | 1, 0x7FFF0000, 0xC000003E
+LD, JEQ, RET = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+prog = [(LD, 0, 0, 4), (JEQ, 1, 0, AUDIT_ARCH_X86_64), (RET, 0, 0, ALLOW), (LD, 0, 0, 0)]
+for i, nr in enumerate(DENIED):
+    prog.append((JEQ, len(DENIED) - i, 0, nr))
+prog += [(RET, 0, 0, ALLOW), (RET, 0, 0, ERRNO_EPERM)]
+code = b"".join(struct.pack("HBBI", *insn) for insn in prog)
+buf = ctypes.create_string_buffer(code)
+fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong]
+assert libc.prctl(38, 1, None, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, fprog, 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+os.execv(sys.argv[1], sys.argv[1:])
+"""

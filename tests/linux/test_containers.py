@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
 from pss_cli.model import CaptureFlags
 from tests.conftest import run_cli
 from tests.linux.conftest import children_of, state, tracer_pids
-from tests.linux.containers import fake_container, ns_inode
+from tests.linux.containers import SECCOMP_DENY, fake_container, ns_inode
 
 SHAPES = [
     ("docker-{id}.scope", "docker"),
@@ -117,3 +118,70 @@ def test_ps_shows_and_filters_by_container() -> None:
         table = run_cli("ps", "-C", box.id[:10])
         assert table.returncode == 0 and box.id[:12] in table.stdout and box.id[:13] not in table.stdout
         assert run_cli("ps", "-C", "nope").returncode == ExitCode.NO_PROCESS
+
+
+def test_pss_dup_inside_the_pid_namespace_captures_dups_and_dumps_a_sibling(tmp_path: Path) -> None:
+    """As in a debug container sharing the pod's PID namespace: every PID is the namespace's."""
+    with fake_container("docker-{id}.scope") as box:
+        inside = box.pss_dup("capture", str(box.sibling_ns_pid), "-o", "json")
+        assert inside.returncode == 0, inside.stderr
+        process = json.loads(inside.stdout)["results"][0]["snapshot"]["process"]
+        assert process["pid"] == box.sibling_ns_pid == 2
+        assert process["location"]["ns_pids"] == [2]  # the host's PID is not visible from inside
+        assert process["location"]["container"] == {"runtime": "docker", "id": box.id, "source": "cgroup"}
+
+        dup = box.pss_dup("dup", str(box.sibling_ns_pid), str(box.init_ns_pid), "-o", "json")
+        assert dup.returncode == 0, dup.stderr
+        handle = json.loads(dup.stdout)["results"][0]["target"]["handle"]
+        held = box.pss_dup("inspect", "1", str(handle), "-o", "json")
+        assert held.returncode == 0, held.stderr
+        assert json.loads(held.stdout)["results"][0]["snapshot"]["process"]["pid"] == 2
+        seen = api.inspect(box.init_pid, handle)  # and from the host: the same snapshot, namespace PIDs in it
+        assert seen.process.pid == 2 and seen.process.location is not None
+
+        core = tmp_path / "sibling.core"  # the mount namespace is a copy of ours: the same /tmp
+        dumped = box.pss_dup("dump", str(box.sibling_ns_pid), str(core), "-o", "json")
+        assert dumped.returncode == 0, dumped.stderr
+        assert json.loads(dumped.stdout)["results"][0]["pid"] == 2 and core.stat().st_size > 0
+        for pid in (box.init_pid, box.sibling_pid):
+            assert state(pid) == "S" and set(tracer_pids(pid).values()) == {0}
+        assert children_of(box.sibling_pid) == []
+
+
+def test_without_cap_sys_ptrace_inside_a_container_capture_and_doctor_name_the_capability_and_fix() -> None:
+    with fake_container("docker-{id}.scope") as box:
+        denied = box.pss_dup("capture", "1", drop_ptrace=True)
+        assert denied.returncode == ExitCode.ACCESS_DENIED, denied.stderr
+        assert len(denied.stderr.strip().splitlines()) == 1
+        assert "CAP_SYS_PTRACE" in denied.stderr and "--cap-add SYS_PTRACE" in denied.stderr
+        assert state(box.init_pid) == "S" and tracer_pids(box.init_pid) == {box.init_pid: 0}
+
+        doctor = box.pss_dup("doctor", "-o", "json", drop_ptrace=True)
+        assert doctor.returncode == ExitCode.ACCESS_DENIED, doctor.stderr
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)["results"]}
+        assert f"docker container {box.id[:12]}" in checks["container"]["detail"]
+        privilege = checks["root or CAP_SYS_PTRACE"]
+        assert privilege["result"] == "fail" and "without CAP_SYS_PTRACE" in privilege["detail"]
+        for flag in ("docker run --cap-add SYS_PTRACE", "podman run --cap-add SYS_PTRACE",
+                     'securityContext.capabilities.add: ["SYS_PTRACE"]'):  # fmt: skip
+            assert flag in privilege["fix"]
+        pid1 = checks["tracing PID 1"]
+        assert pid1["result"] == "fail" and "CAP_SYS_PTRACE" in pid1["detail"]
+
+        granted = box.pss_dup("doctor", "-o", "json")  # with the capability: nothing of the kind
+        assert {c["check"]: c["result"] for c in json.loads(granted.stdout)["results"]}[
+            "root or CAP_SYS_PTRACE"
+        ] == "pass"
+
+
+def test_doctor_under_a_seccomp_filter_names_the_denied_calls_and_the_profile_fix() -> None:
+    with fake_container("libpod-{id}.scope") as box:
+        filtered = box.inside(sys.executable, "-c", SECCOMP_DENY, sys.executable, "-m", "pss_cli", "doctor", "-o",
+                              "json")  # fmt: skip
+        assert filtered.returncode != 0, filtered.stderr
+        checks = {c["check"]: c for c in json.loads(filtered.stdout)["results"]}
+        seccomp = checks["seccomp (pss-dup itself)"]
+        assert seccomp["result"] == "warn" and "mode 2" in seccomp["detail"]
+        assert "--security-opt seccomp=" in seccomp["fix"] and "seccompProfile" in seccomp["fix"]
+        for call in ("pidfd_getfd", "process_vm_readv", "ptrace"):
+            assert checks[call]["result"] == "fail" and "EPERM" in checks[call]["detail"], checks[call]
