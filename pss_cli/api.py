@@ -64,6 +64,7 @@ __all__ = [
     "locate",
     "named_snapshots",
     "open_snapshot",
+    "path_in_root",
     "plan_capture",
     "process_name",
     "resolve",
@@ -180,15 +181,29 @@ def dump(
     timeout: float = 10.0,
     clone_method: str = "clone",
     progress: ProgressCallback | None = None,
+    into_container: bool = False,
 ) -> Snapshot:
     """Write a dump of `pid` that a debugger opens (Linux: an ELF core for gdb; Windows: a minidump).
 
     The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied). The file
     is created mode 0600 and an existing one is replaced only with `force`; a failed dump leaves none.
+    With `into_container`, `path` is a path inside the process's own root directory (its container's filesystem,
+    resolved there so that no symlink in it leads out) and the file belongs to the process's user and group.
     """
     return backend().dump(
-        pid, path, force=force, timeout=checked(timeout), clone_method=clone_method, progress=progress
+        pid,
+        path,
+        force=force,
+        timeout=checked(timeout),
+        clone_method=clone_method,
+        progress=progress,
+        into_container=into_container,
     )
+
+
+def path_in_root(pid: int, path: str) -> str:
+    """Where `path` in the root directory of `pid` (its container's filesystem) is, seen from here (Linux)."""
+    return backend().path_in_root(pid, path)
 
 
 def dump_held(

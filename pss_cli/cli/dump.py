@@ -42,6 +42,9 @@ def dump_suffix() -> str:
 @click.option("--clone-method", type=click.Choice(CLONE_METHODS), default="clone", show_default=True,
               help="clone: stop TARGET only while a copy-on-write clone is made and copy its memory while TARGET "
                    "runs. copy: copy the memory while TARGET stays frozen (where injecting is refused).")  # fmt: skip
+@click.option("--into-container", is_flag=True,
+              help="Write FILE into TARGET's own filesystem (its container's: /proc/PID/root), owned by TARGET's "
+                   "user and group; FILE is a path there (default: /tmp/NAME_PID_YYMMDD_HHMMSS.core).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @output_options
 def dump(
@@ -51,19 +54,24 @@ def dump(
     holder: int | None,
     handle: int | None,
     clone_method: str,
+    into_container: bool,
     force: bool,
 ) -> int:
-    """Write a core file of TARGET (a PID or a process name) that gdb can open.
+    """Write a core file of TARGET (a PID, a process name, or container:ID) that gdb can open.
 
     FILE defaults to NAME_PID_YYMMDD_HHMMSS.core in the current directory; it is created with mode 0600 and an
-    existing file is never replaced without --force. With --from PID --handle H, the snapshot that PID already
-    holds is written out instead (FILE is then the only argument).
+    existing file is never replaced without --force. With --into-container it goes into TARGET's own filesystem
+    instead (FILE a path there, resolved inside it: no symlink there leads out), owned by TARGET's user.
+    With --from PID --handle H, the snapshot that PID already holds is written out instead (FILE is then the only
+    argument).
     """
     from pss_cli import api
     from pss_cli.render import report
     from pss_cli.render.console import progress_bar
 
     if holder is not None or handle is not None:
+        if into_container:
+            raise UsageError("--into-container writes a dump of TARGET: it does not go with --from")
         if holder is None or handle is None:
             raise UsageError("--from and --handle go together: the process that holds the snapshot, and its handle")
         if file is not None:
@@ -80,8 +88,12 @@ def dump(
         raise UsageError("give TARGET (a PID or a process name), or --from PID --handle H")
     (pid,) = api.resolve(target)
     path = file or default_name(api.process_name(pid), pid, time.time(), dump_suffix())
+    if into_container and not file:
+        path = f"/tmp/{path}"
     started = time.perf_counter()
     with progress_bar(ui, "copying memory") as progress:
-        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress)
-    report.dumped(ui, snap, path, None, None, time.perf_counter() - started)
+        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress,
+                        into_container=into_container)  # fmt: skip
+    shown = api.path_in_root(pid, path) if into_container else path  # the same file, as seen from here
+    report.dumped(ui, snap, shown, None, None, time.perf_counter() - started)
     return 0

@@ -125,6 +125,11 @@ class Backend(Protocol):
         stopping it; None once it is gone, or where the platform has no such thing (Windows)."""
         ...
 
+    def path_in_root(self, pid: int, path: str) -> str:
+        """Where `path` in the root directory of `pid` (its container's filesystem) is, seen from here: what
+        `dump --into-container` reports. NotSupported where there is no such view (Windows)."""
+        ...
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """The handles `pid` holds that are pss-dup snapshots, checked as `free` checks them; None where that
         cannot be told from outside (an fd table we may not read; Windows, where an HPSS is an address)."""
@@ -156,11 +161,14 @@ class Backend(Protocol):
         timeout: float,
         clone_method: str = "clone",
         progress: ProgressCallback | None = None,
+        into_container: bool = False,
     ) -> Snapshot:
         """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
 
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
         `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        `into_container`: `path` is a path in the process's own root directory (its container's filesystem),
+        resolved inside it, and the file belongs to the process's user and group (Linux only).
         """
         ...
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pss_cli import api
-from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
+from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, UsageError
 from pss_cli.model import CaptureFlags
 from tests.conftest import run_cli
-from tests.linux.conftest import children_of, state, tracer_pids
+from tests.linux.conftest import Target, children_of, state, tracer_pids
 from tests.linux.containers import SECCOMP_DENY, fake_container, ns_inode
 
 SHAPES = [
@@ -185,3 +187,85 @@ def test_doctor_under_a_seccomp_filter_names_the_denied_calls_and_the_profile_fi
         assert "--security-opt seccomp=" in seccomp["fix"] and "seccompProfile" in seccomp["fix"]
         for call in ("pidfd_getfd", "process_vm_readv", "ptrace"):
             assert checks[call]["result"] == "fail" and "EPERM" in checks[call]["detail"], checks[call]
+
+
+#: A process in a root directory of its own (chroot), as a container's processes are, running as nobody.
+CHROOTED = """
+import os, sys
+os.chroot(sys.argv[1]); os.chdir("/"); os.setgroups([]); os.setgid(65534); os.setuid(65534)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def chrooted(tmp_path: Path, spawn: Callable[..., Target]) -> tuple[Target, Path]:
+    root = tmp_path / "rootfs"
+    (root / "tmp").mkdir(parents=True)
+    (root / "etc").mkdir()
+    target = spawn([sys.executable, "-c", CHROOTED, str(root)])
+    target.expect("ready")
+    return target, root
+
+
+def test_dump_into_container_writes_in_the_targets_root_owned_by_its_user(chrooted: tuple[Target, Path]) -> None:
+    target, root = chrooted
+    result = run_cli("dump", str(target.pid), "/tmp/app.core", "--into-container", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    core = root / "tmp" / "app.core"
+    st = core.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)
+    assert core.read_bytes()[:4] == b"\x7fELF" and st.st_size > 0
+    assert json.loads(result.stdout)["results"][0]["file"] == f"/proc/{target.pid}/root/tmp/app.core"
+    default = run_cli("dump", str(target.pid), "--into-container")  # default name, in the container's /tmp
+    assert default.returncode == 0, default.stderr
+    assert len(list((root / "tmp").glob("python*_*.core"))) == 1
+    assert state(target.pid) == "S" and tracer_pids(target.pid) == {target.pid: 0}
+
+
+def test_dump_into_container_never_follows_the_containers_symlinks_out(
+    chrooted: tuple[Target, Path], tmp_path: Path
+) -> None:
+    target, root = chrooted
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    (root / "tmp" / "out").symlink_to(host_dir)  # absolute: the host's path, which inside the root means nothing
+    (root / "tmp" / "etc").symlink_to("/etc")  # absolute: inside the root, its own /etc
+    victim = host_dir / "victim"
+    victim.write_bytes(b"host data")
+    (root / "tmp" / "planted.core").symlink_to(victim)
+
+    with pytest.raises(OutputExists, match="cannot open /tmp/out"):
+        api.dump(target.pid, "/tmp/out/x.core", into_container=True)
+    assert list(host_dir.iterdir()) == [victim]
+
+    api.dump(target.pid, "/tmp/etc/in-root.core", into_container=True)  # lands in the root's own /etc
+    assert (root / "etc" / "in-root.core").is_file() and not Path("/etc/in-root.core").exists()
+
+    api.dump(target.pid, "/../../../../tmp/dotdot.core", into_container=True)  # ".." stops at the root
+    assert (root / "tmp" / "dotdot.core").is_file()
+
+    with pytest.raises(OutputExists, match="exists; pass --force"):
+        api.dump(target.pid, "/tmp/planted.core", into_container=True)
+    api.dump(target.pid, "/tmp/planted.core", into_container=True, force=True)  # replaces the link, not its target
+    assert victim.read_bytes() == b"host data" and not (root / "tmp" / "planted.core").is_symlink()
+    assert victim.stat().st_uid == os.getuid()  # never chowned to the container's user
+    assert state(target.pid) == "S" and tracer_pids(target.pid) == {target.pid: 0}
+
+
+def test_without_openat2_the_path_walk_refuses_every_symlink_and_dotdot(tmp_path: Path) -> None:
+    """The fallback where openat2 is filtered: stricter than RESOLVE_IN_ROOT, never looser."""
+    from pss_cli.platform.linux import inroot
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = inroot._walk_without_symlinks(root_fd, "/a/./b/", str(tmp_path), None)
+        assert os.path.samestat(os.fstat(fd), (tmp_path / "a" / "b").stat())
+        os.close(fd)
+        for bad, reason in (("/link/b", "without following a symlink"), ("/a/../a", "'..' is refused")):
+            with pytest.raises(OutputExists, match=reason):
+                inroot._walk_without_symlinks(root_fd, bad, str(tmp_path), None)
+    finally:
+        os.close(root_fd)

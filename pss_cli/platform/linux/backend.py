@@ -22,7 +22,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pss_cli.errors import (
     AccessDenied,
@@ -428,6 +428,20 @@ def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
     return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
 
 
+def container_output(pid: int, path: str) -> dict[str, Any]:
+    """OutputFile's arguments for a file at `path` in the root directory of `pid` (`/proc/PID/root`: its container's
+    filesystem, seen from its own mount namespace), owned by its effective user and group."""
+    from pss_cli.platform.linux import inroot
+
+    with os_errors(pid, "find the root directory of"):
+        status = procfs.read_status(pid)
+    uids, gids = procfs.status_ids(status, "Uid"), procfs.status_ids(status, "Gid")
+    if not uids or not gids:
+        raise NoSuchProcess(f"process {pid} has exited", pid=pid)
+    directory = os.path.dirname(path) or "/"
+    return {"directory_fd": inroot.open_in_root(f"/proc/{pid}/root", directory, pid), "owner": (uids[1], gids[1])}
+
+
 class LinuxBackend:
     """The Backend Protocol on Linux."""
 
@@ -445,13 +459,17 @@ class LinuxBackend:
         timeout: float,
         clone_method: str = "clone",
         progress: ProgressCallback | None = None,
+        into_container: bool = False,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
         from pss_cli import outfile
 
         if clone_method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
-        with outfile.OutputFile(path, force=force, pid=pid) as out:
+        where: dict[str, Any] = {}
+        if into_container:
+            where = container_output(pid, os.fspath(path))
+        with outfile.OutputFile(path, force=force, pid=pid, **where) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
                     pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
@@ -653,6 +671,9 @@ class LinuxBackend:
 
     def locate(self, pid: int) -> ProcessLocation | None:
         return procfs.locate(pid)
+
+    def path_in_root(self, pid: int, path: str) -> str:
+        return f"/proc/{pid}/root/{path.lstrip('/')}"
 
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         named = procfs.snapshot_fds(pid)

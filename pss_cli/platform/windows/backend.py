@@ -542,6 +542,9 @@ class WindowsBackend:
     def locate(self, pid: int) -> ProcessLocation | None:
         return None  # Windows containers (silos) are not modelled
 
+    def path_in_root(self, pid: int, path: str) -> str:
+        raise errors.NotSupported("a process's own root directory is a Linux notion", pid=pid)
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
         return None
@@ -564,6 +567,7 @@ class WindowsBackend:
         timeout: float,
         clone_method: str = "clone",
         progress: Callable[[int, int], None] | None = None,
+        into_container: bool = False,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
@@ -575,6 +579,8 @@ class WindowsBackend:
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
+        if into_container:
+            raise errors.NotSupported("--into-container is Linux-only: Windows containers are not modelled", pid=pid)
         with OutputFile(path, force=force, pid=pid) as out:
             with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
                 started = time.perf_counter()
