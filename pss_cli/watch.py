@@ -27,7 +27,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 #: What a file name made from a --name template may hold; anything else in a value becomes "_".
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-TEMPLATE_FIELDS = ("name", "pid", "trigger", "time", "host", "n")
+TEMPLATE_FIELDS = ("name", "pid", "trigger", "time", "host", "n", "container")
 DEFAULT_TEMPLATE = "{name}_{trigger}_{time}.{pid}.core"
 #: Below this the watcher would spend a core on sampling and the kernel's tick (CPU times count in 1/CLK_TCK s) could
 #: not tell a busy process from an idle one within one interval.
@@ -144,8 +144,13 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-def file_name(template: str, *, name: str, pid: int, trigger: str, when: float, n: int) -> str:
-    """A file name from a --name template; every value is reduced to characters safe in any shell and path."""
+def file_name(
+    template: str, *, name: str, pid: int, trigger: str, when: float, n: int, container: str | None = None
+) -> str:
+    """A file name from a --name template; every value is reduced to characters safe in any shell and path.
+
+    `container` is the process's container as {container} shows it (a short ID, or a machine name): "host" outside
+    one."""
 
     def safe(value: object) -> str:
         return _UNSAFE.sub("_", str(value)).strip("._") or "process"
@@ -157,6 +162,7 @@ def file_name(template: str, *, name: str, pid: int, trigger: str, when: float, 
         "time": time.strftime("%y%m%d_%H%M%S", time.localtime(when)),
         "host": safe(socket.gethostname()),
         "n": n,
+        "container": safe(container)[:64] if container else "host",
     }
     return template.format(**values)
 

@@ -255,6 +255,7 @@ class Watcher:
             trigger=trigger,
             when=time.time(),
             n=self.bookkeeping.actions + 1,
+            container=container_label(w.pid) if "{container}" in self.action.template else None,
         )
         for attempt in range(1, 1000):
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
@@ -347,3 +348,13 @@ def process_name(pid: int) -> str:
         return str(psutil.Process(pid).name())
     except psutil.Error:
         return "process"
+
+
+def container_label(pid: int) -> str | None:
+    """What {container} shows for `pid`: its container's short ID (a machine's name), its runtime where only the
+    environment names one, None outside a container."""
+    where = backend().locate(pid)
+    found = where.container if where is not None else None
+    if found is None:
+        return None
+    return found.short_id if found.id is not None else found.runtime

@@ -158,3 +158,11 @@ def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:
     assert feed(state, [sample(0, 0), sample(1, 0.9), sample(1.998, 1.8)]) == [[], [], ["cpu"]]
     hang = TriggerState(Triggers(hang=1))
     assert feed(hang, [sample(0, 3), sample(0.499, 3), sample(0.998, 3)]) == [[], [], ["hang"]]
+
+
+def test_container_token_names_the_container_or_host() -> None:
+    inside = file_name("{container}_{pid}.core", name="x", pid=7, trigger="cpu", when=0, n=1, container="4f3c2a1b9d8e")
+    assert inside == "4f3c2a1b9d8e_7.core"
+    assert file_name("{container}.core", name="x", pid=7, trigger="cpu", when=0, n=1) == "host.core"
+    assert file_name("{container}.core", name="x", pid=7, trigger="cpu", when=0, n=1, container="../a b") == "a_b.core"
+    assert template_problem("{container}_{pid}.core") is None

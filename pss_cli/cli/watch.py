@@ -87,7 +87,7 @@ SIZE = Size()
     metavar="TEMPLATE",
     default=DEFAULT_TEMPLATE,
     show_default=True,
-    help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
+    help="Core file name, from {name} {pid} {trigger} {time} {host} {n} {container} (a short container ID, or 'host').",
 )
 @click.option("--capture", "capture_action", is_flag=True, help="Print the snapshot as one JSON line on stdout.")
 @click.option("--dup", "dup_into", type=PID, metavar="PID", help="Push the snapshot into process PID (an analyser).")

@@ -269,3 +269,11 @@ def test_without_openat2_the_path_walk_refuses_every_symlink_and_dotdot(tmp_path
                 inroot._walk_without_symlinks(root_fd, bad, str(tmp_path), None)
     finally:
         os.close(root_fd)
+
+
+def test_watch_names_its_core_after_the_container(tmp_path: Path) -> None:
+    with fake_container("docker-{id}.scope") as box:
+        result = run_cli("watch", f"container:{box.id[:12]}", "--dump", str(tmp_path), "--name",
+                         "{container}_{pid}.core", "-o", "jsonl")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert [p.name for p in tmp_path.iterdir()] == [f"{box.id[:12]}_{box.init_pid}.core"]
