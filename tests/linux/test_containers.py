@@ -16,9 +16,13 @@ import pytest
 from pss_cli import api
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, UsageError
 from pss_cli.model import CaptureFlags
+from pss_cli.platform.linux import elfcore
 from tests.conftest import run_cli
 from tests.linux.conftest import Target, children_of, state, tracer_pids
 from tests.linux.containers import SECCOMP_DENY, fake_container, ns_inode
+
+#: Namespaces, cgroups, chroot and nsenter all need root.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making namespaces and cgroups needs root")
 
 SHAPES = [
     ("docker-{id}.scope", "docker"),
@@ -70,6 +74,15 @@ def test_host_dumps_a_process_inside_a_pid_namespace(tmp_path: Path) -> None:
         assert children_of(box.sibling_pid) == []  # the clone was reaped in the source
         assert state(box.sibling_pid) in ("S", "R") and tracer_pids(box.sibling_pid) == {box.sibling_pid: 0}
         assert snap.process.location is not None and snap.process.location.ns_pids == (box.sibling_pid, 2)
+        noted = elfcore.read_snapshot(core.read_bytes()).process.location  # the core's PSSDUP note says it too
+        assert noted == snap.process.location and noted.container is not None and noted.container.id == box.id
+        with api.capture_snapshot(box.sibling_pid) as local:  # and a dup from the host into the namespace's PID 1
+            result = api.duplicate(local, box.sibling_pid, box.init_pid)
+        assert result.target_handle is not None
+        assert api.inspect(box.init_pid, result.target_handle).process.location == noted
+        table = run_cli("capture", str(box.sibling_pid), "--threads")  # the report's summary
+        assert table.returncode == 0, table.stderr
+        assert f"{box.sibling_pid} → 2" in table.stdout and f"docker  id {box.id}" in table.stdout
 
 
 def test_container_target_is_the_main_process_or_all_or_a_namespace_pid() -> None:
