@@ -290,3 +290,16 @@ def test_watch_names_its_core_after_the_container(tmp_path: Path) -> None:
                          "{container}_{pid}.core", "-o", "jsonl")  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert [p.name for p in tmp_path.iterdir()] == [f"{box.id[:12]}_{box.init_pid}.core"]
+
+
+def test_the_container_variable_names_a_runtime_without_an_id(spawn: Callable[..., Target]) -> None:
+    """podman and systemd-nspawn set container= for a container's init; a cgroup path that names none leaves that."""
+    target = spawn(
+        [sys.executable, "-c", "print('ready', flush=True); input()"], env={**os.environ, "container": "podman"}
+    )
+    target.expect("ready")
+    where = api.capture(target.pid, CaptureFlags.NONE).process.location
+    assert where is not None and where.container is not None
+    assert (where.container.runtime, where.container.id, where.container.source) == ("podman", None, "environ")
+    row = run_cli("ps", "--parent", str(os.getpid()))
+    assert row.returncode == 0 and "(podman)" in row.stdout
