@@ -40,6 +40,51 @@ def timeout_problem(seconds: float) -> str | None:
 #: while it stays frozen (Linux; Windows always dumps from a PSS VA clone).
 CLONE_METHODS = ("clone", "copy")
 
+#: The kernel's default /proc/PID/coredump_filter (MMF_DUMP_FILTER_DEFAULT): anonymous private and shared memory, ELF
+#: headers, private hugetlb.
+DEFAULT_COREDUMP_FILTER = 0x33
+#: The bits /proc/PID/coredump_filter has (MMF_DUMP_FILTER_BITS, 9: bit 0 anonymous private ... bit 8 DAX shared).
+COREDUMP_FILTER_BITS = 0x1FF
+#: `dump --stack-limit`'s default: the most stack memory a mini core takes per thread (glibc's default stack size).
+DEFAULT_STACK_LIMIT = 8 << 20
+
+
+def filter_problem(mask: int) -> str | None:
+    """Why `mask` is not a coredump_filter, or None."""
+    if not 0 <= mask <= COREDUMP_FILTER_BITS:
+        return f"{mask:#x} is not a coredump_filter mask: its bits are 0 to 8 (0x0 to {COREDUMP_FILTER_BITS:#x})"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DumpSelection:
+    """What memory a dump holds. By default what the kernel would dump for the process (its coredump_filter, and
+    MADV_DONTDUMP); `filter` overrides the mask; `all_memory` takes everything readable, MADV_DONTDUMP regions too
+    (gcore -a); `mini` takes what a backtrace of every thread needs, at most `stack_limit` bytes of each stack."""
+
+    mini: bool = False
+    stack_limit: int = DEFAULT_STACK_LIMIT
+    filter: int | None = None
+    all_memory: bool = False
+
+
+#: What `dump` takes unless told otherwise: what the kernel would dump for the process.
+KERNEL_DUMP = DumpSelection()
+
+
+def selection_problem(selection: DumpSelection) -> str | None:
+    """Why `selection` cannot be dumped, or None: a mask outside coredump_filter's bits, a stack limit that is not
+    positive, or choices that exclude each other."""
+    chosen = [name for name, on in (("--mini", selection.mini), ("--filter", selection.filter is not None),
+                                    ("--all-memory", selection.all_memory)) if on]  # fmt: skip
+    if len(chosen) > 1:
+        return f"{' and '.join(chosen)} exclude each other: give one"
+    if selection.filter is not None:
+        return filter_problem(selection.filter)
+    if selection.stack_limit <= 0:
+        return f"a stack limit of {selection.stack_limit} bytes takes nothing: give a positive size"
+    return None
+
 
 class CaptureFlags(enum.IntFlag):
     """PSS_CAPTURE_FLAGS, with the SDK's values."""
@@ -364,6 +409,15 @@ class MemoryCapture:
     #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone; None
     #: until it is reaped, and for a copy made while frozen (no clone).
     reap_stopped_ms: float | None = None
+    #: How the memory was chosen: "kernel" (the kernel's core-dump rules with `filter`), "all" (everything readable,
+    #: MADV_DONTDUMP included) or "mini" (registers' stacks, ELF headers and the loader's data: a backtrace's needs).
+    selection: str = "kernel"
+    #: The coredump_filter mask the kernel's rules used, and where it came from: "process" (/proc/PID/coredump_filter),
+    #: "--filter", or "kernel default" (the file could not be read). None when no mask applied ("all", "mini").
+    filter: int | None = None
+    filter_source: str | None = None
+    #: A mini core's cap on the stack bytes taken per thread; None for other cores.
+    stack_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

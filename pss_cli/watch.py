@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pss_cli.model import ResourceSample
+from pss_cli.model import DumpSelection, ResourceSample
 
 #: Size suffixes, binary like ps and free: 512M is 512 MiB.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
@@ -409,3 +409,5 @@ class Action:
     template: str = ""
     dup_into: int | None = None
     exec_command: str | None = None
+    #: What memory a dump takes (--mini, --filter, --all-memory); None: what the kernel would dump.
+    selection: DumpSelection | None = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
-from pss_cli.model import ResourceSample
+from pss_cli.model import KERNEL_DUMP, ResourceSample
 from pss_cli.platform import WatchedProcess, backend
 from pss_cli.watch import (
     Action,
@@ -259,7 +259,9 @@ class Watcher:
         for attempt in range(1, 1000):
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
             try:
-                snap = backend().dump(w.pid, path, force=False, timeout=self.timeout, clone_method="clone")
+                snap = backend().dump(
+                    w.pid, path, force=False, timeout=self.timeout, selection=self.action.selection or KERNEL_DUMP
+                )
                 break
             except OutputExists as exc:
                 if not os.path.lexists(path):

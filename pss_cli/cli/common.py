@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import click
 
-from pss_cli.cli.params import Seconds
-from pss_cli.errors import PssError, own_error
+from pss_cli.cli.params import MASK, SIZE, Seconds
+from pss_cli.errors import PssError, UsageError, own_error
+from pss_cli.model import DEFAULT_STACK_LIMIT, DumpSelection
 from pss_cli.render.console import OUTPUT_FORMATS, Ui
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,3 +96,44 @@ def output_options(func: F) -> F:
             raise error from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def memory_options(func: F) -> F:
+    """--mini, --stack-limit, --filter and --all-memory: what memory a core takes (`dump` and `watch --dump`). The
+    command gets them as one `selection` (a DumpSelection, or None when none was given)."""
+
+    @click.option("--mini", is_flag=True,
+                  help="A small core for backtraces: each thread's registers and stack, ELF headers, the loader's list "
+                       "of libraries; `thread apply all bt` works in gdb.")  # fmt: skip
+    @click.option("--stack-limit", type=SIZE, default=None, metavar="SIZE",
+                  help=f"With --mini, the most stack taken per thread, from its stack pointer up "
+                       f"[default: {DEFAULT_STACK_LIMIT >> 20}M].")  # fmt: skip
+    @click.option("--filter", "mask", type=MASK, default=None, metavar="MASK",
+                  help="Take what the kernel would dump with this coredump_filter (hex or decimal) instead of the "
+                       "process's own /proc/PID/coredump_filter.")  # fmt: skip
+    @click.option(
+        "--all-memory",
+        is_flag=True,
+        help="Take every readable mapping, file-backed and MADV_DONTDUMP ones included (as gcore -a).",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any, mini: bool, stack_limit: int | None, mask: int | None, all_memory: bool, **kwargs: Any
+    ) -> Any:
+        return func(*args, selection=dump_selection(mini, stack_limit, mask, all_memory), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def dump_selection(mini: bool, stack_limit: int | None, mask: int | None, all_memory: bool) -> DumpSelection | None:
+    """What memory the options choose; None when none was given."""
+    if stack_limit is not None and not mini:
+        raise UsageError("--stack-limit sizes the stacks of a --mini core: add --mini")
+    if not (mini or mask is not None or all_memory):
+        return None
+    return DumpSelection(
+        mini=mini,
+        stack_limit=DEFAULT_STACK_LIMIT if stack_limit is None else stack_limit,
+        filter=mask,
+        all_memory=all_memory,
+    )

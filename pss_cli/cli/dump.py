@@ -12,10 +12,10 @@ import time
 
 import click
 
-from pss_cli.cli.common import output_options
+from pss_cli.cli.common import memory_options, output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
-from pss_cli.model import CLONE_METHODS
+from pss_cli.model import CLONE_METHODS, DumpSelection
 from pss_cli.render.console import Ui
 
 #: Characters kept from a process name in the default file name; anything else becomes "_".
@@ -39,10 +39,12 @@ def dump_suffix() -> str:
               help="Write out the snapshot that PID already holds (see --handle) instead of capturing.")  # fmt: skip
 @click.option("--handle", "handle", type=SnapshotHandle("holder"), metavar="H",
               help="The snapshot handle (fd) that the --from process holds.")  # fmt: skip
-@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default="clone", show_default=True,
+@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default=None,
               help="clone: stop TARGET only while a copy-on-write clone is made and copy its memory while TARGET "
-                   "runs. copy: copy the memory while TARGET stays frozen (where injecting is refused).")  # fmt: skip
+                   "runs (the default). copy: copy the memory while TARGET stays frozen (where injecting is refused; "
+                   "the default with --mini, whose few pages take less than a clone).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@memory_options
 @output_options
 def dump(
     ui: Ui,
@@ -50,7 +52,8 @@ def dump(
     file: str | None,
     holder: int | None,
     handle: int | None,
-    clone_method: str,
+    clone_method: str | None,
+    selection: DumpSelection | None,
     force: bool,
 ) -> int:
     """Write a core file of TARGET (a PID or a process name) that gdb can open.
@@ -58,12 +61,17 @@ def dump(
     FILE defaults to NAME_PID_YYMMDD_HHMMSS.core in the current directory; it is created with mode 0600 and an
     existing file is never replaced without --force. With --from PID --handle H, the snapshot that PID already
     holds is written out instead (FILE is then the only argument).
+
+    By default the core holds what the kernel would dump for TARGET: its /proc/PID/coredump_filter, less
+    MADV_DONTDUMP regions; --filter, --all-memory and --mini choose otherwise.
     """
     from pss_cli import api
     from pss_cli.render import report
     from pss_cli.render.console import progress_bar
 
     if holder is not None or handle is not None:
+        if selection is not None:
+            raise UsageError("--from writes the snapshot as it is held: --mini, --filter and --all-memory need TARGET")
         if holder is None or handle is None:
             raise UsageError("--from and --handle go together: the process that holds the snapshot, and its handle")
         if file is not None:
@@ -82,6 +90,14 @@ def dump(
     path = file or default_name(api.process_name(pid), pid, time.time(), dump_suffix())
     started = time.perf_counter()
     with progress_bar(ui, "copying memory") as progress:
-        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress)
+        snap = api.dump(
+            pid,
+            path,
+            force=force,
+            timeout=ui.timeout,
+            clone_method=clone_method,
+            progress=progress,
+            selection=selection or api.KERNEL_DUMP,
+        )
     report.dumped(ui, snap, path, None, None, time.perf_counter() - started)
     return 0

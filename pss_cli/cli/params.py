@@ -15,7 +15,7 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
-from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
+from pss_cli.model import MAX_HANDLE, MAX_PID, filter_problem, timeout_problem
 from pss_cli.render import human_size, printable
 
 #: More completions than this help nobody at a prompt, and each one costs time.
@@ -205,6 +205,44 @@ class Seconds(click.ParamType[float, Any]):
         return seconds
 
 
+class Size(click.ParamType[int, Any]):
+    """A size in bytes: 4096, 512K, 512M, 2G (binary units)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from pss_cli.watch import parse_size
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class FilterMask(click.ParamType[int, Any]):
+    """A coredump_filter mask, hex (0x33) or decimal (51), as /proc/PID/coredump_filter takes it."""
+
+    name = "mask"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            mask = value
+        else:
+            text = str(value).strip()
+            try:
+                mask = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+            except ValueError:
+                self.fail(f"{value!r} is not a mask: give hex (0x33) or decimal (51)", param, ctx)
+        problem = filter_problem(mask)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return mask
+
+
 #: The shared instances commands declare their arguments with.
 TARGET = ProcessTarget()
 PID = ProcessId()
+SIZE = Size()
+MASK = FilterMask()

@@ -11,30 +11,12 @@ from typing import Any
 import click
 
 from pss_cli import interrupts
-from pss_cli.cli.common import output_options
-from pss_cli.cli.params import PID, TARGET
+from pss_cli.cli.common import memory_options, output_options
+from pss_cli.cli.params import PID, SIZE, TARGET
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
+from pss_cli.model import DumpSelection, selection_problem
 from pss_cli.render.console import Ui
 from pss_cli.watch import DEFAULT_TEMPLATE
-
-
-class Size(click.ParamType[int, Any]):
-    """A size in bytes: 4096, 512K, 512M, 2G (binary units)."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from pss_cli.watch import parse_size
-
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE = Size()
 
 
 @click.command(
@@ -89,6 +71,7 @@ SIZE = Size()
     show_default=True,
     help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
 )
+@memory_options
 @click.option("--capture", "capture_action", is_flag=True, help="Print the snapshot as one JSON line on stdout.")
 @click.option("--dup", "dup_into", type=PID, metavar="PID", help="Push the snapshot into process PID (an analyser).")
 @click.option(
@@ -127,6 +110,7 @@ def watch(
     hang: float | None,
     dump_dir: str | None,
     template: str,
+    selection: DumpSelection | None,
     capture_action: bool,
     dup_into: int | None,
     exec_command: str | None,
@@ -150,9 +134,14 @@ def watch(
     triggers = Triggers(cpu, cpu_below, for_seconds, tuple(memory), memory_below, fds, threads, hang)
     limits = LimitSettings(count, every, poll, duration, max_size)
     found = problems(triggers, limits) + ([p] if (p := template_problem(template)) else [])
+    found += [p] if selection is not None and (p := selection_problem(selection)) else []
     if found:
         raise UsageError(found[0])
-    action = Action("dump", directory=dump_dir or ".", template=template, exec_command=exec_command)
+    if selection is not None and (capture_action or dup_into is not None):
+        raise UsageError("--mini, --filter and --all-memory choose what a core holds: they go with --dump")
+    action = Action(
+        "dump", directory=dump_dir or ".", template=template, exec_command=exec_command, selection=selection
+    )
     chosen = [
         name
         for name, on in (

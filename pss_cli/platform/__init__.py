@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, ResourceSample, Snapshot
+from pss_cli.model import (
+    KERNEL_DUMP,
+    CaptureFlags,
+    CapturePlan,
+    DumpSelection,
+    DuplicateResult,
+    FreeResult,
+    ResourceSample,
+    Snapshot,
+)
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
@@ -141,13 +150,15 @@ class Backend(Protocol):
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
     ) -> Snapshot:
         """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
 
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
-        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only);
+        None lets the backend choose. `selection` says what memory the dump takes (Linux only, beyond the default).
         """
         ...
 

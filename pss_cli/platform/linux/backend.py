@@ -38,9 +38,11 @@ from pss_cli.errors import (
 from pss_cli.model import (
     CLONE_METHODS,
     EVERYTHING,
+    KERNEL_DUMP,
     AccessUse,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     HandleEntry,
@@ -169,8 +171,9 @@ def capture(
     clone_method: str = "clone",
     progress: ProgressCallback | None = None,
     dump_fd: int | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
 ) -> LinuxSnapshot:
-    """PssCaptureSnapshot on Linux.
+    """PssCaptureSnapshot on Linux; `selection` says what memory a capture with PSS_CAPTURE_VA_CLONE takes.
 
     Everything that can be read while the process runs is read first (command line, environment, auxv, each
     thread's scheduler state, the fd table, the memory map); the freeze then reads registers and re-checks the
@@ -188,7 +191,9 @@ def capture(
         if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
             from pss_cli.platform.linux import vaclone
 
-            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd)
+            grab = vaclone.grab_for(
+                clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd, selection=selection
+            )
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
@@ -208,13 +213,17 @@ def capture(
             basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
             type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
         )
-        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and grab is None
+        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and (
+            grab is None or grab.smaps_before_freeze
+        )
         t = time.perf_counter()
         handles_before = reader.read_all() if flags & CaptureFlags.HANDLES else {}
         handles_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.HANDLES else None
         t = time.perf_counter()
         va_before = procfs.read_va_space(proc, section_info=section_info) if flags & CaptureFlags.VA_SPACE else ()
         va_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.VA_SPACE else None
+        if grab is not None:
+            grab.before_freeze(va_before)
         if flags & FREEZE_FLAGS or grab is not None:
             with FrozenProcess(
                 pid,
@@ -442,18 +451,30 @@ class LinuxBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
     ) -> Snapshot:
-        """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
+        """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen).
+
+        Without a `clone_method`, a mini core is copied while the process is frozen (its few hundred KiB take less
+        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone.
+        """
         from pss_cli import outfile
 
-        if clone_method not in CLONE_METHODS:
-            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
+        method = clone_method or ("copy" if selection.mini else "clone")
+        if method not in CLONE_METHODS:
+            raise UsageError(f"unknown clone method {method!r}; known: {', '.join(CLONE_METHODS)}")
         with outfile.OutputFile(path, force=force, pid=pid) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
-                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
+                    pid,
+                    DUMP_FLAGS,
+                    timeout=timeout,
+                    clone_method=method,
+                    progress=progress,
+                    dump_fd=out.fd,
+                    selection=selection,
                 )
             with snap, _write_errors(pid, out):
                 return snap.write_core(out.fd)

@@ -26,9 +26,11 @@ from types import TracebackType
 
 from pss_cli import errors
 from pss_cli.model import (
+    KERNEL_DUMP,
     AccessUse,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     MemoryCapture,
@@ -558,8 +560,9 @@ class WindowsBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
@@ -567,9 +570,14 @@ class WindowsBackend:
         (pss_cli.outfile). The model's memory is what the file holds (its memory lists, read back), and copy_ms how
         long MiniDumpWriteDump took; blocks the clone could not give are left out and named in a warning.
         `progress` is not called (MiniDumpWriteDump reports none)."""
-        if clone_method != "clone":
+        if clone_method not in (None, "clone"):
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
+            )
+        if selection != KERNEL_DUMP:
+            raise errors.NotSupported(
+                "--mini, --filter, --all-memory and --stack-limit are Linux-only; a Windows dump is a full minidump",
+                pid=pid,
             )
         with OutputFile(path, force=force, pid=pid) as out:
             with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
