@@ -348,3 +348,19 @@ def test_watch_dump_mini_writes_mini_cores(c_target: CTarget, tmp_path: Path) ->
     parsed = CoreFile(Path(action["file"])).parsed.snapshot
     assert parsed.memory is not None and parsed.memory.selection == "mini"
     assert "park_gamma" in gdb(c_target.exe, action["file"], "thread apply all bt")
+
+
+def test_a_mini_core_too_big_for_a_buffer_is_copied_into_the_file_directly(
+    c_target: CTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pss_cli import api
+    from pss_cli.model import DumpSelection
+    from pss_cli.platform.linux import vaclone
+
+    monkeypatch.setattr(vaclone, "MINI_BUFFER", 0)
+    core = tmp_path / "direct.core"
+    snap = api.dump(c_target.pid, core, selection=DumpSelection(mini=True))
+    assert snap.memory is not None and snap.memory.selection == "mini" and snap.memory.method == "frozen-copy"
+    assert CoreFile(core).parsed.snapshot == snap
+    out = gdb(c_target.exe, core, "thread apply all bt")
+    assert all(name in out for name in ("park_alpha", "park_beta", "park_gamma", "rewrite_memory")), out

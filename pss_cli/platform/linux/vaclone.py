@@ -601,7 +601,12 @@ class CopyMemory(MemoryGrab):
                 regions = procfs.read_va_space(proc, section_info=True)
         self.regions = regions
         self.plan = self.plan_for(regions, self.pid, frozen_pointers(frozen), clone=False)
-        self.data_offset = reserve_for_head(frozen, regions, self.plan)
+        self._copy_planned(frozen)
+
+    def _copy_planned(self, frozen: FrozenProcess) -> None:
+        """Copy what the plan names into the destination, behind room reserved for the headers."""
+        assert self.plan is not None
+        self.data_offset = reserve_for_head(frozen, self.regions, self.plan)
         self.fd = memfd.create_unsealed() if self.dest_fd is None else self.dest_fd
         pieces = []
         offset = self.data_offset
@@ -635,22 +640,30 @@ class CopyMemory(MemoryGrab):
         self.fd = None
 
 
-class MiniCopy(MemoryGrab):
+#: The most a mini core copies into pss-dup's own memory; more (deep stacks in many threads) goes straight to the
+#: destination, as a full frozen copy does.
+MINI_BUFFER: Final = 64 << 20
+
+
+class MiniCopy(CopyMemory):
     """A mini core copied while the process is frozen, into a buffer of pss-dup's own (its pages come to a few
     hundred KiB to a few MiB), and laid out once the process runs again with headers of their exact size.
 
     For that little memory this stops the process less than a VA clone, whose page-table copy grows with the
-    process (bench/bench_dump.py: ~1-2 ms against 24-36 ms for 1 GiB). VmFlags are read before the freeze, so the
-    freeze pays for no page walk.
+    process (bench/bench_dump.py: ~2 ms against 22-50 ms for 1 GiB). VmFlags are read before the freeze, so the
+    freeze pays for no page walk. A plan larger than MINI_BUFFER is copied as CopyMemory copies.
     """
 
-    method = "frozen-copy"
-
     def __init__(
-        self, pid: int, *, timeout: float, progress: copyengine.Progress | None, selection: DumpSelection
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        progress: copyengine.Progress | None,
+        dest_fd: int | None,
+        selection: DumpSelection,
     ) -> None:
-        super().__init__(pid, timeout=timeout, progress=progress, selection=selection)
-        self.regions: tuple[VaRegion, ...] = ()
+        super().__init__(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
         self.buffer: mmap.mmap | None = None
         self._early: tuple[Sequence[VaRegion], tuple[dumprules.Rule, ...]] | None = None
 
@@ -670,6 +683,9 @@ class MiniCopy(MemoryGrab):
         # The map is unchanged since it was read before the freeze (the capture compared it): its rules still hold.
         rules = self._early[1] if self._early is not None and self._early[0] is va_space else None
         self.plan = self.plan_for(regions, self.pid, frozen_pointers(frozen), clone=False, rules=rules)
+        if self.plan.total > MINI_BUFFER:
+            self._copy_planned(frozen)
+            return
         size = max(self.plan.total, copyengine.PAGE_SIZE)
         self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | copyengine.MAP_POPULATE)
         pieces, offset = [], 0
@@ -680,12 +696,15 @@ class MiniCopy(MemoryGrab):
         with copyengine.MappedSink(self.buffer) as sink:
             self._note_failures(copyengine.copy_pieces(self.pid, pieces, sink))
 
-    def after_thaw(self, model: Snapshot) -> Snapshot:
-        return self._finish_model(model, self.regions, None)
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> tuple[int, Snapshot]:
+        if self.buffer is None:
+            return super().build_snapshot(model, auxv)
+        return _sealed(memfd.create_unsealed(), lambda fd: self.write_file(fd, model, auxv))
 
     def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
         """Headers, notes and the buffered pages, each PT_LOAD's bytes at its place."""
-        assert self.buffer is not None
+        if self.buffer is None:
+            return super().write_file(fd, model, auxv)
         model = self._finished(model)
         layout = elfcore.plan_core(model, auxv, self.segments)
         copyengine.size_file(fd, layout.size)
@@ -701,9 +720,12 @@ class MiniCopy(MemoryGrab):
         return model
 
     def release(self) -> None:
-        if self.buffer is not None:
-            self.buffer.close()
-            self.buffer = None
+        try:
+            if self.buffer is not None:
+                self.buffer.close()
+                self.buffer = None
+        finally:
+            super().release()
 
 
 def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: dumprules.MemoryPlan) -> int:
@@ -800,7 +822,7 @@ def grab_for(
     if method == METHOD_CLONE:
         return CloneMemory(pid, timeout=timeout, progress=progress, selection=selection)
     if method == METHOD_COPY and selection.mini:
-        return MiniCopy(pid, timeout=timeout, progress=progress, selection=selection)
+        return MiniCopy(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
     if method == METHOD_COPY:
         return CopyMemory(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
     raise ValueError(f"unknown clone method {method!r}")
