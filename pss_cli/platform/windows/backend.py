@@ -27,6 +27,7 @@ from types import TracebackType
 from pss_cli import errors
 from pss_cli.model import (
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
     DuplicateResult,
@@ -300,7 +301,9 @@ class WindowsBackend:
 
     # --- Backend -------------------------------------------------------------------------------------------------
 
-    def watch(self, pid: int) -> WatchedProcess:
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
         """`pss-dup watch` samples /proc on Linux; its Windows sampler is not written yet."""
         raise errors.NotSupported("pss-dup watch runs on Linux only for now")
 
