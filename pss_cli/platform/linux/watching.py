@@ -29,6 +29,8 @@ class ProcWatch:
     def __init__(self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None) -> None:
         self.pid = pid
         self.attachment: Attachment | None = None
+        #: The signal counts as they stood when the attachment ended (the final event still reports them).
+        self._counts: dict[int, int] = {}
         try:
             self.proc = procfs.ProcDir(pid)
         except OSError as exc:
@@ -65,7 +67,7 @@ class ProcWatch:
 
     def signal_counts(self) -> dict[int, int]:
         """Signals passed on so far, by number (an attached watch sees each)."""
-        return dict(self.attachment.counts) if self.attachment is not None else {}
+        return dict(self.attachment.counts) if self.attachment is not None else dict(self._counts)
 
     def exit_status(self) -> tuple[int | None, int | None] | None:
         """(exit code, None) or (None, the signal that ended it), when the watch was attached as it ended. The sample
@@ -88,7 +90,10 @@ class ProcWatch:
                 from pss_cli.platform.linux import attach as attaching
 
                 attachment, self.attachment = self.attachment, None
-                attaching.detach(attachment)
+                try:
+                    attaching.detach(attachment)
+                finally:
+                    self._counts = dict(attachment.counts)
         finally:
             self.proc.close()
 

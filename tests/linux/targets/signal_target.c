@@ -1,9 +1,10 @@
 /* A target for the attached triggers of `pss-dup watch` (--on-signal, --on-crash, --on-exit), one mode per run:
- *   usr1 MS           after MS milliseconds raise SIGUSR1 at itself; its handler prints "handled N"; then wait
- *   crash MS          after MS milliseconds dereference NULL in crash_here() (no handler: SIGSEGV kills it)
- *   exit MS           after MS milliseconds call exit(3) from exit_here()
- *   segv N            take N handled SIGSEGVs, one a millisecond (the handler jumps back), printing "segv N" at
- *                     the end; then wait
+ *   usr1 MS           after MS milliseconds (0: once a line comes on stdin) raise SIGUSR1 at itself; its handler
+ *                     counts it, and "handled N" is printed after; then wait
+ *   crash MS          after that cue dereference NULL in crash_here() (no handler: SIGSEGV kills it)
+ *   exit MS           after that cue call exit(3) from exit_here()
+ *   segv N            once a line comes on stdin, take N handled SIGSEGVs, one a millisecond (the handler jumps
+ *                     back), printing "segv N" at the end; then wait
  *   log               print "sig N" for each signal N received (handlers for USR1, USR2, HUP, ALRM, WINCH, URG,
  *                     CONT, PIPE, TERM and the real-time ones); "sleep" while blocked in nanosleep, checked for EINTR
  *   storm N           raise N handled SIGUSR1s, each after ~100 us of work; print "took SECONDS"; then wait
@@ -47,6 +48,13 @@ __attribute__((noinline)) void exit_here(void) {
 
 static void wait_forever(void) { for (;;) pause(); }
 
+/* After MS milliseconds, or with 0 once a line comes on stdin (the test's cue, once its watcher is attached). */
+static void cue(int ms) {
+    if (ms == 0)
+        while (getchar() != '\n') {}
+    usleep((useconds_t)ms * 1000);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -74,19 +82,20 @@ int main(int argc, char **argv) {
     }
     say("ready");
     if (!strcmp(mode, "usr1")) {
-        usleep((useconds_t)arg * 1000);
+        cue(arg);
         raise(SIGUSR1);
         printf("handled %d\n", (int)usr1_count);
         fflush(stdout);
         wait_forever();
     } else if (!strcmp(mode, "crash")) {
-        usleep((useconds_t)arg * 1000);
+        cue(arg);
         crash_here();
     } else if (!strcmp(mode, "exit")) {
-        usleep((useconds_t)arg * 1000);
+        cue(arg);
         exit_here();
     } else if (!strcmp(mode, "segv")) {
         volatile int taken = 0;
+        while (getchar() != '\n') {}
         for (;;) {
             if (sigsetjmp(back, 0) == 0 && taken < arg) {
                 crash_here();
