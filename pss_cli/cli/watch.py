@@ -58,8 +58,8 @@ SIGNAL = SignalParam()
 
 @click.command(
     epilog="\b\nExit codes: 0 every action succeeded (or no trigger fired), 1 an action (or its --exec) "
-    "failed,\n2 usage error, 3 a TARGET does not exist (see --wait), 124 --duration ran out with no "
-    "trigger."
+    "failed,\n2 usage error, 3 a TARGET does not exist (see --wait), 7 --on-signal/--on-crash/--on-exit on a "
+    "process\nanother tracer holds, 124 --duration ran out with no trigger, 130/128+N ended by Ctrl-C/signal N."
 )
 @click.argument("targets", metavar="TARGET...", nargs=-1, required=True, type=TARGET)
 @click.option("--all", "all_matches", is_flag=True, help="Watch every process a name matches.")

@@ -7,7 +7,8 @@
  *                     back), printing "segv N" at the end; then wait
  *   log               print "sig N" for each signal N received (handlers for USR1, USR2, HUP, ALRM, WINCH, URG,
  *                     CONT, PIPE, TERM and the real-time ones); "sleep" while blocked in nanosleep, checked for EINTR
- *   storm N           raise N handled SIGUSR1s, each after ~100 us of work; print "took SECONDS"; then wait
+ *   storm N WORK      once a line comes on stdin, raise N handled SIGUSR1s, each after WORK loop turns of work;
+ *                     print "took SECONDS HANDLED"; then wait (bench/bench_watch.py)
  * It prints "ready" first. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -113,9 +114,11 @@ int main(int argc, char **argv) {
             if (nanosleep(&t, &t) != 0 && errno != EINTR) say("nanosleep failed");
         }
     } else if (!strcmp(mode, "storm")) {
+        int turns = argc > 3 ? atoi(argv[3]) : 20000;
+        while (getchar() != '\n') {}
         double started = now();
         for (int i = 0; i < arg; i++) {
-            for (int j = 0; j < 20000; j++) work++;
+            for (int j = 0; j < turns; j++) work++;
             raise(SIGUSR1);
         }
         printf("took %.6f %d\n", now() - started, (int)usr1_count);
