@@ -337,6 +337,9 @@ class ThreadEntry:
     start_address: int | None = None
     suspend_count: int | None = None
     nice: int | None = None
+    #: The 128-byte siginfo of the signal this thread was stopped delivering, when the capture was made for that
+    #: signal (`watch --on-signal/--on-crash`); a core then names it (NT_SIGINFO, pr_cursig).
+    siginfo: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,3 +542,35 @@ class ResourceSample:
     threads: int
     fds: int | None = None
     thread_states: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AttachSpec:
+    """What an attached watch waits for (--on-signal, --on-crash, --on-exit): it then keeps the process seized."""
+
+    signals: frozenset[int] = frozenset()
+    crash: bool = False
+    exit: bool = False
+
+    @property
+    def any(self) -> bool:
+        return bool(self.signals) or self.crash or self.exit
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStop:
+    """A thread an attached watch holds in a stop for the watcher to act on, and what it was doing there.
+
+    `trigger` is "signal" (a --on-signal signal on its way in), "crash" (a fatal signal with its default action) or
+    "exit" (the process is exiting). For signals: `signo`, `code` (si_code), `address` (si_addr of a fault) and
+    `sender` (si_pid of a signal a process sent). For an exit: `exit_status` (the exit code), or `signo` the signal
+    that ends it.
+    """
+
+    tid: int
+    trigger: str
+    signo: int = 0
+    code: int | None = None
+    address: int | None = None
+    sender: int | None = None
+    exit_status: int | None = None

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from pss_cli.errors import NotSupported
 from pss_cli.model import (
     KERNEL_DUMP,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
     DumpSelection,
@@ -25,6 +26,7 @@ from pss_cli.model import (
     FreeResult,
     ResourceSample,
     Snapshot,
+    WatchStop,
 )
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
@@ -61,6 +63,22 @@ class WatchedProcess(Protocol):
 
     def wait_places(self) -> dict[int, dict[str, Any]]:
         """Where each thread waits (syscall, wchan), for a hang report; empty when that cannot be read."""
+        ...
+
+    def stops(self) -> list[WatchStop]:
+        """Threads an attached watch (--on-signal/--on-crash/--on-exit) newly holds in a stop, each once; every one
+        is released with `release` once acted on."""
+        ...
+
+    def release(self, stop: WatchStop) -> None: ...
+
+    def signal_counts(self) -> dict[int, int]:
+        """Signals an attached watch passed on, by number."""
+        ...
+
+    def exit_status(self) -> tuple[int | None, int | None] | None:
+        """(exit code, None) or (None, the signal that ended it), where the watcher could learn how the process
+        ended (attached); else None."""
         ...
 
     def close(self) -> None: ...
@@ -162,8 +180,11 @@ class Backend(Protocol):
         """
         ...
 
-    def watch(self, pid: int) -> WatchedProcess:
-        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist)."""
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
+        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist); with `attach`, also keep
+        it seized for those triggers, calling `wake` (from another thread) when a stop is held."""
         ...
 
     def dump_held(

@@ -40,6 +40,7 @@ from pss_cli.model import (
     EVERYTHING,
     KERNEL_DUMP,
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
     DumpSelection,
@@ -180,9 +181,13 @@ def capture(
     fd table and the memory map, reading again only what changed, so the process is stopped as briefly as possible.
     """
     from pss_cli.platform.linux import access
-    from pss_cli.platform.linux.freeze import FrozenProcess
+    from pss_cli.platform.linux.freeze import FrozenProcess, attachment_of
 
     access.require_supported_arch()
+    if attachment_of(pid) is not None:
+        # A watch holds it seized (and may hold a thread in an exit or a fault, where no call can be injected): the
+        # memory is copied during the freeze, on the watch's own tracer thread.
+        clone_method = "copy"
     started = time.perf_counter()
     captured_at = time.time()
     grab: MemoryGrab | None = None
@@ -368,6 +373,8 @@ def thread_entries(
             entry = dataclasses.replace(
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
+        if tid in frozen.siginfos:
+            entry = dataclasses.replace(entry, siginfo=frozen.siginfos[tid])
         yield entry
 
 
@@ -502,10 +509,10 @@ class LinuxBackend:
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         return plan_capture(pid, flags)
 
-    def watch(self, pid: int) -> ProcWatch:
+    def watch(self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None) -> ProcWatch:
         from pss_cli.platform.linux.watching import ProcWatch
 
-        return ProcWatch(pid)
+        return ProcWatch(pid, attach, wake)
 
     def duplicate(
         self,

@@ -28,6 +28,7 @@ from pss_cli import errors
 from pss_cli.model import (
     KERNEL_DUMP,
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
     DumpSelection,
@@ -302,7 +303,9 @@ class WindowsBackend:
 
     # --- Backend -------------------------------------------------------------------------------------------------
 
-    def watch(self, pid: int) -> WatchedProcess:
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
         """`pss-dup watch` samples /proc on Linux; its Windows sampler is not written yet."""
         raise errors.NotSupported("pss-dup watch runs on Linux only for now")
 
