@@ -364,3 +364,66 @@ def test_a_mini_core_too_big_for_a_buffer_is_copied_into_the_file_directly(
     assert CoreFile(core).parsed.snapshot == snap
     out = gdb(c_target.exe, core, "thread apply all bt")
     assert all(name in out for name in ("park_alpha", "park_beta", "park_gamma", "rewrite_memory")), out
+
+
+GO_TARGET = r"""
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+)
+
+var spins uint64
+
+//go:noinline
+func spinInGoroutine(ready chan<- bool) {
+	runtime.LockOSThread()
+	ready <- true
+	for {
+		spins++
+	}
+}
+
+func main() {
+	ready := make(chan bool)
+	for i := 0; i < 4; i++ {
+		go spinInGoroutine(ready)
+		<-ready
+	}
+	fmt.Println("ready")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_tools("go")
+    root = tmp_path_factory.mktemp("go")
+    (root / "main.go").write_text(GO_TARGET)
+    env = {**os.environ, "GOCACHE": str(root / "cache"), "GOPATH": str(root / "path"), "GO111MODULE": "off"}
+    subprocess.run(["go", "build", "-o", "spin", "main.go"], cwd=root, env=env, check=True, timeout=300)
+    return root / "spin"
+
+
+def test_gdb_reads_the_goroutines_running_in_a_mini_core_of_a_go_binary(go_exe: Path, tmp_path: Path) -> None:
+    # A P for each spinning goroutine (and main), so none is preempted off its thread when the dump comes.
+    env = {**os.environ, "GOMAXPROCS": "8"}
+    proc = subprocess.Popen([str(go_exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        mini, full = tmp_path / "mini.core", tmp_path / "full.core"
+        record = dump(str(proc.pid), str(mini), "--mini")
+        dump(str(proc.pid), str(full))
+        # Go's stacks lie in a heap arena of 64 MiB: only the pages the runtime touched belong in a mini core.
+        assert mini.stat().st_size < full.stat().st_size / 2, (mini.stat().st_size, full.stat().st_size)
+        out = gdb(go_exe, mini, "info threads", "thread apply all bt")
+        sections = thread_sections(out)
+        assert len(sections) == len(record["snapshot"]["threads"]) >= 5, out
+        assert sum("main.spinInGoroutine" in s for s in sections) == 4, out
+        assert all(re.search(r"#0\s+(?:0x[0-9a-f]+ in )?(?:main|runtime|syscall)[./]", s) for s in sections), out
+    finally:
+        reap(proc)

@@ -323,21 +323,30 @@ def plan_mini(
     dumped: list[int] = []
     chose: list[Rule] = []
     clipped = _clip(chosen, regions)
-    for region, inside, rule in zip(regions, clipped, rules, strict=True):
-        if rule.extent is Extent.WHOLE:
-            runs = [(region.base, region.end)]
-        elif rule.extent is Extent.NONE:
-            runs = []
-        else:
-            runs = inside
+    scanner = _open_scanner(memory_pid)
+    try:
+        for region, inside, rule in zip(regions, clipped, rules, strict=True):
+            if rule.extent is Extent.WHOLE:
+                runs = [(region.base, region.end)]
+            elif rule.extent is Extent.NONE:
+                runs = []
+            elif scanner is not None and inside and not is_shared(region) and not is_file_backed(region):
+                # A stack range runs to the end of its mapping: Go's goroutine stacks live in a 64 MiB heap arena,
+                # most of it never touched. Anonymous pages never touched read as zeros: not worth a byte of the core.
+                runs = _intersect(inside, _runs_in(scanner, region))
+            else:
+                runs = inside
             if rule.extent is Extent.HEADER:
                 runs = _merge([(region.base, min(region.end, region.base + PAGE_SIZE)), *runs])
-            elif not runs:
+            elif rule.extent is Extent.PART and not runs:
                 rule = Rule(Extent.NONE, "no stack, thread or loader data")
-        pieces = _split_around_holes(region, runs, elfcore.segment_flags(region.perms))
-        segments.extend(pieces)
-        dumped.append(sum(p.filesz for p in pieces))
-        chose.append(rule)
+            pieces = _split_around_holes(region, runs, elfcore.segment_flags(region.perms))
+            segments.extend(pieces)
+            dumped.append(sum(p.filesz for p in pieces))
+            chose.append(rule)
+    finally:
+        if scanner is not None:
+            scanner.close()
     return MemoryPlan(tuple(segments), tuple(dumped), tuple(chose))
 
 
@@ -378,6 +387,21 @@ def _merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
+    return out
+
+
+def _intersect(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts common to two sorted lists of disjoint ranges."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
     return out
 
 
