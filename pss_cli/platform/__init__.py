@@ -12,17 +12,17 @@ import os
 import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
 from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, ResourceSample, Snapshot
+from pss_cli.record import record
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LiveProcess:
     """A process pss-dup could act on, as shell completion offers it: its PID and its short name (Linux `comm`)."""
 

@@ -15,7 +15,6 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
@@ -24,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from pss_cli import record
 from pss_cli.errors import (
     AccessDenied,
     Interrupted,
@@ -236,7 +236,7 @@ def capture(
             wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
-        info = dataclasses.replace(
+        info = record.replace(
             info,
             thread_count=len(threads) if threads is not None else info.thread_count,
             handle_count=len(handles) if handles is not None else info.handle_count,
@@ -356,7 +356,7 @@ def thread_entries(
                 continue
         regs = frozen.regs.get(tid)
         if regs is not None:
-            entry = dataclasses.replace(
+            entry = record.replace(
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
         yield entry

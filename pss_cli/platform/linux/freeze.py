@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pss_cli.record import record
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -611,7 +611,7 @@ class seized_thread:
 # ---- the whole process ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadRegs:
     """One frozen thread's register context: the raw regsets, as a core file stores them."""
 

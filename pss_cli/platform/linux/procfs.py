@@ -20,7 +20,7 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from pss_cli.record import record
 from typing import NamedTuple
 
 from pss_cli.model import (
@@ -555,7 +555,7 @@ def seal_names(seals: int) -> str:
     return "|".join(name for bit, name in SEAL_NAMES if seals & bit) or "none"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SocketInfo:
     family: str
     detail: tuple[tuple[str, str | int], ...]
@@ -619,7 +619,7 @@ def format_inet(field: str) -> str:
     return f"{text}:{int(port, 16)}"
 
 
-@dataclass
+@record(frozen=False)
 class HandleReader:
     """Reads fd table entries; `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
 

@@ -37,13 +37,12 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import os
 import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from pss_cli import record
 from typing import Final
 
 from pss_cli.model import Interruption
@@ -59,7 +58,7 @@ IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG = 0x1, 0x8
 NO_TIMEOUT, BY_VALUE, TIMESPEC, SOCKET_OPTION = "none", "value", "timespec", "socket"
 
 
-@dataclass(frozen=True, slots=True)
+@record.record
 class Rule:
     """A call that fails with plain -EINTR when a ptrace stop interrupts it, having done nothing: safe to re-issue."""
 
@@ -113,7 +112,7 @@ def rule_for(nr: int) -> Rule | None:
     return Rule(name, SOCKET_OPTION) if name else None
 
 
-@dataclass(frozen=True, slots=True)
+@record.record
 class Blocked:
     """A thread seen blocked in a system call just before pss-dup stopped it."""
 
@@ -143,7 +142,7 @@ def at_stop(pid: int, tid: int, blocked: Blocked | None) -> Blocked | None:
     # it has (wait_task_inactive), so that the count read next includes the stop's own switch.
     with contextlib.suppress(OSError):
         ptrace.get_event_msg(tid)
-    return dataclasses.replace(blocked, stop_switches=read_sched(pid, tid)[1])
+    return record.replace(blocked, stop_switches=read_sched(pid, tid)[1])
 
 
 def has_finite_value_timeout(nr: int, args: tuple[int, ...]) -> bool:
