@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -173,4 +172,6 @@ def backend() -> Backend:
         from pss_cli.platform.windows.backend import WindowsBackend
 
         return WindowsBackend()
-    raise NotSupported(f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows")
+    import platform
+
+    raise NotSupported(f"pss-dup does not support {sys.platform} ({platform.machine()}): it runs on Linux and Windows")

@@ -31,7 +31,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pss_cli.record import record
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -47,6 +46,7 @@ from pss_cli.errors import (
 )
 from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, procfs, ptrace, restart
+from pss_cli.record import record
 
 T = TypeVar("T")
 

@@ -20,7 +20,6 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from pss_cli.record import record
 from typing import NamedTuple
 
 from pss_cli.model import (
@@ -40,6 +39,7 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+from pss_cli.record import record
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 O_CLOEXEC = 0o2000000

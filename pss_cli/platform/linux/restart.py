@@ -38,13 +38,12 @@ assert sys.platform == "linux"
 
 import contextlib
 import os
-import socket
 import struct
 import threading
 import time
-from pss_cli import record
 from typing import Final
 
+from pss_cli import record
 from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, procfs, ptrace
 
@@ -315,6 +314,8 @@ def plan(pid: int, tid: int, pidfd: int | None) -> tuple[Blocked | None, str | N
     if rule is None or (nr == SYS_io_uring_enter and not args[3] & IORING_ENTER_GETEVENTS):
         return blocked, None
     if rule.timeout == SOCKET_OPTION:
+        import socket  # only for a thread blocked in a socket call: most captures never need the module
+
         option = socket.SO_RCVTIMEO if nr in SOCKET_RECEIVE_SYSCALLS else socket.SO_SNDTIMEO
         if not access.socket_timeout(pid, args[0], option, pidfd):
             return blocked, None  # no timeout: the kernel restarts it by itself
