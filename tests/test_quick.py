@@ -119,6 +119,16 @@ def test_the_quick_path_reads_a_command_line_as_click_does_or_leaves_it(
         assert taken
 
 
+def test_a_click_decorator_on_a_declared_command_is_refused_not_lost() -> None:
+    from pss_cli.cli import declare
+
+    def probe(ui: object, flag: bool) -> None:
+        """A command that mixes click's decorators into a declaration."""
+
+    with pytest.raises(TypeError, match="not click"):
+        declare.command(click.option("--flag", is_flag=True)(probe))
+
+
 def test_a_completion_request_goes_to_click(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("_PSS_DUP_COMPLETE", "bash_complete")
     assert quick.parse(["capture", "1", "-o", "json"]) is None

@@ -173,6 +173,8 @@ class Command:
     takes the run's Ui and one keyword per param (the output options excepted). Its docstring is the help."""
 
     def __init__(self, callback: F) -> None:
+        if hasattr(callback, "__click_params__"):  # click's decorators on a declared command would be lost
+            raise TypeError(f"{callback.__name__}: declare its params with pss_cli.cli.declare, not click")
         self.name = callback.__name__.lower().replace("_", "-")
         self.callback = callback
         self.params = tuple(reversed(declared(callback)))
