@@ -8,18 +8,18 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
-from dataclasses import dataclass
 
 from pss_cli.errors import AmbiguousTarget, NoSuchProcess
 from pss_cli.model import MAX_PID
 from pss_cli.platform import backend
+from pss_cli.record import record
 
 #: Only what a `ps` row shows: as_dict reads these under one oneshot() per process, and nothing slow.
 PSUTIL_ATTRS = ["ppid", "username", "name", "num_threads", "memory_info", "cmdline", "create_time"]
 HANDLE_ATTR = "num_handles" if sys.platform == "win32" else "num_fds"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcessRow:
     """One process as `ps` reports it; None where the OS would not say."""
 

@@ -2,7 +2,8 @@
 
 It mirrors what the Windows Process Snapshotting API exposes (PSS_PROCESS_INFORMATION, PSS_THREAD_ENTRY,
 PSS_HANDLE_ENTRY, PSS_VA_SPACE_ENTRY, PSS_PERFORMANCE_COUNTERS) and adds what Linux knows besides. A field that a
-platform cannot fill is None, never an invented value. This module does no I/O and imports nothing of the package.
+platform cannot fill is None, never an invented value. This module does no I/O and imports nothing of the package
+but pss_cli.record (a frozen dataclass without the start-up cost).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import enum
 import math
 import sys
-from dataclasses import dataclass, field
+
+from pss_cli.record import record
 
 #: Bumped whenever a field is renamed or removed, or its meaning changes; adding a field keeps the version.
 #: 2: Linux's ThreadEntry.base_priority is the kernel priority, as ProcessInfo's (it was nice, now ThreadEntry.nice);
@@ -56,7 +58,7 @@ def filter_problem(mask: int) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DumpSelection:
     """What memory a dump holds. By default what the kernel would dump for the process (its coredump_filter, and
     MADV_DONTDUMP); `filter` overrides the mask; `all_memory` takes everything readable, MADV_DONTDUMP regions too
@@ -235,7 +237,7 @@ class MemoryProtection(enum.IntFlag):
     WRITECOMBINE = 0x400
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcessInfo:
     """PSS_PROCESS_INFORMATION plus what Linux adds. Times are seconds; start_time is a Unix timestamp."""
 
@@ -275,7 +277,7 @@ class ProcessInfo:
     peb_base_address: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyscallState:
     """The syscall a thread is blocked in (/proc/PID/task/TID/syscall; Windows LastSyscallNumber)."""
 
@@ -286,7 +288,7 @@ class SyscallState:
     program_counter: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadContext:
     """A thread's register context.
 
@@ -308,7 +310,7 @@ class ThreadContext:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadEntry:
     """PSS_THREAD_ENTRY plus Linux's scheduler facts.
 
@@ -342,7 +344,7 @@ class ThreadEntry:
     siginfo: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HandleEntry:
     """PSS_HANDLE_ENTRY; on Linux a file descriptor.
 
@@ -368,7 +370,7 @@ class HandleEntry:
     type_specific: tuple[tuple[str, str | int], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaRegion:
     """PSS_VA_SPACE_ENTRY; on Linux a line of /proc/PID/maps with its smaps figures."""
 
@@ -397,7 +399,7 @@ class VaRegion:
         return self.base + self.size
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemoryCapture:
     """What memory content a snapshot carries, and how it got it."""
 
@@ -423,7 +425,7 @@ class MemoryCapture:
     stack_limit: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Performance:
     """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen.
 
@@ -440,7 +442,7 @@ class Performance:
     wait_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Interruption:
     """A thread that pss-dup's stop woke out of a blocked call that fails with EINTR: whether the call was issued
     again (the process saw nothing), with what timeout, or why the process saw EINTR."""
@@ -453,7 +455,7 @@ class Interruption:
     note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Snapshot:
     """One captured process. `threads`, `handles` and `va_space` are None when their flag was not asked for."""
 
@@ -467,12 +469,12 @@ class Snapshot:
     va_space: tuple[VaRegion, ...] | None
     performance: Performance
     memory: MemoryCapture | None = None
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
     #: Blocked calls the freeze interrupted (Linux); None where the platform has no such thing.
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccessUse:
     """The access one operation took on one process: a Windows access mask, or the Linux checks it passed."""
 
@@ -482,7 +484,7 @@ class AccessUse:
     mask: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CapturePlan:
     """A capture a dry run would make, checked without stopping the process: the access it would take (each check
     that can be made without stopping it passed) and the steps it would take. It stands for the snapshot in a
@@ -492,10 +494,10 @@ class CapturePlan:
     flags: CaptureFlags
     access: AccessUse
     actions: tuple[str, ...]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DuplicateResult:
     """What `dup` did (PssDuplicateSnapshot): the handle that the target now holds, and what it cost."""
 
@@ -513,7 +515,7 @@ class DuplicateResult:
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FreeResult:
     """What `free` did (PssFreeSnapshot in another process)."""
 
@@ -528,7 +530,7 @@ class FreeResult:
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResourceSample:
     """One look at a watched process (`pss-dup watch`): read from /proc without stopping or tracing it.
 
@@ -544,7 +546,7 @@ class ResourceSample:
     thread_states: tuple[tuple[int, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttachSpec:
     """What an attached watch waits for (--on-signal, --on-crash, --on-exit): it then keeps the process seized."""
 
@@ -557,7 +559,7 @@ class AttachSpec:
         return bool(self.signals) or self.crash or self.exit
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WatchStop:
     """A thread an attached watch holds in a stop for the watcher to act on, and what it was doing there.
 

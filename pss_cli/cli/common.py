@@ -1,4 +1,6 @@
-"""What every command shares: the output options, which build the run's Ui, and error reporting.
+"""click's side of the declarations (pss_cli.cli.declare): each declared param becomes click's own argument or
+option, and a declared command click's command; the output options on every command, click-decorated or declared,
+come from the one list (declare.OUTPUT_OPTIONS) and make the run's Ui in pss_cli.cli.runner.
 
 Ui and the consoles live in pss_cli.render.console; rich is imported only when a command actually renders, so
 `--version`, `--help`, shell completion and JSON output never load it.
@@ -7,93 +9,50 @@ Ui and the consoles live in pss_cli.render.console; rich is imported only when a
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import click
 
-from pss_cli.cli.params import MASK, SIZE, Seconds
-from pss_cli.errors import PssError, UsageError, own_error
+from pss_cli.cli import runner
+from pss_cli.cli.declare import OUTPUT_OPTIONS, Checked, Choice, Command, Param
+from pss_cli.cli.params import MASK, SIZE, checked_type
+from pss_cli.errors import UsageError
 from pss_cli.model import DEFAULT_STACK_LIMIT, DumpSelection
-from pss_cli.render.console import OUTPUT_FORMATS, Ui
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def click_param(param: Param) -> Callable[[F], F]:
+    """click.argument or click.option with the declaration's words; a declared type becomes click's."""
+    attrs = dict(param.attrs)
+    kind = attrs.get("type")
+    if isinstance(kind, Choice):
+        attrs["type"] = click.Choice(kind.choices)
+    elif isinstance(kind, Checked):
+        attrs["type"] = checked_type(kind)
+    make = click.argument if param.kind == "argument" else click.option
+    return make(*param.decls, **attrs)
+
+
+def click_params(params: Iterable[Param]) -> Callable[[F], F]:
+    """Decorate with `params`, first one on top (as they would be written above a click command)."""
+
+    def decorate(func: F) -> F:
+        for param in reversed(tuple(params)):
+            func = click_param(param)(func)
+        return func
+
+    return decorate
 
 
 def output_options(func: F) -> F:
     """-o/--output, --json, -q, --timeout and --color on every command, after the subcommand where people type them."""
 
-    @click.option(
-        "-o",
-        "--output",
-        type=click.Choice(OUTPUT_FORMATS),
-        default="table",
-        show_default=True,
-        envvar="PSS_DUP_OUTPUT",
-        help="Report format: tables for people, JSON (one document) or JSON Lines (one record per line) for scripts.",
-    )
-    @click.option("--json", "json_alias", is_flag=True, help="Same as -o json.")
-    @click.option("-q", "--quiet", is_flag=True, help="No warnings or progress on stderr; errors still print.")
-    @click.option(
-        "--timeout",
-        type=Seconds(),
-        metavar="SECONDS",
-        default=10.0,
-        show_default=True,
-        envvar="PSS_DUP_TIMEOUT",
-        help="Seconds (0.1 to 3600) to wait for any process to stop or answer; every process is restored when it "
-        "runs out.",
-    )
-    @click.option(
-        "--color",
-        type=click.Choice(["auto", "always", "never"]),
-        default="auto",
-        show_default=True,
-        help="Colour: auto follows NO_COLOR, FORCE_COLOR and whether the output is a terminal.",
-    )
-    @click.option(
-        "--debug-privilege",
-        is_flag=True,
-        help="Windows: enable SeDebugPrivilege for this run (needs an elevated prompt) and say whether it could.",
-    )
+    @click_params(OUTPUT_OPTIONS)
     @functools.wraps(func)
-    def wrapper(
-        *args: Any,
-        output: str,
-        json_alias: bool,
-        quiet: bool,
-        timeout: float,
-        color: str,
-        debug_privilege: bool,
-        **kwargs: Any,
-    ) -> Any:
-        ctx = click.get_current_context()
-        ui = Ui(
-            output="json" if json_alias else output,
-            quiet=quiet,
-            color=color,
-            timeout=timeout,
-            command=ctx.info_name or "",
-        )
-        ctx.obj = ui
-        try:
-            if debug_privilege:
-                from pss_cli import api
-
-                if not api.enable_debug_privilege():
-                    ui.warn("SeDebugPrivilege could not be enabled: run from an elevated prompt")
-            return func(ui, *args, **kwargs)
-        except (PssError, OSError) as exc:
-            error = exc if isinstance(exc, PssError) else own_error(exc)
-            if error is None:
-                raise
-            if ui.machine:
-                from pss_cli.render.jsonout import emit_error
-
-                emit_error(ui, error)
-            if error is exc:
-                raise
-            raise error from None
+    def wrapper(**params: Any) -> Any:
+        return runner.run(func, click.get_current_context().info_name or "", params)
 
     return wrapper  # type: ignore[return-value]
 
@@ -137,3 +96,13 @@ def dump_selection(mini: bool, stack_limit: int | None, mask: int | None, all_me
         filter=mask,
         all_memory=all_memory,
     )
+
+
+def click_command(declared: Command) -> click.Command:
+    """click's command for a declaration: the same params, help and callback (through runner.run)."""
+
+    def callback(**params: Any) -> Any:
+        return runner.run(declared.callback, click.get_current_context().info_name or "", params)
+
+    callback.__doc__ = declared.callback.__doc__
+    return click.command(declared.name)(click_params(declared.params)(callback))

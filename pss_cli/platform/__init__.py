@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
-import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
@@ -28,12 +26,13 @@ from pss_cli.model import (
     Snapshot,
     WatchStop,
 )
+from pss_cli.record import record
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LiveProcess:
     """A process pss-dup could act on, as shell completion offers it: its PID and its short name (Linux `comm`)."""
 
@@ -205,4 +204,6 @@ def backend() -> Backend:
         from pss_cli.platform.windows.backend import WindowsBackend
 
         return WindowsBackend()
-    raise NotSupported(f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows")
+    import platform
+
+    raise NotSupported(f"pss-dup does not support {sys.platform} ({platform.machine()}): it runs on Linux and Windows")

@@ -15,7 +15,6 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
@@ -24,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from pss_cli import record
 from pss_cli.errors import (
     AccessDenied,
     Interrupted,
@@ -250,7 +250,7 @@ def capture(
             wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
-        info = dataclasses.replace(
+        info = record.replace(
             info,
             thread_count=len(threads) if threads is not None else info.thread_count,
             handle_count=len(handles) if handles is not None else info.handle_count,
@@ -370,11 +370,11 @@ def thread_entries(
                 continue
         regs = frozen.regs.get(tid)
         if regs is not None:
-            entry = dataclasses.replace(
+            entry = record.replace(
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
         if tid in frozen.siginfos:
-            entry = dataclasses.replace(entry, siginfo=frozen.siginfos[tid])
+            entry = record.replace(entry, siginfo=frozen.siginfos[tid])
         yield entry
 
 

@@ -31,7 +31,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Protocol, TypeVar
 
@@ -47,6 +46,7 @@ from pss_cli.errors import (
 )
 from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, procfs, ptrace, restart
+from pss_cli.record import record
 
 T = TypeVar("T")
 
@@ -658,7 +658,7 @@ def attachment_of(pid: int) -> Attachment | None:
     return _attachments.get(pid)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadRegs:
     """One frozen thread's register context: the raw regsets, as a core file stores them."""
 

@@ -20,7 +20,6 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from pss_cli.model import (
@@ -40,6 +39,7 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+from pss_cli.record import record
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 O_CLOEXEC = 0o2000000
@@ -555,7 +555,7 @@ def seal_names(seals: int) -> str:
     return "|".join(name for bit, name in SEAL_NAMES if seals & bit) or "none"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SocketInfo:
     family: str
     detail: tuple[tuple[str, str | int], ...]
@@ -619,7 +619,7 @@ def format_inet(field: str) -> str:
     return f"{text}:{int(port, 16)}"
 
 
-@dataclass
+@record(frozen=False)
 class HandleReader:
     """Reads fd table entries; `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
 
