@@ -121,7 +121,7 @@ def storm_seconds(exe: Path, turns: int, watch: list[str] | None) -> float:
 def attached_cost(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "signal_target"
-        subprocess.run(["gcc", "-O1", "-o", str(exe), str(SIGNAL_C)], check=True, timeout=120)
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(SIGNAL_C)], check=True, timeout=120)
         turns = 20_000
         for _ in range(8):  # calibrate: the work between two signals takes ~100 us untraced (10,000 a second)
             took = storm_seconds(exe, turns, None)
