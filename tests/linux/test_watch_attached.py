@@ -327,3 +327,26 @@ def test_watcher_killed_during_a_clone_copy_leaves_no_clone_alive_and_the_target
     assert t.expect("handled") == f"handled 1 code -6 pid {t.pid}"
     assert vaclone.reap_in_source(t.pid, clone, timeout=10, warnings=[]) is not None
     assert_untouched(t)
+
+
+def test_clone_killed_from_outside_fails_that_action_only(
+    spawn: Callable[..., Target], targets: Callable[..., Target], tmp_path: Path
+) -> None:
+    """A SIGKILL to the clone from anyone while it is copied: the watch's serve loop takes its death and resumes
+    nothing of it; that action fails, the clone is reaped (no zombie), and the watch goes on serving and dumping."""
+    t = targets("big", str(BIG_MIB))
+    w = watcher(spawn, str(t.pid), "--on-signal", "USR1", "-n", "2", "--every", "0", "--dump", str(tmp_path))
+    t.send("usr1")
+    wait_until(lambda: clone_of(t.pid) is not None, 10, "the VA clone")
+    clone = clone_of(t.pid)
+    assert clone is not None
+    os.kill(clone, signal.SIGKILL)
+    assert t.expect("handled").startswith("handled 1 ")
+    assert w.event("action")["ok"] is False
+    t.send("usr1")
+    assert t.expect("handled").startswith("handled 2 ")
+    finished, events = finish(w)
+    assert finished["exit_code"] == 1 and finished["signals"] == {str(t.pid): {"SIGUSR1": 2}}
+    assert [a["ok"] for a in of(events, "action")] == [False, True]
+    assert not Path(f"/proc/{clone}").exists()
+    assert_untouched(t)
