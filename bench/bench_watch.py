@@ -11,6 +11,8 @@ kills and reaps every target at the end.
 - Cost of an attached watch (--on-crash): how much slower a target runs that takes 10,000 handled signals a second
   (tests/linux/targets/signal_target.c, storm mode), watched against unwatched (goal <= 2x); and the watcher's CPU
   for one idle attached process at --poll 0.1.
+- Stop of an attached dump: stopped_ms of the `--on-signal USR1` dump of a 1 GiB target (signal_target.c, big
+  mode), with the VA clone made on the watch's tracer against the frozen copy (--clone-method copy).
 The machine may be shared: every figure is the median of --runs runs, and the load is printed.
 """
 
@@ -118,10 +120,49 @@ def storm_seconds(exe: Path, turns: int, watch: list[str] | None) -> float:
         reap(procs)
 
 
+def signal_dump_stop(exe: Path, method: str, runs: int) -> list[float]:
+    """stopped_ms of `watch --on-signal USR1 --dump` of a 1 GiB target, one per run, with `method`."""
+    stops = []
+    target = subprocess.Popen([str(exe), "big", "1024"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdin is not None and target.stdout is not None
+        target.stdout.readline()  # ready
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                argv = [PSS_DUP, "watch", str(target.pid), "--on-signal", "USR1", "--dump", tmp]
+                w = subprocess.Popen(
+                    [*argv, "--clone-method", method, "-o", "jsonl"], stdout=subprocess.PIPE, text=True
+                )
+                assert w.stdout is not None
+                w.stdout.readline()  # started: attached
+                target.stdin.write("usr1\n")
+                target.stdin.flush()
+                target.stdout.readline()  # handled
+                events = [json.loads(line) for line in w.stdout]
+                w.wait(timeout=60)
+                (action,) = [e for e in events if e["event"] == "action"]
+                stops.append(action["stopped_ms"])
+    finally:
+        reap([target])
+    return stops
+
+
+def attached_dump_stop(runs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "signal_target"
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(SIGNAL_C)], check=True, timeout=120)
+        clone = signal_dump_stop(exe, "clone", runs)
+        copy = signal_dump_stop(exe, "copy", runs)
+    print(
+        f"attached     --on-signal USR1 dump of 1 GiB: stopped median {statistics.median(clone):.1f} ms with the clone,"
+        f" {statistics.median(copy):.1f} ms with the frozen copy; load {os.getloadavg()[0]:.2f}"
+    )
+
+
 def attached_cost(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "signal_target"
-        subprocess.run(["gcc", "-O1", "-o", str(exe), str(SIGNAL_C)], check=True, timeout=120)
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(SIGNAL_C)], check=True, timeout=120)
         turns = 20_000
         for _ in range(8):  # calibrate: the work between two signals takes ~100 us untraced (10,000 a second)
             took = storm_seconds(exe, turns, None)
@@ -152,10 +193,11 @@ def main() -> None:
         help="--cpu threshold for the reaction runs (low: a spinning thread may get a fraction of a "
         "core on a shared machine)",
     )
-    parser.add_argument("--only-attached", action="store_true", help="only the attached watch's cost")
+    parser.add_argument("--only-attached", action="store_true", help="only the attached watch's cost and dump stop")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; pss-dup {PSS_DUP}")
     attached_cost(args.runs)
+    attached_dump_stop(args.runs)
     if args.only_attached:
         return
     sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(100)]

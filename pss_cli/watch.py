@@ -431,6 +431,8 @@ class ActionEvent(Event):
     bytes: int | None = None
     stopped_ms: float | None = None
     captured_at: float | None = None
+    #: How a dump took the memory: "va-clone" or "frozen-copy".
+    method: str | None = None
     handle: int | None = None
     exec_status: int | None = None
     error: str | None = None
@@ -480,3 +482,5 @@ class Action:
     exec_command: str | None = None
     #: What memory a dump takes (--mini, --filter, --all-memory); None: what the kernel would dump.
     selection: DumpSelection | None = None
+    #: --clone-method of the dumps; None: as `dump` chooses (a crash or exit an attached watch holds: copy).
+    clone_method: str | None = None

@@ -326,7 +326,12 @@ class Watcher:
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
             try:
                 snap = backend().dump(
-                    w.pid, path, force=False, timeout=self.timeout, selection=self.action.selection or KERNEL_DUMP
+                    w.pid,
+                    path,
+                    force=False,
+                    timeout=self.timeout,
+                    clone_method=self.action.clone_method,
+                    selection=self.action.selection or KERNEL_DUMP,
                 )
                 break
             except OutputExists as exc:
@@ -340,6 +345,7 @@ class Watcher:
             "bytes": os.stat(path).st_size,
             "stopped_ms": snap.performance.stopped_ms,
             "captured_at": snap.captured_at,
+            "method": snap.memory.method if snap.memory is not None else None,
         }
 
     def _capture(self, w: Watched, trigger: str) -> dict[str, Any]:

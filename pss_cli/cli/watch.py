@@ -14,7 +14,7 @@ from pss_cli import interrupts
 from pss_cli.cli.common import memory_options, output_options
 from pss_cli.cli.params import PID, SIZE, TARGET
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
-from pss_cli.model import DumpSelection, selection_problem
+from pss_cli.model import CLONE_METHODS, DumpSelection, selection_problem
 from pss_cli.render.console import Ui
 from pss_cli.watch import DEFAULT_TEMPLATE
 
@@ -107,6 +107,10 @@ SIGNAL = SignalParam()
     show_default=True,
     help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
 )
+@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default=None,
+              help="As for dump: clone (the default) stops the process only while a copy-on-write clone is made, "
+                   "also while attached; copy keeps it stopped for the whole copy. A crash or an exit an attached "
+                   "watch caught is always copied.")  # fmt: skip
 @memory_options
 @click.option("--capture", "capture_action", is_flag=True, help="Print the snapshot as one JSON line on stdout.")
 @click.option("--dup", "dup_into", type=PID, metavar="PID", help="Push the snapshot into process PID (an analyser).")
@@ -149,6 +153,7 @@ def watch(
     on_exit: bool,
     dump_dir: str | None,
     template: str,
+    clone_method: str | None,
     selection: DumpSelection | None,
     capture_action: bool,
     dup_into: int | None,
@@ -190,10 +195,17 @@ def watch(
     found += [p] if selection is not None and (p := selection_problem(selection)) else []
     if found:
         raise UsageError(found[0])
-    if selection is not None and (capture_action or dup_into is not None):
-        raise UsageError("--mini, --filter and --all-memory choose what a core holds: they go with --dump")
+    if (selection is not None or clone_method is not None) and (capture_action or dup_into is not None):
+        raise UsageError(
+            "--clone-method, --mini, --filter and --all-memory choose how a core is made: they go with --dump"
+        )
     action = Action(
-        "dump", directory=dump_dir or ".", template=template, exec_command=exec_command, selection=selection
+        "dump",
+        directory=dump_dir or ".",
+        template=template,
+        exec_command=exec_command,
+        selection=selection,
+        clone_method=clone_method,
     )
     chosen = [
         name

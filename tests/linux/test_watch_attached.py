@@ -28,7 +28,9 @@ def signal_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_tools("gcc")
     out = tmp_path_factory.mktemp("attached") / f"s{uuid.uuid4().hex[:10]}"
     subprocess.run(
-        ["gcc", "-O1", "-g", "-Wall", "-o", str(out), str(TARGETS / "signal_target.c")], check=True, timeout=120
+        ["gcc", "-O1", "-g", "-Wall", "-pthread", "-o", str(out), str(TARGETS / "signal_target.c")],
+        check=True,
+        timeout=120,
     )
     return out
 
@@ -216,3 +218,135 @@ def test_watcher_ended_at_each_stage_leaves_the_target_running_untraced(
         assert t.expect("sig") == f"sig {int(signal.SIGUSR1)}"
     elif ending != signal.SIGKILL:
         assert t.expect("handled") == "handled 1"  # the held signal was delivered on the way out
+
+
+#: The big target's memory: its frozen copy takes long enough (~100 ms and up) to tell from the clone's stop.
+BIG_MIB = 300
+
+
+def clone_of(pid: int) -> int | None:
+    """The VA clone (comm pss-vaclone) among the children of `pid`, if one is there."""
+    for child in children_of(pid):
+        try:
+            if Path(f"/proc/{child}/comm").read_text().strip() == "pss-vaclone":
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def test_on_signal_dumps_from_the_clone_and_the_signal_arrives_once_as_it_came(
+    spawn: Callable[..., Target], targets: Callable[..., Target], signal_exe: Path, tmp_path: Path
+) -> None:
+    """The dump of --on-signal is made from a VA clone on the watch's own tracer thread: the process is stopped a
+    fraction of what the frozen copy of the same process costs, runs (its handler too) while the clone is copied,
+    and the core is right. The one thread there is holds the signal: the clone is injected there, and the signal
+    is then delivered once, with its siginfo (SI_TKILL from itself, not a SI_USER from the watcher)."""
+    t = targets("big", str(BIG_MIB))
+    figures = {}
+    for n, method in enumerate(("clone", "copy"), start=1):
+        w = watcher(spawn, str(t.pid), "--on-signal", "USR1", "--dump", str(tmp_path), "--clone-method", method)
+        t.send("usr1")
+        handled = t.expect("handled")
+        assert handled == f"handled {n} code -6 pid {t.pid}", handled
+        if method == "clone":  # the signal was delivered while the clone was still being copied
+            assert clone_of(t.pid) is not None, "the handler ran only after the copy"
+        finished, events = finish(w)
+        assert finished["exit_code"] == 0 and finished["signals"] == {str(t.pid): {"SIGUSR1": 1}}
+        (action,) = of(events, "action")
+        assert action["method"] == {"clone": "va-clone", "copy": "frozen-copy"}[method]
+        figures[method] = action["stopped_ms"]
+        if method == "clone":
+            out = gdb(signal_exe, action["file"], "bt", "p $_siginfo.si_signo", "p big[200*1048576+7]", "p big[0]")
+            assert "big_mode" in out and "$1 = 10" in out, out
+            assert f"$2 = {200 ^ 0x5A}" in out and f"$3 = {0x5A}" in out, out
+        assert_untouched(t)
+        assert clone_of(t.pid) is None
+    assert figures["clone"] < figures["copy"] / 3, figures
+
+
+def test_cpu_trigger_with_on_crash_dumps_from_the_clone_and_a_crash_during_its_copy_is_caught(
+    spawn: Callable[..., Target], targets: Callable[..., Target], signal_exe: Path, tmp_path: Path
+) -> None:
+    """A resource trigger on an attached process dumps from a clone too. A crash while that clone is copied (the
+    tracer thread serves the process meanwhile) is held, acted on after the copy (with the frozen copy: the process
+    is about to die), and the process then dies of it as it would have; the clone is gone, not left a zombie."""
+    t = targets("big", str(BIG_MIB))
+    w = watcher(
+        spawn,
+        str(t.pid),
+        "--cpu",
+        "30",
+        "--for",
+        "0",
+        "--poll",
+        "0.2",
+        "--on-crash",
+        "-n",
+        "2",
+        "--every",
+        "0",
+        "--dump",
+        str(tmp_path),
+    )
+    t.send("spin")
+    assert w.event("triggered")["trigger"] == "cpu"
+    wait_until(lambda: clone_of(t.pid) is not None, 10, "the VA clone")
+    clone = clone_of(t.pid)
+    t.send("crash")
+    wait_until(lambda: state(t.pid) == "t", 10, "the crash held")
+    assert clone_of(t.pid) == clone, "the crash was caught only after the copy"
+    finished, events = finish(w)
+    assert finished["exit_code"] == 0
+    first, second = of(events, "action")
+    assert (first["trigger"], first["method"]) == ("cpu", "va-clone")
+    assert (second["trigger"], second["method"]) == ("crash", "frozen-copy")
+    assert first["stopped_ms"] < second["stopped_ms"], (first, second)
+    assert "crash_here" in gdb(signal_exe, second["file"], "bt")
+    assert t.proc.wait(timeout=10) == -signal.SIGSEGV
+    assert not Path(f"/proc/{clone}").exists() or clone_of(t.pid) is None
+
+
+def test_watcher_killed_during_a_clone_copy_leaves_no_clone_alive_and_the_target_untraced(
+    spawn: Callable[..., Target], targets: Callable[..., Target], tmp_path: Path
+) -> None:
+    """SIGKILL of the watcher while it copies the clone of an attached target: the kernel kills the clone
+    (PTRACE_O_EXITKILL) and detaches the target, which runs on; the clone is left a zombie holding no memory, which
+    the test reaps with pss-dup's own helper to check that nothing else is left."""
+    from pss_cli.platform.linux import vaclone
+
+    t = targets("big", str(BIG_MIB))
+    w = watcher(spawn, str(t.pid), "--on-signal", "USR1", "--dump", str(tmp_path))
+    t.send("usr1")
+    wait_until(lambda: clone_of(t.pid) is not None, 10, "the VA clone")
+    clone = clone_of(t.pid)
+    assert clone is not None
+    w.proc.kill()
+    w.proc.wait(timeout=10)
+    wait_until(lambda: state(clone) == "Z", 5, "the clone dead")
+    assert t.expect("handled") == f"handled 1 code -6 pid {t.pid}"
+    assert vaclone.reap_in_source(t.pid, clone, timeout=10, warnings=[]) is not None
+    assert_untouched(t)
+
+
+def test_clone_killed_from_outside_fails_that_action_only(
+    spawn: Callable[..., Target], targets: Callable[..., Target], tmp_path: Path
+) -> None:
+    """A SIGKILL to the clone from anyone while it is copied: the watch's serve loop takes its death and resumes
+    nothing of it; that action fails, the clone is reaped (no zombie), and the watch goes on serving and dumping."""
+    t = targets("big", str(BIG_MIB))
+    w = watcher(spawn, str(t.pid), "--on-signal", "USR1", "-n", "2", "--every", "0", "--dump", str(tmp_path))
+    t.send("usr1")
+    wait_until(lambda: clone_of(t.pid) is not None, 10, "the VA clone")
+    clone = clone_of(t.pid)
+    assert clone is not None
+    os.kill(clone, signal.SIGKILL)
+    assert t.expect("handled").startswith("handled 1 ")
+    assert w.event("action")["ok"] is False
+    t.send("usr1")
+    assert t.expect("handled").startswith("handled 2 ")
+    finished, events = finish(w)
+    assert finished["exit_code"] == 1 and finished["signals"] == {str(t.pid): {"SIGUSR1": 2}}
+    assert [a["ok"] for a in of(events, "action")] == [False, True]
+    assert not Path(f"/proc/{clone}").exists()
+    assert_untouched(t)

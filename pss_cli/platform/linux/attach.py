@@ -21,8 +21,17 @@ been taken (so that the next look sees past it): a SIGKILL of the watcher during
 (a fault repeats itself at once, untraced; a sent one is gone).
 
 A capture while attached freezes on this same tracer thread (freeze.Attachment): no detach and re-seize in which a
-crash could pass unseen. Ending the watch answers what is held and ends the tracer thread: the kernel then detaches
-every thread without stopping it (no EINTR), and a signal caught in a stop at that moment is delivered.
+crash could pass unseen. A dump's VA clone is made there too (vaclone.py): the clone is this thread's tracee, held in
+its birth stop, never resumed; the serve loop takes whatever event of it comes (its death, a SIGKILL from anyone)
+and answers none, so that it neither runs the program's code nor sits untaken at the head of the next peek. Its
+pid is forgotten as soon as its exit is taken here, before the source reaps it and the pid can be reused.
+
+A held signal stop that the watcher dumps with the clone is let go as soon as the clone holds the state (the thaw
+of that freeze): the handler runs while the clone is copied, not after. A crash or an exit stop stays held for the
+whole action (the dump copies while frozen then: the process ends once let go).
+
+Ending the watch answers what is held and ends the tracer thread: the kernel then detaches every thread without
+stopping it (no EINTR), and a signal caught in a stop at that moment is delivered.
 
 The tracer sleeps in sigtimedwait(SIGCHLD): a tracee's stop signals the watcher process, and `call` rings the
 thread with a SIGCHLD of its own. So that the notification reaches a tracer thread rather than be taken (and
@@ -94,6 +103,12 @@ class Attachment:
         self.options = ptrace.PTRACE_O_TRACECLONE | (ptrace.PTRACE_O_TRACEEXIT if spec.exit else 0)
         #: tid -> (wait status, siginfo): threads held in a stop until the watcher has acted (freeze.Attachment).
         self.held: dict[int, tuple[int, ptrace.siginfo_t | None]] = {}
+        #: tid -> the trigger each held thread stopped for ("signal", "crash", "exit").
+        self._why: dict[int, str] = {}
+        #: Held threads handed to the watcher by `take`, in order, not released yet: it acts on the first.
+        self._taken: list[int] = []
+        #: VA clones this tracer thread holds (freeze.Attachment.clones).
+        self.clones: set[int] = set()
         #: Signal-delivery-stops seen, by signal number: each was passed on.
         self.counts: collections.Counter[int] = collections.Counter()
         #: The wait status the process ended with, once it has.
@@ -118,13 +133,26 @@ class Attachment:
         """The stops held since the last look, each once."""
         out = []
         while self._new:
-            out.append(self._new.popleft())
+            stop = self._new.popleft()
+            self._taken.append(stop.tid)
+            out.append(stop)
         return out
+
+    @property
+    def acting(self) -> int | None:
+        """The held thread the watcher acts on now: the first it took and has not released (freeze.Attachment)."""
+        return self._taken[0] if self._taken else None
+
+    def dying(self) -> bool:
+        """A thread is held in a crash or in its exit: the process ends once it is let go (freeze.Attachment)."""
+        return any(why != "signal" for why in self._why.values())
 
     def release(self, stop: WatchStop) -> None:
         """Resume a held thread: the signal it stopped for is delivered, an exit goes on."""
+        with contextlib.suppress(ValueError):
+            self._taken.remove(stop.tid)
         with interrupts.held():
-            self.tracer.call(lambda: self._release(stop.tid))
+            self.tracer.call(lambda: self.let_go(stop.tid))
 
     def close(self) -> None:
         """Answer every held stop, then end the tracer thread: the kernel detaches every thread, none stopped."""
@@ -173,7 +201,9 @@ class Attachment:
             if got is None:
                 break
             found = True
-            if got.si_code == os.CLD_TRAPPED:
+            if got.si_pid in self.clones:
+                self._clone_event(got.si_pid)
+            elif got.si_code == os.CLD_TRAPPED:
                 self.settle(got.si_pid, (got.si_status & 0xFFFF) << 8 | 0x7F)  # as waitpid() would say it
             else:
                 self.settle(got.si_pid, _take(got.si_pid))
@@ -182,6 +212,13 @@ class Attachment:
         info = signal.sigtimedwait(_SIGCHLD_SET, IDLE_SLICE)
         if info is not None and info.si_code != SI_TKILL:
             _pass_on(self)
+
+    def _clone_event(self, pid: int) -> None:
+        """Take an event of a VA clone and answer nothing: it stays where it is; once it has died (our SIGKILL or
+        anyone's), it is no tracee any more and its pid goes back to the source, which reaps it (vaclone.py)."""
+        status = _take(pid)
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self.clones.discard(pid)
 
     def settle(self, tid: int, status: int) -> None:
         """Answer one stop (or note one end) of a tracee, as the module docstring says."""
@@ -207,8 +244,9 @@ class Attachment:
                 self._maybe_hold_exit(tid, status)
             else:
                 ptrace.cont(tid, 0)
-        except ProcessLookupError:
-            self.held.pop(tid, None)  # killed meanwhile (SIGKILL reaches a stopped thread)
+        except ProcessLookupError:  # killed meanwhile (SIGKILL reaches a stopped thread)
+            self.held.pop(tid, None)
+            self._why.pop(tid, None)
 
     def _signal_trigger(self, signo: int) -> str | None:
         if self.spec.crash and signo in CRASH_SIGNALS and self._default_action(signo):
@@ -236,6 +274,7 @@ class Attachment:
         info = ptrace.siginfo_t()
         ptrace.get_siginfo(tid, info)
         self.held[tid] = (status, info)
+        self._why[tid] = trigger
         raw = bytes(info._union)
         code = info.si_code
         address = sender = None
@@ -260,6 +299,7 @@ class Attachment:
             return
         _take(tid)
         self.held[tid] = (status, None)
+        self._why[tid] = "exit"
         if os.WIFSIGNALED(exit_status):
             stop = WatchStop(tid, "exit", signo=os.WTERMSIG(exit_status))
         else:
@@ -280,17 +320,24 @@ class Attachment:
         except (OSError, ValueError):
             return True
 
-    def _release(self, tid: int) -> None:
+    def let_go(self, tid: int) -> None:
+        """Resume a held thread (on the tracer thread). The siginfo is put back first: a call injected into the
+        thread meanwhile (the VA clone, its reaping) left it in a single-step SIGTRAP stop, and the held signal is
+        delivered from there exactly as it came (same number, same siginfo), once."""
         held = self.held.pop(tid, None)
+        self._why.pop(tid, None)
         if held is None:
             return
-        status, _ = held
+        status, info = held
         with contextlib.suppress(ProcessLookupError):
+            if info is not None:
+                ptrace.set_siginfo(tid, info)
             ptrace.cont(tid, os.WSTOPSIG(status) if ptrace.stop_event(status) == 0 else 0)
 
     def _release_all(self) -> None:
+        self._taken.clear()
         for tid in list(self.held):
-            self._release(tid)
+            self.let_go(tid)
 
 
 def _take(tid: int) -> int:

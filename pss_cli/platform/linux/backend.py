@@ -184,9 +184,11 @@ def capture(
     from pss_cli.platform.linux.freeze import FrozenProcess, attachment_of
 
     access.require_supported_arch()
-    if attachment_of(pid) is not None:
-        # A watch holds it seized (and may hold a thread in an exit or a fault, where no call can be injected): the
-        # memory is copied during the freeze, on the watch's own tracer thread.
+    attachment = attachment_of(pid)
+    if attachment is not None and attachment.dying():
+        # A watch holds a thread of it in a fault or in its exit: the process ends once let go (and no call can be
+        # injected in an exit), so the memory is copied during the freeze, on the watch's own tracer thread. Else
+        # the VA clone is made on that thread too.
         clone_method = "copy"
     started = time.perf_counter()
     captured_at = time.time()

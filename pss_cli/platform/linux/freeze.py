@@ -637,9 +637,24 @@ class Attachment(Protocol):
     #: Threads the watch holds in a stop it has not answered yet: tid -> (wait status, siginfo or None). The freeze
     #: counts them as stopped and leaves them held.
     held: dict[int, tuple[int, ptrace.siginfo_t | None]]
+    #: VA clones made on its tracer thread and not ended yet: its serve loop never resumes them (vaclone.py).
+    clones: set[int]
+
+    @property
+    def acting(self) -> int | None:
+        """The held thread the watcher is acting on now, if any."""
+        ...
+
+    def dying(self) -> bool:
+        """A thread is held in a crash or in its exit: no VA clone then (the process ends once let go)."""
+        ...
 
     def settle(self, tid: int, status: int) -> None:
         """A signal-delivery or exit stop the freeze took in the watch's place: answer it as the watch would."""
+        ...
+
+    def let_go(self, tid: int) -> None:
+        """Resume a held thread now, its signal delivered as it came (on the tracer thread)."""
         ...
 
 
@@ -723,6 +738,9 @@ class FrozenProcess:
         self.interruptions: list[Interruption] = []
         #: The siginfo of each thread an attachment held in a signal-delivery-stop (the signal a watch acts on).
         self.siginfos: dict[int, bytes] = {}
+        #: Set once a VA clone holds the frozen state: the thaw also lets go of the held thread the watcher acts on
+        #: (its signal is delivered now, not after the copy), so that the process runs on during the copy.
+        self.release_acting = False
         self._held: set[int] = set()
         self._statuses: dict[int, int] = {}
         self._blocked: dict[int, restart.Blocked] = {}
@@ -919,6 +937,20 @@ class FrozenProcess:
             self.siginfos[tid] = bytes(info)
         return True
 
+    def injection_thread(self, preferred: int) -> int | None:
+        """A frozen thread to run injected calls in: `preferred`, else another, one the watch does not hold first;
+        a thread held in a signal-delivery-stop will do (its signal is delivered as it came when let go); never one
+        in its exit stop (it will not return to user mode)."""
+        order = [preferred, *(tid for tid in self.tids if tid != preferred)]
+        usable = [
+            tid
+            for tid in order
+            if tid in self._stopped and ptrace.stop_event(self._statuses.get(tid, 0)) != ptrace.PTRACE_EVENT_EXIT
+        ]
+        free = [tid for tid in usable if tid not in self._held]
+        chosen = free or usable
+        return chosen[0] if chosen else None
+
     def _seize_untraced(self, tid: int) -> bool:
         """A thread of an attached process that is not traced yet: seize it with the attachment's options."""
         assert self.attachment is not None
@@ -1043,6 +1075,9 @@ class FrozenProcess:
         failures = []
         for tid, info in self._stopped.items():
             if tid in self._held:
+                assert self.attachment is not None
+                if self.release_acting and tid == self.attachment.acting:
+                    self.attachment.let_go(tid)
                 continue  # the attachment answers that stop once the watch has acted on it
             try:
                 self._undo_our_eintr(tid, info)

@@ -20,6 +20,13 @@ in the source and no SIGCHLD reaches it. (The double-fork variant would leave th
 pid 1 does not reap orphans, as here, that is a zombie for good.) SIGINT, SIGTERM, SIGHUP and SIGPIPE end pss-dup
 through that path (pss_cli.interrupts); what is left after a SIGKILL of pss-dup is the clone's zombie, no memory.
 
+A process that an attached watch holds seized (attach.py) gets its clone from the watch's own tracer thread: the
+freeze interrupts its threads there, the clone is born that thread's tracee and registered with the attachment
+(whose serve loop then never resumes it), and its reaping is injected into a thread of the source frozen the same
+way. The thread the watch holds in a signal-delivery-stop serves for the injection only when no other thread can:
+its signal is then delivered as it came once it is let go (attach.Attachment.let_go). The tracer thread is the
+watch's, so the clone's death goes with the watch's end, not with the dump's.
+
 `CopyMemory` is the other method (`--clone-method copy`): the memory is copied while the process stays frozen, for
 processes where injection is refused. It writes the memory into the snapshot memfd during the freeze at an offset
 reserved for the headers.
@@ -45,13 +52,13 @@ import resource
 import select
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
 from pss_cli.model import KERNEL_DUMP, DumpSelection, MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import copyengine, dumprules, elfcore, inject, memfd, procfs, ptrace
-from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, wait_stop
+from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, attachment_of, wait_stop
 from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
 SYS_clone: Final = 56
@@ -134,12 +141,13 @@ class VaClone:
     alive: bool = True
     #: How long the reaping wait4 held one thread of the source.
     reap_stopped_ms: float | None = None
+    #: The `syscall` instruction the clone was made with (an attached source's reaping borrows it too).
+    syscall_ip: int = 0
+    #: False when the tracer thread is an attached watch's: it outlives the clone.
+    owns_tracer: bool = True
 
     def resend_stashed(self) -> None:
-        for info in self.stashed:
-            with contextlib.suppress(OSError):
-                ptrace.tgkill(self.source_pid, self.source_tid, info.si_signo)
-        self.stashed.clear()
+        resend(self.source_pid, self.source_tid, self.stashed)
 
     def kill_and_reap(self, *, timeout: float) -> None:
         """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source, and
@@ -156,20 +164,25 @@ class VaClone:
                 session.call(lambda: self._end(timeout))
             finally:
                 self.alive = False
-                self.tracer.close()  # should anything be left attached, EXITKILL ends it with the thread
+                if self.owns_tracer:
+                    self.tracer.close()  # should anything be left attached, EXITKILL ends it with the thread
 
     def _end(self, timeout: float) -> None:
         try:
             with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             _wait_exit(self.pidfd, timeout)
-            # A traced child's exit goes to its tracer first (this thread); only then can the source reap it.
+            # A traced child's exit goes to its tracer first (this thread); only then can the source reap it. (An
+            # attached watch's serve loop may have taken it already: ECHILD.)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, WAIT_ALL)
         finally:
             os.close(self.pidfd)
+            _forget_clone(self.source_pid, self.pid)  # before the source reaps it and its pid can be reused
         try:
-            self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+            self.reap_stopped_ms = reap_in_source(
+                self.source_pid, self.pid, timeout=timeout, warnings=self.warnings, syscall_ip=self.syscall_ip
+            )
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
 
@@ -184,9 +197,28 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
             raise Timeout(f"the VA clone did not exit within {timeout:g} s of SIGKILL")
 
 
-def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
+def resend(pid: int, tid: int, stashed: list[ptrace.siginfo_t]) -> None:
+    """Signals an injection stashed, sent again once the process runs (their sender's siginfo is not kept)."""
+    for info in stashed:
+        with contextlib.suppress(OSError):
+            ptrace.tgkill(pid, tid, info.si_signo)
+    stashed.clear()
+
+
+def _forget_clone(source_pid: int, child: int) -> None:
+    attachment = attachment_of(source_pid)
+    if attachment is not None:
+        attachment.clones.discard(child)
+
+
+def reap_in_source(
+    source_pid: int, child: int, *, timeout: float, warnings: list[str], syscall_ip: int = 0
+) -> float | None:
     """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
-    Returns how long the source's thread was held (None when the source is gone)."""
+    Returns how long the source's thread was held (None when the source is gone). A source an attached watch holds
+    is frozen on the watch's tracer thread instead of one thread seized (`syscall_ip`: the clone's instruction)."""
+    if attachment_of(source_pid) is not None:
+        return _reap_attached(source_pid, child, timeout=timeout, warnings=warnings, syscall_ip=syscall_ip)
     try:
         plan = inject.plan_injection(source_pid, force=True)
     except NoSuchProcess:
@@ -198,13 +230,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
 
     def steps() -> int:
         with injector:
-            got = 0
-            for _ in range(50):
-                got = injector.syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
-                if got != 0:
-                    break
-                time.sleep(0.001)  # the pidfd said it exited; wait() sees the zombie a moment later at most
-            return got
+            return _wait4(injector.syscall, child)
 
     try:
         with TracerSession() as session:
@@ -215,10 +241,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         raise inject.typed_error(source_pid, exc, "reap the VA clone") from None
     finally:
         plan.close()
-    if result == -errno.ECHILD:
-        warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
-    elif result != child:
-        warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+    _note_reaped(source_pid, child, result, warnings)
     warnings.extend(
         f"reaping the VA clone woke thread {i.tid} out of {i.call}, which returned EINTR to the process: {i.note}"
         for i in injector.interruptions
@@ -227,20 +250,83 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
     return injector.stopped_ms
 
 
+def _reap_attached(
+    source_pid: int, child: int, *, timeout: float, warnings: list[str], syscall_ip: int
+) -> float | None:
+    """reap_in_source for a source an attached watch holds: a thread of it frozen by the watch's tracer (where this
+    runs: the clone's end is a job of that thread) runs the wait4."""
+    suspend = inject.needs_seccomp_suspended(source_pid)
+    try:
+        with FrozenProcess(source_pid, timeout=timeout, want_regs=False, want_fp=False, want_xstate=False) as frozen:
+            tid = frozen.injection_thread(source_pid)
+            if tid is None:
+                warnings.append(
+                    f"the VA clone {child} stays a zombie child of process {source_pid}: each of its threads is in "
+                    "its exit, where no call can be injected"
+                )
+                return None
+            plan = ClonePlan(source_pid, tid, syscall_ip, suspend, _no_scratch, ())
+            assert frozen.attachment is not None
+            options = frozen.attachment.options
+
+            def steps() -> tuple[int, list[ptrace.siginfo_t]]:
+                with _remote_calls(plan, options) as task:
+                    return _wait4(task.syscall, child), task.stashed
+
+            result, stashed = frozen.call(steps)
+    except (NoSuchProcess, ProcessGone):
+        return None  # the source is gone: its children went to init or the nearest subreaper
+    resend(source_pid, tid, stashed)
+    _note_reaped(source_pid, child, result, warnings)
+    return frozen.stopped_ms
+
+
+def _note_reaped(source_pid: int, child: int, result: int, warnings: list[str]) -> None:
+    """A warning unless the injected wait4 returned the clone's pid."""
+    if result == -errno.ECHILD:
+        warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
+    elif result != child:
+        warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+
+
+def _wait4(syscall: Callable[..., int], child: int) -> int:
+    """wait4(child, NULL, __WALL|WNOHANG, NULL) run in the source until it reaps the zombie; its last result."""
+    got = 0
+    for _ in range(50):
+        got = syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
+        if got != 0:
+            break
+        time.sleep(0.001)  # the pidfd said it exited; wait() sees the zombie a moment later at most
+    return got
+
+
+def _no_scratch(start: int, rsp: int) -> bool:
+    return False
+
+
 def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
     """Inject the clone into the frozen process and hold the child; on failure nothing is left behind. The freeze
     must run on a tracer thread that outlives it (FrozenProcess(tracer=...)): the clone stays traced by it."""
     assert frozen.tracer is not None, "the clone's tracer thread must outlive the freeze"
     deadline = time.monotonic() + frozen.timeout
-    if plan.tid not in frozen.tids:
-        if not frozen.tids:
-            raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
-        plan = dataclasses.replace(plan, tid=frozen.tids[0])  # the chosen thread exited meanwhile: any other does
+    # The chosen thread may have exited meanwhile, or (attached) be held for the watch: another does as well.
+    tid = frozen.injection_thread(plan.tid)
+    if tid is None:
+        raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
+    plan = dataclasses.replace(plan, tid=tid)
     tracer = frozen.tracer
-    return frozen.call(lambda: _clone_on_tracer(tracer, plan, deadline))
+    attachment = frozen.attachment
+    options = attachment.options if attachment is not None else ptrace.PTRACE_O_TRACECLONE
+    clones = attachment.clones if attachment is not None else None
+    clone = frozen.call(lambda: _clone_on_tracer(tracer, plan, deadline, options, clones))
+    clone.owns_tracer = attachment is None
+    return clone
 
 
-def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
+@contextlib.contextmanager
+def _remote_calls(plan: ClonePlan, options_after: int) -> Iterator[RemoteCalls]:
+    """Calls injected into frozen thread plan.tid (on its tracer thread), with the options a clone needs meanwhile;
+    its registers, and then `options_after`, put back."""
     pid, tid = plan.pid, plan.tid
     options = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK
     if plan.suspend_seccomp:
@@ -250,18 +336,30 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
     try:
         task = RemoteCalls(pid, tid, syscall_ip=plan.syscall_ip, peek_exit=peek)
         try:
-            return _clone_and_hold(task, tracer, plan, deadline)
+            yield task
         finally:
             task.restore()
     finally:
-        ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, ptrace.PTRACE_O_TRACECLONE)
+        ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options_after)
 
 
-def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
+def _clone_on_tracer(
+    tracer: TracerThread, plan: ClonePlan, deadline: float, options_after: int, clones: set[int] | None
+) -> VaClone:
+    with _remote_calls(plan, options_after) as task:
+        return _clone_and_hold(task, tracer, plan, deadline, clones)
+
+
+def _clone_and_hold(
+    task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float, clones: set[int] | None
+) -> VaClone:
+    """`clones`: an attached watch's set, which the child joins at once, before its serve loop can see it."""
     child = 0
     try:
         started = time.perf_counter()
         child = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
+        if clones is not None:
+            clones.add(child)
         clone_ms = (time.perf_counter() - started) * 1000
         with contextlib.suppress(OSError):  # first of all: whatever happens to it, the clone writes no core
             resource.prlimit(child, resource.RLIMIT_CORE, (0, 0))
@@ -275,10 +373,23 @@ def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, de
             raise
     except BaseException:
         if child > 0:
-            _discard_child(task, child)
+            try:
+                _discard_child(task, child)
+            finally:
+                if clones is not None:
+                    clones.discard(child)
         raise
     return VaClone(
-        plan.pid, child, pidfd, clone_ms, hold_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
+        plan.pid,
+        child,
+        pidfd,
+        clone_ms,
+        hold_ms,
+        plan.tid,
+        tracer,
+        [*plan.warnings, *warnings],
+        task.stashed,
+        syscall_ip=plan.syscall_ip,
     )
 
 
@@ -497,11 +608,15 @@ class CloneMemory(MemoryGrab):
         self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
         self.clone: VaClone | None = None
         self.regions: tuple[VaRegion, ...] = ()
-        self.tracer = TracerThread.start()
+        attachment = attachment_of(pid)
+        #: An attached watch's tracer thread is the clone's (the freeze runs there); it is not ours to end.
+        self._owns_tracer = attachment is None
+        self.tracer = TracerThread.start() if attachment is None else attachment.tracer
         _unreleased.add(self)
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
         self.clone = make_clone(frozen, self.clone_plan)
+        frozen.release_acting = True  # the clone holds the state: a watched signal need not wait for the copy
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         clone = self.clone
@@ -545,7 +660,7 @@ class CloneMemory(MemoryGrab):
                 clone.kill_and_reap(timeout=self.timeout)
                 self.warnings.extend(w for w in clone.warnings if w not in self.warnings)
         finally:
-            if self.tracer is not None:
+            if self.tracer is not None and self._owns_tracer:
                 self.tracer.close()  # no clone was made (or it is ended): nothing is left attached to it
 
 

@@ -9,9 +9,13 @@
  *                     CONT, PIPE, TERM and the real-time ones); "sleep" while blocked in nanosleep, checked for EINTR
  *   storm N WORK      once a line comes on stdin, raise N handled SIGUSR1s, each after WORK loop turns of work;
  *                     print "took SECONDS HANDLED"; then wait (bench/bench_watch.py)
+ *   big MIB           fill MIB MiB at `big` (byte i holds (i >> 20) ^ 0x5a), then per line on stdin: "usr1" raises
+ *                     a handled SIGUSR1 and prints "handled N code C pid P" (the si_code and si_pid its handler saw), "spin" starts a thread spinning in spin_here(),
+ *                     "crash" dereferences NULL in crash_here() (a clone-method dump while attached)
  * It prints "ready" first. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,6 +31,16 @@ static volatile unsigned long work;
 static void say(const char *what) { printf("%s\n", what); fflush(stdout); }
 
 static void on_usr1(int sig) { (void)sig; usr1_count++; }
+
+static volatile int usr1_code, usr1_pid;
+
+static void on_usr1_info(int sig, siginfo_t *info, void *context) {
+    (void)sig;
+    (void)context;
+    usr1_count++;
+    usr1_code = info->si_code;
+    usr1_pid = info->si_pid;
+}
 
 static void on_segv(int sig) { (void)sig; siglongjmp(back, 1); }
 
@@ -48,6 +62,37 @@ __attribute__((noinline)) void exit_here(void) {
 }
 
 static void wait_forever(void) { for (;;) pause(); }
+
+unsigned char *big;
+static volatile unsigned long spins;
+
+__attribute__((noinline)) static void *spin_here(void *arg) {
+    (void)arg;
+    for (;;) spins++;
+    return NULL;
+}
+
+static void big_mode(int mib) {
+    size_t size = (size_t)mib << 20;
+    big = malloc(size);
+    if (!big) exit(2);
+    for (size_t i = 0; i < size; i += 4096) memset(big + i, (int)((i >> 20) ^ 0x5a) & 0xff, 4096);
+    say("ready");
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "usr1", 4)) {
+            raise(SIGUSR1);
+            printf("handled %d code %d pid %d\n", (int)usr1_count, (int)usr1_code, (int)usr1_pid);
+            fflush(stdout);
+        } else if (!strncmp(line, "spin", 4)) {
+            pthread_t t;
+            pthread_create(&t, NULL, spin_here, NULL);
+        } else if (!strncmp(line, "crash", 5)) {
+            crash_here();
+        }
+    }
+    wait_forever();
+}
 
 /* After MS milliseconds, or with 0 once a line comes on stdin (the test's cue, once its watcher is attached). */
 static void cue(int ms) {
@@ -71,6 +116,10 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "usr1") || !strcmp(mode, "storm")) {
         sa.sa_handler = on_usr1;
         sigaction(SIGUSR1, &sa, NULL);
+    } else if (!strcmp(mode, "big")) {
+        sa.sa_sigaction = on_usr1_info;
+        sa.sa_flags = SA_SIGINFO;
+        sigaction(SIGUSR1, &sa, NULL);
     } else if (!strcmp(mode, "segv")) {
         sa.sa_handler = on_segv;
         sa.sa_flags = SA_NODEFER;
@@ -81,6 +130,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof logged / sizeof logged[0]; i++) sigaction(logged[i], &sa, NULL);
         for (int s = SIGRTMIN; s <= SIGRTMAX; s++) sigaction(s, &sa, NULL);
     }
+    if (!strcmp(mode, "big")) big_mode(arg);
     say("ready");
     if (!strcmp(mode, "usr1")) {
         cue(arg);
