@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING
 from pss_cli.errors import ExitCode, PssError, UsageError
 from pss_cli.model import (
     DEFAULT_CAPTURE,
+    KERNEL_DUMP,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     ProcessLocation,
     Snapshot,
+    selection_problem,
     timeout_problem,
 )
 from pss_cli.platform import LiveProcess, LocalSnapshot, ProgressCallback, backend
@@ -37,8 +40,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CAPTURE",
+    "KERNEL_DUMP",
     "CaptureFlags",
     "CapturePlan",
+    "DumpSelection",
     "DuplicateResult",
     "ExitCode",
     "FreeResult",
@@ -179,17 +184,23 @@ def dump(
     *,
     force: bool = False,
     timeout: float = 10.0,
-    clone_method: str = "clone",
+    clone_method: str | None = None,
     progress: ProgressCallback | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
     into_container: bool = False,
 ) -> Snapshot:
     """Write a dump of `pid` that a debugger opens (Linux: an ELF core for gdb; Windows: a minidump).
 
-    The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied). The file
-    is created mode 0600 and an existing one is replaced only with `force`; a failed dump leaves none.
+    The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied; the
+    default for a mini core). The file is created mode 0600 and an existing one is replaced only with `force`; a
+    failed dump leaves none. `selection` says what memory goes in: by default what the kernel would dump (the
+    process's coredump_filter and MADV_DONTDUMP), or a mask, everything, or a mini core (Linux).
     With `into_container`, `path` is a path inside the process's own root directory (its container's filesystem,
     resolved there so that no symlink in it leads out) and the file belongs to the process's user and group.
     """
+    problem = selection_problem(selection)
+    if problem is not None:
+        raise UsageError(problem)
     return backend().dump(
         pid,
         path,
@@ -197,6 +208,7 @@ def dump(
         timeout=checked(timeout),
         clone_method=clone_method,
         progress=progress,
+        selection=selection,
         into_container=into_container,
     )
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
-from dataclasses import dataclass
 
 from pss_cli.errors import AmbiguousTarget, NoSuchProcess, UsageError
 from pss_cli.model import MAX_PID, Container, ProcessLocation, pid_number
 from pss_cli.platform import backend
+from pss_cli.record import record
 
 #: TARGET `container:ID` (a unique prefix of a container ID, as docker takes it), or `container:ID:PID` (the
 #: process with PID in that container's PID namespace).
@@ -23,7 +23,7 @@ PSUTIL_ATTRS = ["ppid", "username", "name", "num_threads", "memory_info", "cmdli
 HANDLE_ATTR = "num_handles" if sys.platform == "win32" else "num_fds"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcessRow:
     """One process as `ps` reports it; None where the OS would not say."""
 
@@ -86,7 +86,7 @@ def resolve(target: str, *, all_matches: bool = False) -> list[int]:
     return [pid for pid, _ in matches]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Member:
     """A process of a container, with where it lives."""
 

@@ -12,10 +12,10 @@ import time
 
 import click
 
-from pss_cli.cli.common import output_options
+from pss_cli.cli.common import memory_options, output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
-from pss_cli.model import CLONE_METHODS
+from pss_cli.model import CLONE_METHODS, DumpSelection
 from pss_cli.render.console import Ui
 
 #: Characters kept from a process name in the default file name; anything else becomes "_".
@@ -39,13 +39,15 @@ def dump_suffix() -> str:
               help="Write out the snapshot that PID already holds (see --handle) instead of capturing.")  # fmt: skip
 @click.option("--handle", "handle", type=SnapshotHandle("holder"), metavar="H",
               help="The snapshot handle (fd) that the --from process holds.")  # fmt: skip
-@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default="clone", show_default=True,
+@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default=None,
               help="clone: stop TARGET only while a copy-on-write clone is made and copy its memory while TARGET "
-                   "runs. copy: copy the memory while TARGET stays frozen (where injecting is refused).")  # fmt: skip
+                   "runs (the default). copy: copy the memory while TARGET stays frozen (where injecting is refused; "
+                   "the default with --mini, whose few pages take less than a clone).")  # fmt: skip
 @click.option("--into-container", is_flag=True,
               help="Write FILE into TARGET's own filesystem (its container's: /proc/PID/root), owned by TARGET's "
                    "user and group; FILE is a path there (default: /tmp/NAME_PID_YYMMDD_HHMMSS.core).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@memory_options
 @output_options
 def dump(
     ui: Ui,
@@ -53,8 +55,9 @@ def dump(
     file: str | None,
     holder: int | None,
     handle: int | None,
-    clone_method: str,
+    clone_method: str | None,
     into_container: bool,
+    selection: DumpSelection | None,
     force: bool,
 ) -> int:
     """Write a core file of TARGET (a PID, a process name, or container:ID) that gdb can open.
@@ -64,6 +67,9 @@ def dump(
     instead (FILE a path there, resolved inside it: no symlink there leads out), owned by TARGET's user.
     With --from PID --handle H, the snapshot that PID already holds is written out instead (FILE is then the only
     argument).
+
+    By default the core holds what the kernel would dump for TARGET: its /proc/PID/coredump_filter, less
+    MADV_DONTDUMP regions; --filter, --all-memory and --mini choose otherwise.
     """
     from pss_cli import api
     from pss_cli.render import report
@@ -72,6 +78,8 @@ def dump(
     if holder is not None or handle is not None:
         if into_container:
             raise UsageError("--into-container writes a dump of TARGET: it does not go with --from")
+        if selection is not None:
+            raise UsageError("--from writes the snapshot as it is held: --mini, --filter and --all-memory need TARGET")
         if holder is None or handle is None:
             raise UsageError("--from and --handle go together: the process that holds the snapshot, and its handle")
         if file is not None:
@@ -92,8 +100,16 @@ def dump(
         path = f"/tmp/{path}"
     started = time.perf_counter()
     with progress_bar(ui, "copying memory") as progress:
-        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress,
-                        into_container=into_container)  # fmt: skip
+        snap = api.dump(
+            pid,
+            path,
+            force=force,
+            timeout=ui.timeout,
+            clone_method=clone_method,
+            progress=progress,
+            selection=selection or api.KERNEL_DUMP,
+            into_container=into_container,
+        )
     shown = api.path_in_root(pid, path) if into_container else path  # the same file, as seen from here
     report.dumped(ui, snap, shown, None, None, time.perf_counter() - started)
     return 0

@@ -16,19 +16,16 @@ give is null.
 
 from __future__ import annotations
 
-import click
-
-from pss_cli.cli.common import output_options
-from pss_cli.cli.params import PID
+from pss_cli.cli.declare import PID, argument, command, option, output_options
 from pss_cli.errors import NoSuchProcess
 from pss_cli.render.console import Ui
 
 
-@click.command()
-@click.argument("pattern", required=False)
-@click.option("--user", "-u", metavar="USER", help="Only processes of USER (a name, or a numeric uid).")
-@click.option("--parent", "-P", type=PID, metavar="PID", help="Only children of PID.")
-@click.option("--container", "-C", metavar="ID", help="Only processes of the container whose ID starts with ID.")
+@command
+@argument("pattern", required=False)
+@option("--user", "-u", metavar="USER", help="Only processes of USER (a name, or a numeric uid).")
+@option("--parent", "-P", type=PID, metavar="PID", help="Only children of PID.")
+@option("--container", "-C", metavar="ID", help="Only processes of the container whose ID starts with ID.")
 @output_options
 def ps(ui: Ui, pattern: str | None, user: str | None, parent: int | None, container: str | None) -> int:
     """List processes, optionally those whose name matches PATTERN (a glob: 'python*', 'nginx').

@@ -9,28 +9,31 @@ from __future__ import annotations
 
 import functools
 import os
-import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
 from pss_cli.model import (
+    KERNEL_DUMP,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     ProcessLocation,
     ResourceSample,
     Snapshot,
+    WatchStop,
 )
+from pss_cli.record import record
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LiveProcess:
     """A process pss-dup could act on, as shell completion offers it: its PID and its short name (Linux `comm`)."""
 
@@ -60,6 +63,22 @@ class WatchedProcess(Protocol):
 
     def wait_places(self) -> dict[int, dict[str, Any]]:
         """Where each thread waits (syscall, wchan), for a hang report; empty when that cannot be read."""
+        ...
+
+    def stops(self) -> list[WatchStop]:
+        """Threads an attached watch (--on-signal/--on-crash/--on-exit) newly holds in a stop, each once; every one
+        is released with `release` once acted on."""
+        ...
+
+    def release(self, stop: WatchStop) -> None: ...
+
+    def signal_counts(self) -> dict[int, int]:
+        """Signals an attached watch passed on, by number."""
+        ...
+
+    def exit_status(self) -> tuple[int | None, int | None] | None:
+        """(exit code, None) or (None, the signal that ended it), where the watcher could learn how the process
+        ended (attached); else None."""
         ...
 
     def close(self) -> None: ...
@@ -159,21 +178,26 @@ class Backend(Protocol):
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
     ) -> Snapshot:
         """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
 
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
-        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only);
+        None lets the backend choose. `selection` says what memory the dump takes (Linux only, beyond the default).
         `into_container`: `path` is a path in the process's own root directory (its container's filesystem),
         resolved inside it, and the file belongs to the process's user and group (Linux only).
         """
         ...
 
-    def watch(self, pid: int) -> WatchedProcess:
-        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist)."""
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
+        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist); with `attach`, also keep
+        it seized for those triggers, calling `wake` (from another thread) when a stop is held."""
         ...
 
     def dump_held(
@@ -194,4 +218,6 @@ def backend() -> Backend:
         from pss_cli.platform.windows.backend import WindowsBackend
 
         return WindowsBackend()
-    raise NotSupported(f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows")
+    import platform
+
+    raise NotSupported(f"pss-dup does not support {sys.platform} ({platform.machine()}): it runs on Linux and Windows")

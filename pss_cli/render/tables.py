@@ -22,6 +22,7 @@ from pss_cli.model import (
     FreeResult,
     HandleEntry,
     Interruption,
+    MemoryCapture,
     Performance,
     ProcessLocation,
     Snapshot,
@@ -301,6 +302,21 @@ def checks_table(checks: Sequence[Check]) -> Table:
     return table
 
 
+def chosen_by(memory: MemoryCapture) -> str:
+    """Which rules chose a dump's memory, and where its coredump_filter mask came from."""
+    if memory.selection == "mini":
+        limit = f", up to {human_size(memory.stack_limit)} of stack per thread" if memory.stack_limit else ""
+        return f"mini core (stacks, ELF headers, loader data{limit})"
+    if memory.selection == "all":
+        return "--all-memory (every readable mapping, MADV_DONTDUMP ones too)"
+    if memory.filter is None:
+        return "the kernel's rules"
+    source = {"process": "the process's /proc/PID/coredump_filter", "--filter": "--filter"}.get(
+        memory.filter_source or "", memory.filter_source or "unknown"
+    )
+    return f"coredump_filter {memory.filter:#x} ({source}), less MADV_DONTDUMP"
+
+
 def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | None, handle: int | None,
               seconds: float) -> Table:  # fmt: skip
     """`dump`: the file, how much memory it holds and how it got it, and how long the process was stopped."""
@@ -314,6 +330,7 @@ def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | No
         how = {"va-clone": "VA clone (copy-on-write clone, copied while the process ran)",
                "frozen-copy": "copied while the process was frozen"}.get(memory.method, memory.method)  # fmt: skip
         grid.add_row("memory", Text.assemble(size(memory.bytes_captured), f" in {memory.regions} regions"))
+        grid.add_row("chosen by", Text(chosen_by(memory)))
         grid.add_row("method", Text(how))
         if memory.copy_ms:
             rate = memory.bytes_captured / (memory.copy_ms / 1000) / 1e9

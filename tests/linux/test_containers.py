@@ -4,8 +4,10 @@ into the container."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import sys
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from pss_cli import api
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, UsageError
 from pss_cli.model import CaptureFlags
 from pss_cli.platform.linux import elfcore
-from tests.conftest import run_cli
+from tests.conftest import PSS_DUP, run_cli
 from tests.linux.conftest import Target, children_of, state, tracer_pids
 from tests.linux.containers import SECCOMP_DENY, fake_container, ns_inode
 
@@ -76,7 +78,8 @@ def test_host_dumps_a_process_inside_a_pid_namespace(tmp_path: Path) -> None:
         assert snap.process.location is not None and snap.process.location.ns_pids == (box.sibling_pid, 2)
         noted = elfcore.read_snapshot(core.read_bytes()).process.location  # the core's PSSDUP note says it too
         assert noted == snap.process.location and noted.container is not None and noted.container.id == box.id
-        with api.capture_snapshot(box.sibling_pid) as local:  # and a dup from the host into the namespace's PID 1
+        # and a dup from the host into the namespace's PID 1
+        with contextlib.closing(api.capture_snapshot(box.sibling_pid)) as local:
             result = api.duplicate(local, box.sibling_pid, box.init_pid)
         assert result.target_handle is not None
         assert api.inspect(box.init_pid, result.target_handle).process.location == noted
@@ -303,3 +306,24 @@ def test_the_container_variable_names_a_runtime_without_an_id(spawn: Callable[..
     assert (where.container.runtime, where.container.id, where.container.source) == ("podman", None, "environ")
     row = run_cli("ps", "--parent", str(os.getpid()))
     assert row.returncode == 0 and "(podman)" in row.stdout
+
+
+def test_attached_watch_dumps_a_process_in_a_pid_namespace_from_its_clone(
+    spawn: Callable[..., Target], tmp_path: Path
+) -> None:
+    """watch --on-signal makes its VA clone on the watch's own tracer thread: the clone it registers, holds and
+    copies is the one that tracer sees (PTRACE_GETEVENTMSG), not clone()'s PID in the container's namespace, and
+    the source reaps it by the PID it knows."""
+    with fake_container("docker-{id}.scope") as box:
+        w = spawn([PSS_DUP, "watch", str(box.sibling_pid), "--on-signal", "WINCH", "--dump", str(tmp_path),
+                   "--clone-method", "clone", "-o", "jsonl"])  # fmt: skip
+        w.event("started")
+        os.kill(box.sibling_pid, signal.SIGWINCH)  # ignored by the sleeper: it runs on once let go
+        finished = w.event("finished", 30)
+        assert w.proc.wait(timeout=10) == finished["exit_code"] == 0, w.seen
+        (action,) = [e for e in w.seen if isinstance(e, dict) and e.get("event") == "action"]
+        assert action["method"] == "va-clone", action
+        noted = elfcore.read_snapshot(Path(action["file"]).read_bytes()).process.location
+        assert noted is not None and noted.ns_pids == (box.sibling_pid, box.sibling_ns_pid)
+        assert children_of(box.sibling_pid) == []  # the clone was reaped in the source
+        assert state(box.sibling_pid) in ("S", "R") and tracer_pids(box.sibling_pid) == {box.sibling_pid: 0}

@@ -20,7 +20,6 @@ import errno
 import os
 import platform
 import pwd
-import socket
 import struct
 
 from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, Refused, ZombieProcess
@@ -412,6 +411,8 @@ def socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
         local = ptrace.pidfd_getfd(pidfd, fd)
     except OSError:
         return True  # cannot look: assume the worst, the user can --force
+    import socket  # only for a thread blocked in a socket call: most captures never need the module
+
     try:
         sock = socket.socket(fileno=local)
     except OSError as exc:

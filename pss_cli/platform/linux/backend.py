@@ -15,7 +15,6 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
@@ -24,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from pss_cli import record
 from pss_cli.errors import (
     AccessDenied,
     Interrupted,
@@ -38,15 +38,18 @@ from pss_cli.errors import (
 from pss_cli.model import (
     CLONE_METHODS,
     EVERYTHING,
+    KERNEL_DUMP,
     AccessUse,
-    ProcessLocation,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     HandleEntry,
     Interruption,
     Performance,
+    ProcessLocation,
     Snapshot,
     ThreadContext,
     ThreadEntry,
@@ -170,17 +173,24 @@ def capture(
     clone_method: str = "clone",
     progress: ProgressCallback | None = None,
     dump_fd: int | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
 ) -> LinuxSnapshot:
-    """PssCaptureSnapshot on Linux.
+    """PssCaptureSnapshot on Linux; `selection` says what memory a capture with PSS_CAPTURE_VA_CLONE takes.
 
     Everything that can be read while the process runs is read first (command line, environment, auxv, each
     thread's scheduler state, the fd table, the memory map); the freeze then reads registers and re-checks the
     fd table and the memory map, reading again only what changed, so the process is stopped as briefly as possible.
     """
     from pss_cli.platform.linux import access
-    from pss_cli.platform.linux.freeze import FrozenProcess
+    from pss_cli.platform.linux.freeze import FrozenProcess, attachment_of
 
     access.require_supported_arch()
+    attachment = attachment_of(pid)
+    if attachment is not None and attachment.dying():
+        # A watch holds a thread of it in a fault or in its exit: the process ends once let go (and no call can be
+        # injected in an exit), so the memory is copied during the freeze, on the watch's own tracer thread. Else
+        # the VA clone is made on that thread too.
+        clone_method = "copy"
     started = time.perf_counter()
     captured_at = time.time()
     grab: MemoryGrab | None = None
@@ -189,7 +199,9 @@ def capture(
         if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
             from pss_cli.platform.linux import vaclone
 
-            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd)
+            grab = vaclone.grab_for(
+                clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd, selection=selection
+            )
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
@@ -209,13 +221,17 @@ def capture(
             basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
             type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
         )
-        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and grab is None
+        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and (
+            grab is None or grab.smaps_before_freeze
+        )
         t = time.perf_counter()
         handles_before = reader.read_all() if flags & CaptureFlags.HANDLES else {}
         handles_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.HANDLES else None
         t = time.perf_counter()
         va_before = procfs.read_va_space(proc, section_info=section_info) if flags & CaptureFlags.VA_SPACE else ()
         va_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.VA_SPACE else None
+        if grab is not None:
+            grab.before_freeze(va_before)
         if flags & FREEZE_FLAGS or grab is not None:
             with FrozenProcess(
                 pid,
@@ -237,7 +253,7 @@ def capture(
             wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
-        info = dataclasses.replace(
+        info = record.replace(
             info,
             thread_count=len(threads) if threads is not None else info.thread_count,
             handle_count=len(handles) if handles is not None else info.handle_count,
@@ -357,9 +373,11 @@ def thread_entries(
                 continue
         regs = frozen.regs.get(tid)
         if regs is not None:
-            entry = dataclasses.replace(
+            entry = record.replace(
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
+        if tid in frozen.siginfos:
+            entry = record.replace(entry, siginfo=frozen.siginfos[tid])
         yield entry
 
 
@@ -457,22 +475,34 @@ class LinuxBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
     ) -> Snapshot:
-        """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen)."""
+        """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen).
+
+        Without a `clone_method`, a mini core is copied while the process is frozen (its few hundred KiB take less
+        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone.
+        """
         from pss_cli import outfile
 
-        if clone_method not in CLONE_METHODS:
-            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
+        method = clone_method or ("copy" if selection.mini else "clone")
+        if method not in CLONE_METHODS:
+            raise UsageError(f"unknown clone method {method!r}; known: {', '.join(CLONE_METHODS)}")
         where: dict[str, Any] = {}
         if into_container:
             where = container_output(pid, os.fspath(path))
         with outfile.OutputFile(path, force=force, pid=pid, **where) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
-                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
+                    pid,
+                    DUMP_FLAGS,
+                    timeout=timeout,
+                    clone_method=method,
+                    progress=progress,
+                    dump_fd=out.fd,
+                    selection=selection,
                 )
             with snap, _write_errors(pid, out):
                 return snap.write_core(out.fd)
@@ -500,10 +530,10 @@ class LinuxBackend:
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         return plan_capture(pid, flags)
 
-    def watch(self, pid: int) -> ProcWatch:
+    def watch(self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None) -> ProcWatch:
         from pss_cli.platform.linux.watching import ProcWatch
 
-        return ProcWatch(pid)
+        return ProcWatch(pid, attach, wake)
 
     def duplicate(
         self,

@@ -13,7 +13,6 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import os
@@ -21,7 +20,6 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from pss_cli.model import (
@@ -44,6 +42,7 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+from pss_cli.record import record, replace
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 O_CLOEXEC = 0o2000000
@@ -463,7 +462,7 @@ def locate(pid: int) -> ProcessLocation | None:
             status = parse_status(read_small(proc.fd, "status"))
             where = read_location(proc, status, None)
             if where.container is None:  # the environment only where the cgroup path says nothing (`ps` is quicker)
-                where = dataclasses.replace(where, container=container_from_environ(read_environ(proc)))
+                where = replace(where, container=container_from_environ(read_environ(proc)))
             return where
     except OSError:
         return None
@@ -690,7 +689,7 @@ def seal_names(seals: int) -> str:
     return "|".join(name for bit, name in SEAL_NAMES if seals & bit) or "none"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SocketInfo:
     family: str
     detail: tuple[tuple[str, str | int], ...]
@@ -754,7 +753,7 @@ def format_inet(field: str) -> str:
     return f"{text}:{int(port, 16)}"
 
 
-@dataclass
+@record(frozen=False)
 class HandleReader:
     """Reads fd table entries; `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
 

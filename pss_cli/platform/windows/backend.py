@@ -26,9 +26,12 @@ from types import TracebackType
 
 from pss_cli import errors
 from pss_cli.model import (
+    KERNEL_DUMP,
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     MemoryCapture,
@@ -301,7 +304,9 @@ class WindowsBackend:
 
     # --- Backend -------------------------------------------------------------------------------------------------
 
-    def watch(self, pid: int) -> WatchedProcess:
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
         """`pss-dup watch` samples /proc on Linux; its Windows sampler is not written yet."""
         raise errors.NotSupported("pss-dup watch runs on Linux only for now")
 
@@ -565,8 +570,9 @@ class WindowsBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
@@ -575,9 +581,14 @@ class WindowsBackend:
         (pss_cli.outfile). The model's memory is what the file holds (its memory lists, read back), and copy_ms how
         long MiniDumpWriteDump took; blocks the clone could not give are left out and named in a warning.
         `progress` is not called (MiniDumpWriteDump reports none)."""
-        if clone_method != "clone":
+        if clone_method not in (None, "clone"):
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
+            )
+        if selection != KERNEL_DUMP:
+            raise errors.NotSupported(
+                "--mini, --filter, --all-memory and --stack-limit are Linux-only; a Windows dump is a full minidump",
+                pid=pid,
             )
         if into_container:
             raise errors.NotSupported("--into-container is Linux-only: Windows containers are not modelled", pid=pid)
