@@ -235,8 +235,7 @@ def list_processes(
         uids = info.get("uids")
         if user is not None and not user_matches(user, info["username"], uids.real if uids else None):
             continue
-        where = platform.locate(pid)
-        found = where.container if where is not None else None
+        found = platform.container_of(pid)
         if container is not None and (found is None or found.id is None or not found.id.startswith(container)):
             continue
         memory = info["memory_info"]

@@ -450,8 +450,7 @@ def process_name(pid: int) -> str:
 def container_label(pid: int) -> str | None:
     """What {container} shows for `pid`: its container's short ID (a machine's name), its runtime where only the
     environment names one, None outside a container."""
-    where = backend().locate(pid)
-    found = where.container if where is not None else None
+    found = backend().container_of(pid)
     if found is None:
         return None
     return found.short_id if found.id is not None else found.runtime

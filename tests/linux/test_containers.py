@@ -18,6 +18,7 @@ import pytest
 from pss_cli import api
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, UsageError
 from pss_cli.model import CaptureFlags
+from pss_cli.platform import backend
 from pss_cli.platform.linux import elfcore
 from tests.conftest import PSS_DUP, run_cli
 from tests.linux.conftest import Target, children_of, state, tracer_pids
@@ -51,6 +52,7 @@ def test_capture_names_the_container_namespaces_and_cgroup(leaf: str, runtime: s
             assert getattr(where.namespaces, name) == ns_inode(box.init_pid, name)
         assert where.namespaces.pid != ns_inode(os.getpid(), "pid")
         assert where.namespaces.net != ns_inode(os.getpid(), "net")
+        assert backend().container_of(box.init_pid) == where.container  # what ps reads, more cheaply
 
 
 def test_nspawn_machine_name_is_unescaped() -> None:
@@ -304,6 +306,7 @@ def test_the_container_variable_names_a_runtime_without_an_id(spawn: Callable[..
     where = api.capture(target.pid, CaptureFlags.NONE).process.location
     assert where is not None and where.container is not None
     assert (where.container.runtime, where.container.id, where.container.source) == ("podman", None, "environ")
+    assert backend().container_of(target.pid) == where.container
     row = run_cli("ps", "--parent", str(os.getpid()))
     assert row.returncode == 0 and "(podman)" in row.stdout
 

@@ -43,6 +43,7 @@ from pss_cli.model import (
     AttachSpec,
     CaptureFlags,
     CapturePlan,
+    Container,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -701,6 +702,9 @@ class LinuxBackend:
 
     def locate(self, pid: int) -> ProcessLocation | None:
         return procfs.locate(pid)
+
+    def container_of(self, pid: int) -> Container | None:
+        return procfs.container_of(pid)
 
     def path_in_root(self, pid: int, path: str) -> str:
         return f"/proc/{pid}/root/{path.lstrip('/')}"

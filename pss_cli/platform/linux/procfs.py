@@ -439,10 +439,7 @@ def read_location(
     proc: ProcDir, status: dict[str, str], environ: tuple[tuple[str, str], ...] | None
 ) -> ProcessLocation:
     """Where the process lives; a part /proc will not give is None (another user's ns links, an old kernel)."""
-    try:
-        raw: bytes | None = proc.read("cgroup")
-    except OSError:
-        raw = None
+    raw = read_cgroup(proc)
     container = container_from_cgroup(raw) if raw else None
     if container is None:
         container = container_from_environ(environ)
@@ -452,6 +449,25 @@ def read_location(
         cgroup=parse_cgroup(raw) if raw else None,
         container=container,
     )
+
+
+def read_cgroup(proc: ProcDir) -> bytes | None:
+    try:
+        return proc.read("cgroup")
+    except OSError:
+        return None
+
+
+def container_of(pid: int) -> Container | None:
+    """Only the container `pid` runs in (its cgroup path, else its environment): what `ps` shows of each process,
+    at a third of locate's reads (no status, no ns links). None outside one, or once it is gone."""
+    try:
+        with ProcDir(pid) as proc:
+            raw = read_cgroup(proc)
+            found = container_from_cgroup(raw) if raw else None
+            return found if found is not None else container_from_environ(read_environ(proc))
+    except OSError:
+        return None
 
 
 def locate(pid: int) -> ProcessLocation | None:

@@ -31,6 +31,7 @@ from pss_cli.model import (
     AttachSpec,
     CaptureFlags,
     CapturePlan,
+    Container,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -546,6 +547,9 @@ class WindowsBackend:
 
     def locate(self, pid: int) -> ProcessLocation | None:
         return None  # Windows containers (silos) are not modelled
+
+    def container_of(self, pid: int) -> Container | None:
+        return None
 
     def path_in_root(self, pid: int, path: str) -> str:
         raise errors.NotSupported("a process's own root directory is a Linux notion", pid=pid)
