@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -373,27 +374,30 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"runtime"
+	"syscall"
 )
 
-var spins uint64
-
+// A read(2) on a pipe nobody writes to: the goroutine keeps its thread, blocked in the kernel, where neither the
+// scheduler nor a busy machine moves it. (os.File would park it in the netpoller instead.)
+//
 //go:noinline
-func spinInGoroutine(ready chan<- bool) {
-	runtime.LockOSThread()
+func waitInGoroutine(fd int, ready chan<- bool) {
+	buf := make([]byte, 1)
 	ready <- true
-	for {
-		spins++
-	}
+	syscall.Read(fd, buf)
 }
 
 func main() {
+	var fds [2]int
+	if err := syscall.Pipe(fds[:]); err != nil {
+		panic(err)
+	}
 	ready := make(chan bool)
 	for i := 0; i < 4; i++ {
-		go spinInGoroutine(ready)
+		go waitInGoroutine(fds[0], ready)
 		<-ready
 	}
-	fmt.Println("ready")
+	fmt.Println(fds[0])
 	bufio.NewReader(os.Stdin).ReadString('\n')
 }
 """
@@ -409,12 +413,25 @@ def go_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "spin"
 
 
-def test_gdb_reads_the_goroutines_running_in_a_mini_core_of_a_go_binary(go_exe: Path, tmp_path: Path) -> None:
-    # A P for each spinning goroutine (and main), so none is preempted off its thread when the dump comes.
-    env = {**os.environ, "GOMAXPROCS": "8"}
-    proc = subprocess.Popen([str(go_exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+def in_read(pid: int, tid: str, fd: int) -> bool:
+    """Whether thread `tid` is blocked in read(2) on `fd` (syscall 0 in /proc/PID/task/TID/syscall)."""
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        words = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(words) > 1 and words[0] == "0" and int(words[1], 16) == fd
+
+
+def test_gdb_backtraces_the_goroutines_in_a_mini_core_of_a_go_binary(go_exe: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen([str(go_exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pipe = int(proc.stdout.readline())
+        # A goroutine announces itself just before its read(2): wait until all four are in the kernel.
+        deadline = time.monotonic() + 10
+        while sum(in_read(proc.pid, tid, pipe) for tid in os.listdir(f"/proc/{proc.pid}/task")) < 4:
+            assert time.monotonic() < deadline, "the goroutines never blocked in read(2)"
+            time.sleep(0.01)
         mini, full = tmp_path / "mini.core", tmp_path / "full.core"
         record = dump(str(proc.pid), str(mini), "--mini")
         dump(str(proc.pid), str(full))
@@ -423,7 +440,7 @@ def test_gdb_reads_the_goroutines_running_in_a_mini_core_of_a_go_binary(go_exe: 
         out = gdb(go_exe, mini, "info threads", "thread apply all bt")
         sections = thread_sections(out)
         assert len(sections) == len(record["snapshot"]["threads"]) >= 5, out
-        assert sum("main.spinInGoroutine" in s for s in sections) == 4, out
+        assert sum("main.waitInGoroutine" in s for s in sections) == 4, out
         assert all(re.search(r"#0\s+(?:0x[0-9a-f]+ in )?(?:main|runtime|syscall)[./]", s) for s in sections), out
     finally:
         reap(proc)
