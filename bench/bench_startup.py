@@ -9,9 +9,9 @@ sides alike), reported as medians:
 PID is a process this script starts (a Python interpreter waiting on stdin) and ends. Each pair also times the same
 work done through the library in one interpreter (what the command line adds to it is the difference). Then the
 floors a run pays before pss-dup does anything, timed the same way: the interpreter alone; the console script's
-imports up to the command's callback on the quick path (pss_cli.cli.quick, no click); psutil, which `ps` loads; click,
-which every command line the quick path leaves to click loads; each beside the goal budgets (the goal ratio times
-the native command's median).
+imports up to the command's callback on the quick path (pss_cli.cli.quick, no click), for `ps` with the backend that
+lists processes (Linux reads /proc itself; psutil loads on Windows only); click, which every command line the quick
+path leaves to click loads; each beside the goal budgets (the goal ratio times the native command's median).
 
 Beside each wall-clock median, the median CPU time (user + system) of the same runs: on a shared machine the wall
 clock of a Python start-up suffers far more from other load than that of a small C tool, and CPU time shows what
@@ -122,7 +122,11 @@ def measure(pair: Pair, runs: int) -> tuple[bool, float]:
 FLOORS = (
     ("the interpreter", "pass", ""),
     ("the quick path up to capture's callback", "import re, pss_cli.cli.quick, pss_cli.cli.capture", "capture"),
-    ("the quick path up to ps's callback, and psutil", "import re, pss_cli.cli.quick, pss_cli.cli.ps, psutil", "ps"),
+    (
+        "the quick path up to ps's callback, and its backend",
+        "import re, pss_cli.cli.quick, pss_cli.cli.ps, pss_cli.lookup; pss_cli.lookup.backend()",
+        "ps",
+    ),
     ("click (what the quick path leaves to click)", "import click", ""),
 )
 

@@ -1,6 +1,7 @@
-"""Finding processes: by PID (the backend answers), by name and for `ps` (psutil, which knows every platform).
+"""Finding processes: by PID, by name and for `ps`, from the backend's listing (Linux reads /proc; Windows asks
+psutil), whose values are psutil's on every platform.
 
-psutil is imported only where a name or a listing needs it: a command given a PID never loads it.
+A command given a PID reads nothing of other processes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ from pss_cli.record import record
 #: TARGET `container:ID` (a unique prefix of a container ID, as docker takes it), or `container:ID:PID` (the
 #: process with PID in that container's PID namespace).
 CONTAINER_PREFIX = "container:"
-
-#: Only what a `ps` row shows: as_dict reads these under one oneshot() per process, and nothing slow.
-PSUTIL_ATTRS = ["ppid", "username", "name", "num_threads", "memory_info", "cmdline", "create_time"]
-HANDLE_ATTR = "num_handles" if sys.platform == "win32" else "num_fds"
 
 
 @record
@@ -40,7 +37,7 @@ class ProcessRow:
     container: Container | None = None
 
 
-def name_matches(wanted: str, name: str | None, exe: str | None, cmdline: list[str] | None) -> bool:
+def name_matches(wanted: str, name: str | None, exe: str | None, cmdline: tuple[str, ...] | None) -> bool:
     """psutil's recipe: the name, the executable's basename, or argv[0]'s basename (Windows: `.exe` optional).
 
     Linux truncates `comm` to 15 characters, so a longer wanted name also matches its truncation.
@@ -54,16 +51,13 @@ def name_matches(wanted: str, name: str | None, exe: str | None, cmdline: list[s
 
 
 def find_by_name(wanted: str) -> list[tuple[int, str]]:
-    """(pid, command line) of every process that matches, this process excluded."""
-    import psutil
-
-    own = os.getpid()
+    """(pid, command line) of every process that matches, this process excluded (kernel threads included, as psutil
+    lists them)."""
     found = []
-    for proc in psutil.process_iter(["name", "exe", "cmdline"], ad_value=None):
-        info = proc.info
-        if proc.pid != own and name_matches(wanted, info["name"], info["exe"], info["cmdline"]):
-            found.append((proc.pid, " ".join(info["cmdline"] or []) or info["name"] or "?"))
-    return sorted(found)
+    for proc in backend().list_processes(kernel_threads=True):
+        if name_matches(wanted, proc.name, proc.exe, proc.cmdline):
+            found.append((proc.pid, " ".join(proc.cmdline or ()) or proc.name or "?"))
+    return found
 
 
 def resolve(target: str, *, all_matches: bool = False) -> list[int]:
@@ -112,17 +106,13 @@ def main_process(members: list[Member]) -> Member:
     for member in members:
         if member.location.inner_pid == 1:
             return member
-    import psutil
-
+    platform = backend()
     pids = {m.pid for m in members}
     tops = []
     for member in members:
-        try:
-            proc = psutil.Process(member.pid)
-            if proc.ppid() not in pids:
-                tops.append((proc.create_time(), member.pid, member))
-        except psutil.Error:
-            continue
+        proc = platform.describe_process(member.pid)
+        if proc is not None and proc.ppid is not None and proc.create_time is not None and proc.ppid not in pids:
+            tops.append((proc.create_time, member.pid, member))
     return min(tops, key=lambda t: (t[0], t[1]))[2] if tops else members[0]
 
 
@@ -172,12 +162,8 @@ def in_namespace_of(main: Member, inner_pid: int, spec: str) -> int:
 
 def process_name(pid: int) -> str:
     """The name of `pid` as psutil gives it (the whole name on Linux where `comm` was cut at 15); "process" if gone."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return "process"
+    proc = backend().describe_process(pid)
+    return proc.name if proc is not None and proc.name is not None else "process"
 
 
 def name_glob_matches(pattern: str, name: str | None, cmdline: tuple[str, ...] | None) -> bool:
@@ -211,47 +197,31 @@ def list_processes(
 ) -> list[ProcessRow]:
     """The processes that pass every filter given, this one and kernel threads excluded, by PID. `container` is
     a prefix of a container ID (or a whole systemd-nspawn machine name)."""
-    import psutil
-
     platform = backend()
-    attrs = [*PSUTIL_ATTRS, HANDLE_ATTR]
-    if user is not None and is_uid(user) and sys.platform != "win32":
-        attrs.append("uids")
-    own = os.getpid()
     rows = []
-    for pid in psutil.pids():
-        if pid == own or (sys.platform == "win32" and pid == 0) or platform.is_kernel_thread(pid):
-            continue  # most of a Linux host's PIDs are kernel threads: ruled out before psutil reads anything
-        try:
-            proc = psutil.Process(pid)
-            info = proc.as_dict(attrs, ad_value=None)
-        except psutil.NoSuchProcess:
+    for proc in platform.list_processes():
+        if parent is not None and proc.ppid != parent:
             continue
-        cmdline = tuple(info["cmdline"]) if info["cmdline"] is not None else None
-        if parent is not None and info["ppid"] != parent:
+        if pattern is not None and not name_glob_matches(pattern, proc.name, proc.cmdline):
             continue
-        if pattern is not None and not name_glob_matches(pattern, info["name"], cmdline):
+        if user is not None and not user_matches(user, proc.user, proc.uid):
             continue
-        uids = info.get("uids")
-        if user is not None and not user_matches(user, info["username"], uids.real if uids else None):
-            continue
-        found = platform.container_of(pid)
+        found = platform.container_of(proc.pid)
         if container is not None and (found is None or found.id is None or not found.id.startswith(container)):
             continue
-        memory = info["memory_info"]
         rows.append(
             ProcessRow(
-                pid=pid,
-                ppid=info["ppid"],
-                user=info["username"],
-                name=info["name"],
-                threads=info["num_threads"],
-                handles=info[HANDLE_ATTR],
-                rss=memory.rss if memory is not None else None,
-                cmdline=cmdline,
-                create_time=info["create_time"],
-                snapshots=platform.held_snapshots(pid),
+                pid=proc.pid,
+                ppid=proc.ppid,
+                user=proc.user,
+                name=proc.name,
+                threads=proc.threads,
+                handles=proc.handles,
+                rss=proc.rss,
+                cmdline=proc.cmdline,
+                create_time=proc.create_time,
+                snapshots=platform.held_snapshots(proc.pid),
                 container=found,
             )
         )
-    return sorted(rows, key=lambda r: r.pid)
+    return rows

@@ -596,6 +596,29 @@ class FreeResult:
 
 
 @record
+class ListedProcess:
+    """One process as a listing reads it (`ps`, a TARGET given by name): a field the OS refuses is None.
+
+    The values are psutil's, field for field (scripts compare them with it): `name` is Linux's `comm` cut at 15
+    characters, made whole from argv[0] where that starts with it; `cmdline` splits a rewritten command line as
+    psutil does. `exe` is "" where the process has no executable (a kernel thread), None where it may not be read.
+    `uid` is the real uid (None on Windows); `handles` counts fds on Linux, handles on Windows.
+    """
+
+    pid: int
+    ppid: int | None
+    name: str | None
+    exe: str | None
+    cmdline: tuple[str, ...] | None
+    user: str | None
+    uid: int | None
+    threads: int | None
+    handles: int | None
+    rss: int | None
+    create_time: float | None
+
+
+@record
 class ResourceSample:
     """One look at a watched process (`pss-dup watch`): read from /proc without stopping or tracing it.
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
+from pss_cli.lookup import process_name
 from pss_cli.model import KERNEL_DUMP, ResourceSample, WatchStop
 from pss_cli.platform import WatchedProcess, backend
 from pss_cli.watch import (
@@ -436,15 +437,6 @@ def sigchld_unblocked() -> Iterator[None]:
 
 def named_counts(counts: dict[int, int]) -> dict[str, int]:
     return {signal_name(n): c for n, c in sorted(counts.items())}
-
-
-def process_name(pid: int) -> str:
-    import psutil
-
-    try:
-        return str(psutil.Process(pid).name())
-    except psutil.Error:
-        return "process"
 
 
 def container_label(pid: int) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -177,6 +178,22 @@ def start_holder(name: str, *, decoys: bool = False) -> Holder:
         reap(proc)
         raise RuntimeError("holder did not start")
     return Holder(proc, name, fds[0], fds[1], tuple(fds[2:]))
+
+
+#: A Python child that names itself argv[1] (prctl PR_SET_NAME), says so with an empty line, and waits on stdin.
+NAMED = "import ctypes, sys; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0); print(flush=True); input()"
+
+
+@contextlib.contextmanager
+def named_process(name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A NAMED child called `name`, running and named once this yields; reaped after."""
+    proc = subprocess.Popen([sys.executable, "-c", NAMED, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        yield proc
+    finally:
+        reap(proc)
 
 
 def stat_fields(pid: int) -> list[str]:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from pss_cli.model import SCHEMA_VERSION
-from tests.conftest import HOLDER, PSS_DUP, Holder, kernel_thread_pids, reap, run_cli, start_holder
+from tests.conftest import HOLDER, PSS_DUP, Holder, kernel_thread_pids, named_process, reap, run_cli, start_holder
 
 
 @pytest.fixture
@@ -65,21 +65,9 @@ def test_json_record_describes_the_process_and_lists_its_snapshot_fds(holder: Ho
 
 def test_a_process_without_snapshots_has_an_empty_list() -> None:
     name = f"psn-{uuid.uuid4().hex[:8]}"
-    script = (
-        "import ctypes, sys; ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0); print(flush=True); input()"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout
-        proc.stdout.readline()
+    with named_process(name) as proc:
         (record,) = ps_json(name)
         assert record["pid"] == proc.pid and record["snapshots"] == []
-    finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            assert stream
-            stream.close()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run pss-dup as another user")

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 
 import pytest
 
-from tests.conftest import PSS_DUP
+from tests.conftest import PSS_DUP, named_process
 
 #: The heavy parts of a Linux capture that a plain one (no memory) never needs: injection and the core writer.
 INJECTION_AND_CORE = tuple(
@@ -63,9 +64,9 @@ def test_capture_with_a_pid_as_json_loads_no_click_rich_psutil_injection_datacla
     assert loaded(found, *COMMAND_MODULES) == {"pss_cli.cli.capture"}
 
 
-def test_ps_as_json_loads_no_click_rich_or_dataclasses_and_no_tracing_or_injection_code() -> None:
-    """(The snapshot reader, memfd and elfcore, loads only if some process holds an fd named like a snapshot; the
-    serialiser only if some process is in a container.)"""
+def test_ps_as_json_loads_no_click_rich_psutil_or_dataclasses_and_no_tracing_or_injection_code() -> None:
+    """The backend reads /proc itself (Linux). (The snapshot reader, memfd and elfcore, loads only if some process
+    holds an fd named like a snapshot; the serialiser only if some process is in a container.)"""
     found, result = imports_of("ps", "-o", "json")
     assert result.returncode == 0, result.stderr[-2000:]
     document = json.loads(result.stdout)
@@ -76,8 +77,18 @@ def test_ps_as_json_loads_no_click_rich_or_dataclasses_and_no_tracing_or_injecti
     injection = tuple(
         f"pss_cli.platform.linux.{name}" for name in ("inject", "vaclone", "copyengine", "dumprules", "pagescan")
     )
-    assert loaded(found, "click", "rich", "dataclasses", "inspect", *tracing, *injection) == set()
+    assert loaded(found, "click", "rich", "psutil", "dataclasses", "inspect", *tracing, *injection) == set()
     assert loaded(found, *COMMAND_MODULES) == {"pss_cli.cli.ps"}
+
+
+def test_a_target_given_by_name_loads_no_psutil() -> None:
+    """A name is looked up in the backend's listing, which reads /proc itself."""
+    name = f"pss10-{uuid.uuid4().hex[:8]}"
+    with named_process(name) as proc:
+        found, result = imports_of("capture", name, "--handles", "-o", "json")
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout)["results"][0]["pid"] == proc.pid
+        assert loaded(found, "psutil", "click", "rich") == set()
 
 
 @pytest.mark.parametrize("command", ["free", "inspect", "dump"])

@@ -23,6 +23,7 @@ from pss_cli.model import (
     DumpSelection,
     DuplicateResult,
     FreeResult,
+    ListedProcess,
     ProcessLocation,
     ResourceSample,
     Snapshot,
@@ -136,8 +137,14 @@ class Backend(Protocol):
         """
         ...
 
-    def is_kernel_thread(self, pid: int) -> bool:
-        """A kernel thread has no user space to capture: `ps` leaves them out. False where there are none."""
+    def list_processes(self, *, kernel_threads: bool = False) -> Iterator[ListedProcess]:
+        """Every process, this one excluded, by PID, with psutil's values (what `ps` shows, what a TARGET's name is
+        matched against); one that exits meanwhile is left out. Kernel threads have no user space to capture: they
+        come only if asked (Windows: the System Idle Process, PID 0)."""
+        ...
+
+    def describe_process(self, pid: int) -> ListedProcess | None:
+        """`pid` as list_processes reads it; None once it is gone."""
         ...
 
     def locate(self, pid: int) -> ProcessLocation | None:

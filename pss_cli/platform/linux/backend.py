@@ -49,6 +49,7 @@ from pss_cli.model import (
     FreeResult,
     HandleEntry,
     Interruption,
+    ListedProcess,
     Performance,
     ProcessLocation,
     Snapshot,
@@ -697,8 +698,11 @@ class LinuxBackend:
         for pid, name in procfs.live_processes():
             yield LiveProcess(pid, name)
 
-    def is_kernel_thread(self, pid: int) -> bool:
-        return procfs.is_kernel_thread(pid)
+    def list_processes(self, *, kernel_threads: bool = False) -> Iterator[ListedProcess]:
+        return procfs.list_processes(kernel_threads=kernel_threads)
+
+    def describe_process(self, pid: int) -> ListedProcess | None:
+        return procfs.read_listed(pid)
 
     def locate(self, pid: int) -> ProcessLocation | None:
         return procfs.locate(pid)

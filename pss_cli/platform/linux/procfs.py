@@ -19,14 +19,15 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple, TypeVar
 
 from pss_cli.model import (
     Container,
     HandleEntry,
     HandleFlags,
     HandleType,
+    ListedProcess,
     MemoryProtection,
     MemoryState,
     MemoryType,
@@ -43,6 +44,8 @@ from pss_cli.model import (
 )
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
 from pss_cli.record import record, replace
+
+T = TypeVar("T")
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 O_CLOEXEC = 0o2000000
@@ -173,17 +176,18 @@ class Stat(NamedTuple):
         return self.state in ("Z", "X")
 
 
-def parse_stat(raw: bytes) -> Stat:
+def parse_stat(raw: bytes, decode_comm: Callable[[bytes], str] = decode) -> Stat:
     """/proc/PID/stat as a Stat; ValueError if `raw` is not a stat line.
 
     `comm` may hold spaces, parentheses and bytes that are not UTF-8 (any process can name itself so), so it runs
-    from the first '(' to the LAST ')'; its undecodable bytes survive as escapes.
+    from the first '(' to the LAST ')'; its undecodable bytes survive as escapes (`decode_comm`: a listing decodes
+    them as psutil does, os.fsdecode).
     """
     try:
         close = raw.rindex(b")")
         f = raw[close + 2 :].split()  # f[n] is field n + 3 of proc(5)
         return Stat(  # positionally, in the order of Stat's fields: keywords cost a microsecond per thread
-            decode(raw[raw.index(b"(") + 1 : close]),  # comm, field 2
+            decode_comm(raw[raw.index(b"(") + 1 : close]),  # comm, field 2
             f[0].decode("ascii", "replace"),  # state, 3
             int(f[1]),  # ppid, 4
             int(f[6]),  # flags, 9
@@ -1070,11 +1074,12 @@ def process_exists(pid: int) -> bool:
         return False
 
 
-def is_kernel_thread(pid: int) -> bool:
+def list_pids() -> list[int]:
+    """Every PID /proc shows, in order (threads live under /proc/PID/task, not here); empty if /proc is unreadable."""
     try:
-        return bool(read_stat(pid).flags & PF_KTHREAD)
-    except (OSError, ValueError):
-        return False
+        return sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
+    except OSError:
+        return []
 
 
 def live_processes() -> Iterator[tuple[int, str]]:
@@ -1083,11 +1088,7 @@ def live_processes() -> Iterator[tuple[int, str]]:
     Only /proc/PID/stat is read, never a command line: shell completion calls this on every TAB.
     """
     own = os.getpid()
-    try:
-        pids = sorted(int(e.name) for e in os.scandir("/proc") if e.name.isdigit())
-    except OSError:
-        return
-    for pid in pids:
+    for pid in list_pids():
         if pid == own:
             continue
         try:
@@ -1096,6 +1097,127 @@ def live_processes() -> Iterator[tuple[int, str]]:
             continue
         if not st.exited and not st.flags & PF_KTHREAD:
             yield pid, st.comm
+
+
+def list_processes(*, kernel_threads: bool) -> Iterator[ListedProcess]:
+    """Every process, this one excluded (kernel threads only if asked: for those only their stat is read), as psutil
+    would list them: one that exits while it is read is left out."""
+    own = os.getpid()
+    users: dict[int, str] = {}
+    for pid in list_pids():
+        if pid != own and (found := read_listed(pid, kernel_threads=kernel_threads, users=users)) is not None:
+            yield found
+
+
+def read_listed(pid: int, *, kernel_threads: bool = True, users: dict[int, str] | None = None) -> ListedProcess | None:
+    """`pid` as psutil's Process.as_dict gives it (field for field); None once it is gone, or if it is a kernel
+    thread and those are not wanted. `users` caches user names by uid across one listing."""
+    try:
+        with ProcDir(pid) as proc:
+            return read_listed_in(proc, kernel_threads, {} if users is None else users)
+    except PermissionError:  # a /proc that hides other users' processes (hidepid): psutil gives every field None
+        return ListedProcess(pid, None, None, None, None, None, None, None, None, None, None)
+    except (FileNotFoundError, ProcessLookupError, ValueError):  # gone before or while it was read
+        return None
+
+
+def read_listed_in(proc: ProcDir, kernel_threads: bool, users: dict[int, str]) -> ListedProcess | None:
+    """What read_listed says of an open /proc/PID. A file /proc refuses leaves its fields None (psutil's
+    AccessDenied); FileNotFoundError or ProcessLookupError once the process is gone."""
+    st = allowed(lambda: parse_stat(read_small(proc.fd, "stat"), os.fsdecode))
+    if st is not None and st.flags & PF_KTHREAD and not kernel_threads:
+        return None
+    status = allowed(lambda: parse_status(read_small(proc.fd, "status")))
+    zombie = st is not None and st.state == "Z"
+    cmdline = allowed(lambda: read_cmdline(proc))
+    if zombie and not cmdline:  # a zombie's command line is gone: psutil's ZombieProcess, hence None
+        cmdline = None
+    uids = status_ids(status, "Uid") if status is not None else None
+    uid = uids[0] if uids else None
+    # rss: status VmRSS is statm's exact count (psutil reads statm; none for a zombie or a kernel thread: 0), where
+    # stat's rss field is only the per-CPU counters' estimate on recent kernels, pages off.
+    return ListedProcess(
+        pid=proc.pid,
+        ppid=st.ppid if st is not None else None,
+        name=long_name(st.comm, cmdline) if st is not None else None,
+        exe=allowed(lambda: read_exe(proc, zombie)),
+        cmdline=cmdline,
+        user=user_name(uid, users) if uid is not None else None,
+        uid=uid,
+        threads=int(status["Threads"]) if status is not None else None,
+        handles=allowed(lambda: len(proc.listdir("fd"))),
+        rss=(status_kib(status, "VmRSS") or 0) if status is not None else None,
+        create_time=BOOT_TIME + ticks(st.starttime) if st is not None else None,
+    )
+
+
+def allowed(read: Callable[[], T]) -> T | None:
+    """What `read` gives, None where /proc refuses it (another user's process): that field is unknown, the process
+    is not gone."""
+    try:
+        return read()
+    except PermissionError:
+        return None
+
+
+def read_cmdline(proc: ProcDir) -> tuple[str, ...]:
+    """The command line as psutil splits it; empty for a kernel thread (or a zombie).
+
+    psutil reads it as text in universal-newline mode (a CR or CRLF in an argument reads as LF), then splits at NUL,
+    or at spaces where a process rewrote its command line with spaces (setproctitle: then no NUL ends it, or one
+    NUL ends a single string that holds spaces).
+    """
+    text = os.fsdecode(read_file(proc.fd, "cmdline")).replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        return ()
+    separator = "\0" if text.endswith("\0") else " "
+    text = text.removesuffix(separator)
+    args = text.split(separator)
+    if separator == "\0" and len(args) == 1 and " " in text:
+        args = text.split(" ")
+    return tuple(args)
+
+
+#: Linux keeps 15 characters of a name (TASK_COMM_LEN - 1).
+COMM_LENGTH = 15
+
+
+def long_name(comm: str, cmdline: tuple[str, ...] | None) -> str:
+    """psutil's name: `comm`, or argv[0]'s basename where `comm` was cut at 15 characters and that starts with it."""
+    if len(comm) >= COMM_LENGTH and cmdline:
+        whole = os.path.basename(cmdline[0])
+        if whole.startswith(comm):
+            return whole
+    return comm
+
+
+def read_exe(proc: ProcDir, zombie: bool) -> str | None:
+    """The executable's path as psutil reads it: "" where there is none (a kernel thread), None for a zombie that
+    lost it; " (deleted)" dropped where no file has that path any more."""
+    try:
+        path = proc.readlink("exe").split("\0")[0]
+    except FileNotFoundError:
+        return None if zombie else ""
+    if path.endswith(" (deleted)"):
+        try:
+            os.stat(path)
+        except OSError:
+            path = path.removesuffix(" (deleted)")
+    return path
+
+
+def user_name(uid: int, users: dict[int, str]) -> str:
+    """The name of `uid` (its number where it has none), from `users` once looked up."""
+    name = users.get(uid)
+    if name is None:
+        import pwd
+
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        users[uid] = name
+    return name
 
 
 def snapshot_fds(pid: int) -> tuple[int, ...] | None:

@@ -35,6 +35,7 @@ from pss_cli.model import (
     DumpSelection,
     DuplicateResult,
     FreeResult,
+    ListedProcess,
     MemoryCapture,
     MemoryProtection,
     MemoryState,
@@ -180,6 +181,11 @@ def check_host(machine: str, arch: abi.Arch = abi.NATIVE_ARCH) -> None:
         f"Windows on {machine} is not supported: pss-dup declares CONTEXT and the minidump callback structures for "
         "x64 and x86 only"
     )
+
+
+#: What a listing reads of each process: as_dict reads them under one oneshot() per process, and nothing slow.
+LISTED_ATTRS = ["ppid", "username", "name", "exe", "num_threads", "memory_info", "cmdline", "create_time",
+                "num_handles"]  # fmt: skip
 
 
 def _psutil_thread_count(pid: int) -> int | None:
@@ -542,8 +548,35 @@ class WindowsBackend:
         except Exception:  # a listing for completion: a failure means fewer suggestions, never an error
             return
 
-    def is_kernel_thread(self, pid: int) -> bool:
-        return False
+    def list_processes(self, *, kernel_threads: bool = False) -> Iterator[ListedProcess]:
+        import psutil
+
+        own = os.getpid()
+        for pid in psutil.pids():
+            if pid != own and (pid != 0 or kernel_threads) and (found := self.describe_process(pid)) is not None:
+                yield found
+
+    def describe_process(self, pid: int) -> ListedProcess | None:
+        import psutil
+
+        try:
+            info = psutil.Process(pid).as_dict(LISTED_ATTRS, ad_value=None)
+        except psutil.NoSuchProcess:
+            return None
+        memory, cmdline = info["memory_info"], info["cmdline"]
+        return ListedProcess(
+            pid=pid,
+            ppid=info["ppid"],
+            name=info["name"],
+            exe=info["exe"],
+            cmdline=tuple(cmdline) if cmdline is not None else None,
+            user=info["username"],
+            uid=None,
+            threads=info["num_threads"],
+            handles=info["num_handles"],
+            rss=memory.rss if memory is not None else None,
+            create_time=info["create_time"],
+        )
 
     def locate(self, pid: int) -> ProcessLocation | None:
         return None  # Windows containers (silos) are not modelled
