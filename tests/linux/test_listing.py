@@ -23,6 +23,7 @@ import pytest
 from pss_cli import lookup
 from pss_cli.model import ListedProcess
 from pss_cli.platform import backend
+from pss_cli.platform.linux import procfs
 from pss_cli.record import fields
 from tests.conftest import a_kernel_thread, reap, run_cli
 from tests.linux.conftest import REPO
@@ -234,3 +235,16 @@ def test_ps_json_gives_the_records_psutil_gave(children: Children) -> None:
                           "name": theirs["name"], "threads": theirs["threads"], "handles": theirs["handles"],
                           "rss": theirs["rss"], "cmdline": cmdline, "create_time": theirs["create_time"],
                           "snapshots": [], "container": record["container"]}  # fmt: skip
+
+
+def test_a_process_that_exits_while_it_is_read_is_left_out() -> None:
+    """Its /proc directory is open (the listing holds it while reading one process) when it exits and is reaped:
+    what is read next says it is gone, which read_listed turns into "left out", never into a record of Nones."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        with procfs.ProcDir(proc.pid) as opened:
+            reap(proc)
+            with pytest.raises((FileNotFoundError, ProcessLookupError)):
+                procfs.read_listed_in(opened, True, {})
+    finally:
+        reap(proc)
