@@ -98,7 +98,7 @@ def _declared_fields(cls: type) -> list[tuple[str, bool]]:
 
 
 def _encode_dataclass(obj: Any) -> dict[str, Any]:
-    pairs = _pair_fields(type(obj))
+    pairs = _written_pair_fields(type(obj))
     out: dict[str, Any] = {}
     for name, _ in _declared_fields(type(obj)):
         value = getattr(obj, name)
@@ -181,6 +181,28 @@ def _fields_of(cls: type) -> tuple[_FieldSpec, ...]:
 
 def _pair_fields(cls: type) -> frozenset[str]:
     return frozenset(spec.name for spec in _fields_of(cls) if spec.pairs)
+
+
+#: A name/value list's annotation as written (`from __future__ import annotations` keeps it a string).
+_PAIRS_ANNOTATION = re.compile(r"^tuple\[tuple\[str, [^\[\]]+(?:\[[^\[\]]*\])?\], \.\.\.\](?: \| None)?$")
+_WRITTEN_PAIRS: dict[type, frozenset[str]] = {}
+
+
+def _written_pair_fields(cls: type) -> frozenset[str]:
+    """_pair_fields read off the annotations as written, for encoding: resolving them (typing.get_type_hints) cost a
+    capture's JSON 5 ms of its start-up. tests/test_serial.py holds the two equal for every model record."""
+    cached = _WRITTEN_PAIRS.get(cls)
+    if cached is None:
+        annotations: dict[str, object] = {}
+        for klass in reversed(cls.__mro__):
+            annotations.update(getattr(klass, "__annotations__", {}))
+        cached = frozenset(
+            name
+            for name, _ in _declared_fields(cls)
+            if isinstance(annotations.get(name), str) and _PAIRS_ANNOTATION.match(str(annotations[name]))
+        )
+        _WRITTEN_PAIRS[cls] = cached
+    return cached
 
 
 def _is_pairs_type(tp: Any) -> bool:

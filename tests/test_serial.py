@@ -425,3 +425,13 @@ def test_arbitrary_json_in_any_field_raises_only_bad_snapshot(data: st.DataObjec
         assert "\n" not in str(exc)
     else:
         assert isinstance(result, Snapshot)
+
+
+def test_name_value_fields_read_off_the_written_annotations_are_the_resolved_ones() -> None:
+    from pss_cli import model, record
+
+    classes = [c for c in vars(model).values() if isinstance(c, type) and record.is_record(c)]
+    assert len(classes) > 15
+    for cls in classes:
+        assert serial._written_pair_fields(cls) == serial._pair_fields(cls), cls.__name__
+    assert serial._written_pair_fields(model.ThreadContext) == {"registers"}
