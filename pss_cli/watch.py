@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import math
 import re
-import socket
-import string
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,9 +22,6 @@ from pss_cli.model import ResourceSample
 #: Size suffixes, binary like ps and free: 512M is 512 MiB.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-#: What a file name made from a --name template may hold; anything else in a value becomes "_".
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-TEMPLATE_FIELDS = ("name", "pid", "trigger", "time", "host", "n")
 DEFAULT_TEMPLATE = "{name}_{trigger}_{time}.{pid}.core"
 #: Below this the watcher would spend a core on sampling and the kernel's tick (CPU times count in 1/CLK_TCK s) could
 #: not tell a busy process from an idle one within one interval.
@@ -127,38 +121,6 @@ def problems(triggers: Triggers, limits: LimitSettings) -> list[str]:
     if triggers.memory_below is not None and triggers.memory and triggers.memory_below > triggers.memory[0]:
         found.append("--memory-below is above the first --memory threshold: no process can be both")
     return found
-
-
-def template_problem(template: str) -> str | None:
-    """Why a --name template cannot make a file name in DIR, or None."""
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        return f"--name {template!r} is not a template: {exc}"
-    unknown = [n for n in names if n not in TEMPLATE_FIELDS]
-    if unknown:
-        return f"--name knows only {{{'} {'.join(TEMPLATE_FIELDS)}}}, not {{{unknown[0]}}}"
-    literal = re.sub(r"\{[^}]*\}", "", template)
-    if _UNSAFE.search(literal) or not template.strip("{}") or template.startswith("."):
-        return f"--name {template!r} may hold only letters, digits and . _ + - besides its {{fields}}"
-    return None
-
-
-def file_name(template: str, *, name: str, pid: int, trigger: str, when: float, n: int) -> str:
-    """A file name from a --name template; every value is reduced to characters safe in any shell and path."""
-
-    def safe(value: object) -> str:
-        return _UNSAFE.sub("_", str(value)).strip("._") or "process"
-
-    values = {
-        "name": safe(name)[:64],
-        "pid": pid,
-        "trigger": safe(trigger),
-        "time": time.strftime("%y%m%d_%H%M%S", time.localtime(when)),
-        "host": safe(socket.gethostname()),
-        "n": n,
-    }
-    return template.format(**values)
 
 
 # ---- triggers -------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
 from pss_cli.model import ResourceSample
+from pss_cli.naming import file_name
 from pss_cli.platform import WatchedProcess, backend
 from pss_cli.watch import (
     Action,
@@ -33,7 +34,6 @@ from pss_cli.watch import (
     Triggered,
     Triggers,
     TriggerState,
-    file_name,
 )
 
 #: With --all --wait, new processes are looked for at most this often: a scan of every process costs far more than a

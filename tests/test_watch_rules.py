@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 
 from pss_cli.model import ResourceSample
+from pss_cli.naming import WATCH_FIELDS, file_name, template_problem
 from pss_cli.watch import (
     DEFAULT_TEMPLATE,
     Limits,
     LimitSettings,
     Triggers,
     TriggerState,
-    file_name,
     parse_size,
     problems,
-    template_problem,
 )
 
 MiB = 1 << 20
@@ -145,11 +144,11 @@ def test_file_names_are_safe_whatever_the_process_is_called() -> None:
 
 @pytest.mark.parametrize("template", ["../{name}", "{name}/x", "{nope}.core", "{name", "a b{pid}", ".{pid}"])
 def test_bad_templates_are_refused(template: str) -> None:
-    assert template_problem(template) is not None
+    assert template_problem(template, WATCH_FIELDS) is not None
 
 
 def test_every_field_is_allowed_in_a_template() -> None:
-    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}.core") is None
+    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}.core", WATCH_FIELDS) is None
 
 
 def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:

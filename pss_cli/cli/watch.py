@@ -143,13 +143,14 @@ def watch(
     --hang. With none, act once now. Only /proc is read between actions: nothing is stopped or traced.
     """
     from pss_cli import api
-    from pss_cli.watch import Action, LimitSettings, Triggers, problems, template_problem
+    from pss_cli.naming import WATCH_FIELDS, template_problem
+    from pss_cli.watch import Action, LimitSettings, Triggers, problems
 
     if ui.output == "json":
         raise UsageError("watch reports events as they happen: use -o jsonl, not -o json")
     triggers = Triggers(cpu, cpu_below, for_seconds, tuple(memory), memory_below, fds, threads, hang)
     limits = LimitSettings(count, every, poll, duration, max_size)
-    found = problems(triggers, limits) + ([p] if (p := template_problem(template)) else [])
+    found = problems(triggers, limits) + ([p] if (p := template_problem(template, WATCH_FIELDS)) else [])
     if found:
         raise UsageError(found[0])
     action = Action("dump", directory=dump_dir or ".", template=template, exec_command=exec_command)
