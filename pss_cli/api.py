@@ -21,6 +21,7 @@ from pss_cli.model import (
     DEFAULT_CAPTURE,
     CaptureFlags,
     CapturePlan,
+    DumpOutput,
     DuplicateResult,
     FreeResult,
     Snapshot,
@@ -172,20 +173,32 @@ def open_snapshot(handle: int) -> Snapshot:
 
 def dump(
     pid: int,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | int,
     *,
     force: bool = False,
     timeout: float = 10.0,
     clone_method: str = "clone",
     progress: ProgressCallback | None = None,
+    compress: str | None = None,
+    written: Callable[[DumpOutput], None] | None = None,
 ) -> Snapshot:
     """Write a dump of `pid` that a debugger opens (Linux: an ELF core for gdb; Windows: a minidump).
 
     The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied). The file
-    is created mode 0600 and an existing one is replaced only with `force`; a failed dump leaves none.
+    is created mode 0600 and an existing one is replaced only with `force`; a failed dump leaves none. Zero pages
+    are holes of the file. `path` an int is an open fd (a pipe, a socket) the core is streamed into, front to back;
+    `compress` ("zstd") writes one compressed frame instead, into the file or fd. `written` is told the sizes
+    written and the time taken.
     """
     return backend().dump(
-        pid, path, force=force, timeout=checked(timeout), clone_method=clone_method, progress=progress
+        pid,
+        path,
+        force=force,
+        timeout=checked(timeout),
+        clone_method=clone_method,
+        progress=progress,
+        compress=compress,
+        written=written,
     )
 
 

@@ -6,26 +6,24 @@ is made; its memory is copied afterwards, with a progress bar on stderr when a p
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
+import sys
 import time
+from collections.abc import Iterator
 
 import click
 
 from pss_cli.cli.common import output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
+from pss_cli.compress import COMPRESSIONS, SUFFIXES
 from pss_cli.errors import UsageError
-from pss_cli.model import CLONE_METHODS
+from pss_cli.model import CLONE_METHODS, DumpOutput
+from pss_cli.naming import STDOUT, default_name, file_name, template_problem
 from pss_cli.render.console import Ui
 
-#: Characters kept from a process name in the default file name; anything else becomes "_".
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def default_name(name: str, pid: int, when: float, suffix: str) -> str:
-    """NAME_PID_YYMMDD_HHMMSS.core (local time), with the name reduced to characters safe in any shell."""
-    safe = _UNSAFE.sub("_", name).strip("._") or "process"
-    return f"{safe[:64]}_{pid}_{time.strftime('%y%m%d_%H%M%S', time.localtime(when))}{suffix}"
+#: The {trigger} of a dump asked for on the command line (watch fills in what fired).
+TRIGGER = "manual"
 
 
 def dump_suffix() -> str:
@@ -42,6 +40,11 @@ def dump_suffix() -> str:
 @click.option("--clone-method", type=click.Choice(CLONE_METHODS), default="clone", show_default=True,
               help="clone: stop TARGET only while a copy-on-write clone is made and copy its memory while TARGET "
                    "runs. copy: copy the memory while TARGET stays frozen (where injecting is refused).")  # fmt: skip
+@click.option("--name", "template", metavar="TEMPLATE",
+              help="FILE's name from {name} {pid} {time} {host} {trigger} (manual); FILE, if given, is its "
+                   "directory. - is stdout.")  # fmt: skip
+@click.option("--compress", type=click.Choice(COMPRESSIONS),
+              help="Compress the core into FILE.zst: one standard zstd frame (zstd -d reads it).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace FILE if it exists.")
 @output_options
 def dump(
@@ -51,24 +54,34 @@ def dump(
     holder: int | None,
     handle: int | None,
     clone_method: str,
+    template: str | None,
+    compress: str | None,
     force: bool,
 ) -> int:
     """Write a core file of TARGET (a PID or a process name) that gdb can open.
 
     FILE defaults to NAME_PID_YYMMDD_HHMMSS.core in the current directory; it is created with mode 0600 and an
-    existing file is never replaced without --force. With --from PID --handle H, the snapshot that PID already
-    holds is written out instead (FILE is then the only argument).
+    existing file is never replaced without --force. All-zero pages are left as holes (a sparse file). FILE -
+    streams the core to stdout (never to a terminal): front to back, zero pages written. With --from PID --handle
+    H, the snapshot that PID already holds is written out instead (FILE is then the only argument).
     """
     from pss_cli import api
     from pss_cli.render import report
     from pss_cli.render.console import progress_bar
 
+    problem = template_problem(template) if template is not None else None
+    if problem is not None:
+        raise UsageError(problem)
     if holder is not None or handle is not None:
+        if template is not None or compress is not None:
+            raise UsageError("--name and --compress are for a dump of TARGET, not of a held snapshot (--from)")
         if holder is None or handle is None:
             raise UsageError("--from and --handle go together: the process that holds the snapshot, and its handle")
         if file is not None:
             raise UsageError("with --from there is no TARGET: give only FILE")
         file = target
+        if file == STDOUT:
+            raise UsageError("a held snapshot (--from) is written to a file, not to stdout")
         started = time.perf_counter()
         if not file:
             held = api.inspect(holder, handle, timeout=ui.timeout)
@@ -78,10 +91,40 @@ def dump(
         return 0
     if target is None:
         raise UsageError("give TARGET (a PID or a process name), or --from PID --handle H")
+    if template is not None and file is not None and (file == STDOUT or not os.path.isdir(file)):
+        raise UsageError(f"with --name, FILE is the directory the file goes into, and {file!r} is not one")
+    if STDOUT in (file, template) and sys.stdout.isatty():
+        raise UsageError("stdout is a terminal: redirect it (> FILE, | ...) to stream a core there, or give FILE")
     (pid,) = api.resolve(target)
-    path = file or default_name(api.process_name(pid), pid, time.time(), dump_suffix())
+    name = api.process_name(pid)
+    if template is not None:
+        made = file_name(template, name=name, pid=pid, trigger=TRIGGER, when=time.time())
+        path = made if file is None or made == STDOUT else os.path.join(file, made)
+    else:
+        path = file or default_name(name, pid, time.time(), dump_suffix())
+    if path != STDOUT and compress is not None and not path.endswith(SUFFIXES[compress]):
+        path += SUFFIXES[compress]
+    outputs: list[DumpOutput] = []
     started = time.perf_counter()
-    with progress_bar(ui, "copying memory") as progress:
-        snap = api.dump(pid, path, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress)
-    report.dumped(ui, snap, path, None, None, time.perf_counter() - started)
+    with progress_bar(ui, "copying memory") as progress, _destination(path) as where:
+        snap = api.dump(pid, where, force=force, timeout=ui.timeout, clone_method=clone_method, progress=progress,
+                        compress=compress, written=outputs.append)  # fmt: skip
+    report.dumped(ui, snap, None if path == STDOUT else path, None, None, time.perf_counter() - started,
+                  outputs[0] if outputs else None)  # fmt: skip
     return 0
+
+
+@contextlib.contextmanager
+def _destination(path: str) -> Iterator[str | int]:
+    """`path`, or for - an fd of stdout for the core alone: fd 1 itself then points at stderr while the dump runs
+    and is reported, so that nothing else (the report, a warning, JSON) can land in the middle of the core."""
+    if path != STDOUT:
+        yield path
+        return
+    sys.stdout.flush()
+    core = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield core
+    finally:
+        os.close(core)

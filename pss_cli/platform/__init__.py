@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, CapturePlan, DuplicateResult, FreeResult, ResourceSample, Snapshot
+from pss_cli.model import CaptureFlags, CapturePlan, DumpOutput, DuplicateResult, FreeResult, ResourceSample, Snapshot
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
@@ -137,17 +137,21 @@ class Backend(Protocol):
     def dump(
         self,
         pid: int,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | int,
         *,
         force: bool,
         timeout: float,
         clone_method: str = "clone",
         progress: ProgressCallback | None = None,
+        compress: str | None = None,
+        written: Callable[[DumpOutput], None] | None = None,
     ) -> Snapshot:
         """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
 
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
         `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        `path` an int is an fd the dump is streamed into; `compress` ("zstd") compresses the file or stream (Linux
+        only, as streams are); `written` is told what went out.
         """
         ...
 

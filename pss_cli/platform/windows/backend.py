@@ -29,6 +29,7 @@ from pss_cli.model import (
     AccessUse,
     CaptureFlags,
     CapturePlan,
+    DumpOutput,
     DuplicateResult,
     FreeResult,
     MemoryCapture,
@@ -554,12 +555,14 @@ class WindowsBackend:
     def dump(
         self,
         pid: int,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | int,
         *,
         force: bool,
         timeout: float,
         clone_method: str = "clone",
         progress: Callable[[int, int], None] | None = None,
+        compress: str | None = None,
+        written: Callable[[DumpOutput], None] | None = None,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
@@ -571,6 +574,8 @@ class WindowsBackend:
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
+        if compress is not None or isinstance(path, int):
+            raise errors.NotSupported("compressed and streamed dumps are Linux-only for now", pid=pid)
         with OutputFile(path, force=force, pid=pid) as out:
             with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
                 started = time.perf_counter()
@@ -585,6 +590,11 @@ class WindowsBackend:
             clone_pid=model.memory.clone_pid if model.memory else None,
             copy_ms=copy_ms,
         )
+        if written is not None:
+            st = os.stat(path)
+            blocks = getattr(st, "st_blocks", None)  # Windows' stat has none
+            allocated = blocks * 512 if blocks is not None else None
+            written(DumpOutput(st.st_size, st.st_size, allocated, None, False, copy_ms / 1000))
         return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
