@@ -142,7 +142,10 @@ def test_file_names_are_safe_whatever_the_process_is_called() -> None:
     assert name.startswith("evil_name_cpu_") and name.endswith(".42.core")
 
 
-@pytest.mark.parametrize("template", ["../{name}", "{name}/x", "{nope}.core", "{name", "a b{pid}", ".{pid}"])
+@pytest.mark.parametrize(
+    "template",
+    ["../{name}", "{name}/x", "{nope}.core", "{name", "a b{pid}", ".{pid}", "{name:/>70}", "{pid!r}", "-{pid}"],
+)
 def test_bad_templates_are_refused(template: str) -> None:
     assert template_problem(template, WATCH_FIELDS) is not None
 

@@ -32,7 +32,7 @@ def dump_suffix() -> str:
 
 @click.command()
 @click.argument("target", type=TARGET, required=False)
-@click.argument("file", type=click.Path(dir_okay=False, writable=True), required=False)
+@click.argument("file", type=click.Path(writable=True), required=False)
 @click.option("--from", "holder", type=PID, metavar="PID",
               help="Write out the snapshot that PID already holds (see --handle) instead of capturing.")  # fmt: skip
 @click.option("--handle", "handle", type=SnapshotHandle("holder"), metavar="H",
@@ -93,6 +93,8 @@ def dump(
         raise UsageError("give TARGET (a PID or a process name), or --from PID --handle H")
     if template is not None and file is not None and (file == STDOUT or not os.path.isdir(file)):
         raise UsageError(f"with --name, FILE is the directory the file goes into, and {file!r} is not one")
+    if template is None and file is not None and os.path.isdir(file):
+        raise UsageError(f"FILE {file!r} is a directory: give a file in it, or name the file with --name")
     if STDOUT in (file, template) and sys.stdout.isatty():
         raise UsageError("stdout is a terminal: redirect it (> FILE, | ...) to stream a core there, or give FILE")
     (pid,) = api.resolve(target)
