@@ -371,3 +371,5 @@ class Action:
     template: str = ""
     dup_into: int | None = None
     exec_command: str | None = None
+    #: --compress for dumps: the compression (pss_cli.compress), or None.
+    compress: str | None = None

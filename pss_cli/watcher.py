@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pss_cli.compress import SUFFIXES
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
 from pss_cli.model import ResourceSample
 from pss_cli.naming import file_name
@@ -256,10 +257,15 @@ class Watcher:
             when=time.time(),
             n=self.bookkeeping.actions + 1,
         )
+        compress = self.action.compress
+        if compress is not None and not base.endswith(SUFFIXES[compress]):
+            base += SUFFIXES[compress]
         for attempt in range(1, 1000):
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
             try:
-                snap = backend().dump(w.pid, path, force=False, timeout=self.timeout, clone_method="clone")
+                snap = backend().dump(
+                    w.pid, path, force=False, timeout=self.timeout, clone_method="clone", compress=compress
+                )
                 break
             except OutputExists as exc:
                 if not os.path.lexists(path):

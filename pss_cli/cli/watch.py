@@ -13,6 +13,7 @@ import click
 from pss_cli import interrupts
 from pss_cli.cli.common import output_options
 from pss_cli.cli.params import PID, TARGET
+from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
 from pss_cli.render.console import Ui
 from pss_cli.watch import DEFAULT_TEMPLATE
@@ -89,6 +90,8 @@ SIZE = Size()
     show_default=True,
     help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
 )
+@click.option("--compress", type=click.Choice(COMPRESSIONS),
+              help="Compress each core (--dump) into NAME.zst, one standard zstd frame.")  # fmt: skip
 @click.option("--capture", "capture_action", is_flag=True, help="Print the snapshot as one JSON line on stdout.")
 @click.option("--dup", "dup_into", type=PID, metavar="PID", help="Push the snapshot into process PID (an analyser).")
 @click.option(
@@ -127,6 +130,7 @@ def watch(
     hang: float | None,
     dump_dir: str | None,
     template: str,
+    compress: str | None,
     capture_action: bool,
     dup_into: int | None,
     exec_command: str | None,
@@ -153,7 +157,7 @@ def watch(
     found = problems(triggers, limits) + ([p] if (p := template_problem(template, WATCH_FIELDS)) else [])
     if found:
         raise UsageError(found[0])
-    action = Action("dump", directory=dump_dir or ".", template=template, exec_command=exec_command)
+    action = Action("dump", directory=dump_dir or ".", template=template, exec_command=exec_command, compress=compress)
     chosen = [
         name
         for name, on in (
@@ -165,6 +169,8 @@ def watch(
     ]
     if len(chosen) > 1:
         raise UsageError(f"give one action, not {' and '.join(chosen)}")
+    if compress is not None and (capture_action or dup_into is not None):
+        raise UsageError("--compress compresses the cores of --dump, not --capture or --dup")
     if capture_action:
         action = Action("capture", exec_command=exec_command)
     elif dup_into is not None:
