@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import (
     AccessDenied,
     Interrupted,
@@ -484,6 +485,8 @@ class LinuxBackend:
 
         if clone_method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
+        if compress is not None and compress not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {compress!r}; known: {', '.join(COMPRESSIONS)}")
         if isinstance(path, int) or compress is not None:
             return self._dump_stream(pid, path, force, timeout, clone_method, progress, compress, written)
         with outfile.OutputFile(path, force=force, pid=pid) as out:
@@ -519,7 +522,7 @@ class LinuxBackend:
         with contextlib.ExitStack() as stack:
             out: outfile.OutputFile | _Written
             if isinstance(path, int):
-                out = _Written("standard output" if path == 1 else f"fd {path}", path)
+                out = _Written("the output stream", path)
             else:
                 out = stack.enter_context(outfile.OutputFile(path, force=force, pid=pid))
             stream = copyengine.Stream(out.fd, compression.compressor(compress) if compress else None)

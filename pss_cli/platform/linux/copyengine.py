@@ -166,7 +166,8 @@ class FdSink(Sink):
         self._stop = weakref.finalize(self, self._work.put, None)  # once, at close or when dropped unclosed
         write: Write
         if isinstance(fd, Stream):
-            write, done = fd.write_at, _nothing
+            fd.hold()
+            write, done = fd.write_at, fd.let_go
         else:
             own = os.dup(fd)
             write = functools.partial(_pwrite_sparse if sparse else _pwrite_chunk, own)
@@ -215,15 +216,28 @@ class Stream:
     """A core written front to back, to a pipe, a socket or a compressor: nothing is sought. What a file would
     leave as holes between the pieces is written as zeros (a compressor makes them all but free).
 
-    The stream writes through its own duplicate of `fd`, closed by `close`. `core_bytes` counts the core's bytes,
-    `written` the bytes that went out (fewer, compressed).
+    The stream writes through its own duplicate of `fd`, closed by `close` once no writer thread holds it: a Ctrl-C
+    that cuts the wait for a sink's writer short must not leave that thread writing into whatever file takes over
+    the fd's number. `core_bytes` counts the core's bytes, `written` the bytes that went out (fewer, compressed).
     """
 
     def __init__(self, fd: int, compressor: Compressor | None = None) -> None:
         self.compressor = compressor
         self.core_bytes = 0
         self.written = 0
+        #: One token per party using the fd, the caller's at the bottom: whoever takes that one, the last token
+        #: left, closes the fd. list.append and list.pop are atomic; a lock could be left held by a Ctrl-C.
+        self._tokens: list[bool] = [True]
+        self._closed = False
         self.fd = os.dup(fd)
+
+    def hold(self) -> None:
+        """A writer thread starts using the stream (before the caller closes it)."""
+        self._tokens.append(False)
+
+    def let_go(self) -> None:
+        """A writer thread is done with it."""
+        self._drop_token()
 
     def write_at(self, chunk: bytes | memoryview, offset: int, address: int = 0) -> None:
         """Write `chunk` at `offset`, which lies at or past everything written so far."""
@@ -239,9 +253,14 @@ class Stream:
             self._send(self.compressor.flush())
 
     def close(self) -> None:
-        if self.fd >= 0:
+        """The caller is done with it; twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._drop_token()
+
+    def _drop_token(self) -> None:
+        if self._tokens.pop():
             os.close(self.fd)
-            self.fd = -1
 
     def _zeros(self, count: int) -> None:
         while count > 0:
@@ -305,10 +324,6 @@ def _write_loop(
                 free.put(bounce)
     finally:
         done()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _pwrite_chunk(fd: int, chunk: memoryview, offset: int, address: int) -> None:
