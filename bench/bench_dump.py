@@ -424,23 +424,42 @@ def engine_to_file_gbps(pid: int, path: Path, *, sparse: bool) -> float:
     return stats.throughput / 1e9
 
 
+def engine_to_null_gbps(pid: int, *, sparse: bool) -> float:
+    """The copy engine alone into /dev/null: the reading rate, with or without the zero-page check (no disk)."""
+    from pss_cli.platform.linux import copyengine
+
+    pieces, _ = dumped_pieces(pid)
+    fd = os.open("/dev/null", os.O_WRONLY)
+    try:
+        with copyengine.FdSink(fd, sparse=sparse) as sink:
+            return copyengine.copy_pieces(pid, pieces, sink).throughput / 1e9
+    finally:
+        os.close(fd)
+
+
 def bench_zero_check_cost(exe: Path, directory: Path, rounds: int, limit_exe: Path) -> None:
     """What looking for zero pages costs on memory that holds data: the 1 GiB target, interleaved."""
     proc = start([str(exe), "1024"])
     try:
         plain: list[float] = []
         sparse: list[float] = []
+        null_plain: list[float] = []
+        null_sparse: list[float] = []
         floor: list[float] = []
         for i in range(rounds):  # alternating which goes first: one right after another's write-back is slower
-            pair = [(plain, False), (sparse, True)]
-            for runs, check in pair if i % 2 else pair[::-1]:
+            pair = [(plain, null_plain, False), (sparse, null_sparse, True)]
+            for runs, null_runs, check in pair if i % 2 else pair[::-1]:
                 runs.append(engine_to_file_gbps(proc.pid, directory / "engine.bin", sparse=check))
+                null_runs.append(engine_to_null_gbps(proc.pid, sparse=check))
             floor.append(write_limit_gbps(limit_exe, 1 << 30, str(directory / "limit.bin")))
         print(f"\n== zero-page check on 1 GiB of data (no zero page), {rounds} interleaved runs; {load()}")
         print(f"copy engine into a file: plain {spread(plain, '.2f')} GB/s, with the check {spread(sparse, '.2f')} "
               f"GB/s ({median(sparse) / median(plain):.0%} of plain); C write floor {spread(floor, '.2f')} GB/s "
               f"(plain {median(plain) / median(floor):.0%}, checked {median(sparse) / median(floor):.0%} of "
               "it)")  # fmt: skip
+        share = median(null_sparse) / median(null_plain)
+        print(f"copy engine into /dev/null (reading alone): plain {spread(null_plain, '.2f')} GB/s, with the check "
+              f"{spread(null_sparse, '.2f')} GB/s ({share:.0%} of plain)")  # fmt: skip
     finally:
         stop(proc)
 

@@ -156,7 +156,8 @@ class FdSink(Sink):
     ) -> None:
         self.size = bounce
         self._free: queue.SimpleQueue[_Bounce] = queue.SimpleQueue()
-        self._work: queue.SimpleQueue[tuple[_Bounce, int, int] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[_Bounce, int, int, bytes | None] | None] = queue.SimpleQueue()
+        self._sparse = sparse and not isinstance(fd, Stream)
         self._all = [_Bounce(bounce) for _ in range(buffers)]
         for b in self._all:
             self._free.put(b)
@@ -192,7 +193,8 @@ class FdSink(Sink):
         assert self._current is not None and self._window is not None
         self._window.release()  # released, then forgotten: a Ctrl-C in between leaves nothing exported
         self._window = None
-        self._work.put((self._current, offset, size))
+        marks = _page_marks(self._current.buffer, size) if self._sparse else None
+        self._work.put((self._current, offset, size, marks))
         self._current = None
 
     def pending_error(self) -> BaseException | None:
@@ -239,7 +241,7 @@ class Stream:
         """A writer thread is done with it."""
         self._drop_token()
 
-    def write_at(self, chunk: bytes | memoryview, offset: int, address: int = 0) -> None:
+    def write_at(self, chunk: bytes | memoryview, offset: int, address: int = 0, marks: bytes | None = None) -> None:
         """Write `chunk` at `offset`, which lies at or past everything written so far."""
         if offset < self.core_bytes:
             raise ValueError(f"a stream cannot go back from {self.core_bytes} to {offset}")
@@ -294,14 +296,15 @@ class _Failure:
         self.error: BaseException | None = None
 
 
-#: How the writer thread puts a committed chunk at its offset: (chunk, offset, its address in memory).
-Write = Callable[[memoryview, int, int], None]
+#: How the writer thread puts a committed chunk at its offset: (chunk, offset, its address in memory, and for a
+#: sparse write the page marks of _page_marks).
+Write = Callable[[memoryview, int, int, bytes | None], None]
 
 
 def _write_loop(
     write: Write,
     done: Callable[[], None],
-    work: queue.SimpleQueue[tuple[_Bounce, int, int] | None],
+    work: queue.SimpleQueue[tuple[_Bounce, int, int, bytes | None] | None],
     free: queue.SimpleQueue[_Bounce],
     failure: _Failure,
 ) -> None:
@@ -313,11 +316,11 @@ def _write_loop(
             item = work.get()
             if item is None:
                 return
-            bounce, offset, size = item
+            bounce, offset, size, marks = item
             try:
                 if failure.error is None:
                     with bounce.view[:size] as chunk:
-                        write(chunk, offset, bounce.address)
+                        write(chunk, offset, bounce.address, marks)
             except BaseException as exc:
                 failure.error = exc
             finally:
@@ -326,30 +329,42 @@ def _write_loop(
         done()
 
 
-def _pwrite_chunk(fd: int, chunk: memoryview, offset: int, address: int) -> None:
+def _pwrite_chunk(fd: int, chunk: memoryview, offset: int, address: int, marks: bytes | None) -> None:
     pwrite_all(fd, chunk, offset)
 
 
-def _pwrite_sparse(fd: int, chunk: memoryview, offset: int, address: int) -> None:
+def _page_marks(buffer: mmap.mmap, size: int) -> bytes | None:
+    """One byte per page of the first `size` bytes of `buffer`: zero where the page may be all zero (its first and
+    last bytes are), else not; None unless `size` is whole pages (the copy commits whole pages).
+
+    Taken by the reading thread as it commits the chunk it just read, while the chunk is in its CPU's cache: the
+    same samples taken by the writer thread on the other CPU missed the cache once a page, which cost about a tenth
+    of the reading rate (bench/bench_dump.py). Sliced from the mmap, not a view: nothing is exported for a Ctrl-C
+    to strand.
+    """
+    pages = size // PAGE_SIZE
+    if pages * PAGE_SIZE != size:
+        return None
+    sampled = int.from_bytes(buffer[0:size:PAGE_SIZE], "little") | int.from_bytes(
+        buffer[PAGE_SIZE - 1 : size : PAGE_SIZE], "little"
+    )
+    return sampled.to_bytes(pages, "little")
+
+
+def _pwrite_sparse(fd: int, chunk: memoryview, offset: int, address: int, marks: bytes | None) -> None:
     """pwrite the pages of `chunk` that hold anything; all-zero pages are left as holes of the (pre-sized) file.
 
-    Cheap for memory that holds data, as it is on the hot path: two bytes of every page are sampled at once
-    (strided views, in C), and only a page whose samples are both zero is compared in full (memcmp, which stops at
-    its first non-zero byte). memcmp is called holding the GIL: releasing and taking it back per page cost more than
-    the comparison when the reader thread wants it too.
+    Only the pages that `marks` says may be zero are compared in full (memcmp, stopping at the first non-zero
+    byte), so memory that holds data costs next to nothing more. memcmp is called holding the GIL: releasing and
+    taking it back per page cost more than the comparison when the reader thread wants it too.
     """
-    size = len(chunk)
-    if _is_zero(address, size):
-        return
-    pages = size // PAGE_SIZE
-    if pages * PAGE_SIZE != size:  # the copy commits whole pages; anything else is written as it is
+    page = marks.find(0) if marks is not None else -1
+    if marks is None or page < 0:
         pwrite_all(fd, chunk, offset)
         return
-    sampled = 0
-    for at in _SAMPLES:
-        sampled |= int.from_bytes(chunk[at::PAGE_SIZE].tobytes(), "little")
-    marks = sampled.to_bytes(pages, "little")
-    page = marks.find(0)
+    size = len(chunk)
+    if page == 0 and not marks.strip(b"\0") and _is_zero(address, size):
+        return  # all zero: the common case of a zero-filled heap, one memcmp for the chunk
     run = 0  # start of the pending run of pages with data
     while page >= 0:
         low = page * PAGE_SIZE
@@ -362,12 +377,6 @@ def _pwrite_sparse(fd: int, chunk: memoryview, offset: int, address: int) -> Non
     if run < size:
         with chunk[run:] as part:
             pwrite_all(fd, part, offset + run)
-
-
-#: The bytes of each page sampled before a page is compared in full: its first and last. Each sample touches one
-#: cache line of every page of the chunk, against the stride of the prefetcher: more samples cost more than the
-#: few memcmp calls they spare (measured with 10 samples, bench/bench_dump.py).
-_SAMPLES = (0, PAGE_SIZE - 1)
 
 
 def _is_zero(address: int, size: int) -> bool:
