@@ -11,6 +11,11 @@ a C program gets when it only pwrite()s a resident buffer, over and over, into a
 Goals (issue 4): source stopped < 50 ms for the 1 GiB target with the clone method; total dump time at most one
 third of gcore's; copy throughput at least 70% of memcpy.
 
+Mini cores (issue 13): on a C target with 1 GiB touched over 8 threads, interleaved runs of the full dump (clone),
+`dump --mini` (its default: copied while frozen) and `dump --mini --clone-method clone`. Goals: the mini core at most
+2% of the full core's size, its total time at most 150 ms plus Python's start-up (measured: `python -I -c pass`), the
+process stopped at most 10 ms. `--mini-only` runs just this part. The load average is printed before and after.
+
 Output (issue 13, `--only-output` runs this part alone): a 1 GiB zero-heavy target (calloc + memset 0, as a JVM
 pre-touches its heap) dumped sparse beside gcore (goal: at most 0.25x gcore's time, Python start-up included, and
 `du` at most 5% of gcore's file); the cost of looking for zero pages on memory that holds data (the copy engine
@@ -18,11 +23,11 @@ writing the 1 GiB target's memory with and without it, beside the C write floor)
 `zstd -T0` on the same bytes; `dump PID - | cat > FILE` beside `dump PID FILE`. The load average is printed with
 each, as the machine is shared.
 
-Run as root: `.venv/bin/python bench/bench_dump.py [--runs N] [--dir DIR] [--skip-4g] [--only-output]`. Every
-output file is removed right after it is measured, and each timed run starts after `sync` so that earlier write-back
-does not slow it. pss-dup runs with a bytecode cache of its own (PYTHONPYCACHEPREFIX, warmed first): an installed
-package has its .pyc files, and an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile the package
-on every run.
+Run as root: `.venv/bin/python bench/bench_dump.py [--runs N] [--dir DIR] [--skip-4g] [--only-output] [--mini-only]`.
+Every output file is removed right after it is measured, and each timed run starts after `sync` so that earlier
+write-back does not slow it. pss-dup runs with a bytecode cache of its own (PYTHONPYCACHEPREFIX, warmed first): an
+installed package has its .pyc files, and an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile the
+package on every run.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import ctypes
 import json
 import mmap
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -64,7 +70,7 @@ static void *toucher(void *arg) {
     return p;
 }
 int main(int argc, char **argv) {
-    int threads = 4;
+    int threads = argc > 2 ? atoi(argv[2]) : 4;
     per_thread = ((size_t)atol(argv[1]) << 20) / threads;
     pthread_barrier_init(&ready, NULL, threads + 1);
     pthread_t t;
@@ -215,6 +221,114 @@ def run_gcore(pid: int, directory: Path, runs: Runs) -> None:
     runs.stopped_ms.append(total * 1000)  # gdb holds every thread stopped while it writes
     runs.size.append(made.stat().st_size)
     made.unlink()
+
+
+def run_mini(pid: int, out: Path, method: str | None, runs: Runs) -> None:
+    """One `pss-dup dump --mini` (with `method`, or its default), measured as run_pss measures a full dump."""
+    os.sync()
+    argv = [PSS_DUP, "dump", str(pid), str(out), "--mini", "-o", "json"]
+    t = time.perf_counter()
+    result = subprocess.run(argv + (["--clone-method", method] if method else []), capture_output=True, text=True,
+                            env=PSS_ENV)  # fmt: skip
+    total = time.perf_counter() - t
+    if result.returncode != 0:
+        raise SystemExit(f"pss-dup dump --mini failed: {result.stderr}")
+    record = json.loads(result.stdout)["results"][0]
+    runs.total_s.append(total)
+    runs.stopped_ms.append(record["timings"]["stopped_ms"])
+    runs.size.append(out.stat().st_size)
+    runs.memory.append(record["memory"]["bytes_captured"])
+    out.unlink()
+
+
+def startup(argv: list[str], rounds: int) -> list[float]:
+    """Seconds of `argv` run `rounds` times: `python -I -c pass` is the interpreter's own start-up, `pss-dup
+    --version` the CLI's."""
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=PSS_ENV)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+#: 63 threads besides the main one, half sleeping in time.sleep, half waiting on an Event.
+PYTHON_64_THREADS = r"""
+import sys, threading, time
+event = threading.Event()
+def sleeper():
+    while True:
+        time.sleep(0.05)
+for i in range(63):
+    threading.Thread(target=sleeper if i % 2 else event.wait, daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def bench_python_mini(directory: Path, rounds: int) -> None:
+    """A 64-thread Python process: mini cores (frozen copy and clone), and whether gdb shows libpython frames in
+    every thread's backtrace."""
+    python = os.path.realpath(sys.executable)
+    proc = start([python, "-c", PYTHON_64_THREADS])
+    try:
+        time.sleep(0.3)
+        results = {"mini (frozen copy)": Runs(), "mini (clone)": Runs()}
+        for _ in range(rounds):
+            run_mini(proc.pid, directory / "py.core", None, results["mini (frozen copy)"])
+            run_mini(proc.pid, directory / "py-clone.core", "clone", results["mini (clone)"])
+        core = directory / "py-gdb.core"
+        subprocess.run([PSS_DUP, "dump", str(proc.pid), str(core), "--mini", "-q"], check=True, env=PSS_ENV,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        gdb = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "thread apply all bt"]
+        out = subprocess.run([*gdb, python, str(core)], capture_output=True, text=True).stdout
+        core.unlink()
+    finally:
+        stop(proc)
+    sections = out.split("\nThread ")[1:]
+    with_python = sum(1 for part in sections if re.search(r" in _?Py[A-Za-z_]+ \(", part))
+    print(f"\n== mini cores: Python, 64 threads; {rounds} interleaved runs, median (min-max)")
+    for name, runs in results.items():
+        print(
+            f"{name:20} total {spread(runs.total_s, '.3f')} s, stopped {spread(runs.stopped_ms, '.2f')} ms, "
+            f"file {median([float(s) for s in runs.size]) / 1024:.0f} KiB"
+        )
+    print(f"gdb: {len(sections)} threads, {with_python} with libpython frames")
+
+
+def bench_mini(exe: Path, directory: Path, rounds: int) -> None:
+    """Mini cores beside the full dump of the same 1 GiB, 8-thread target, in the same run."""
+    load_before = os.getloadavg()
+    python = startup([sys.executable, "-I", "-c", "pass"], rounds + 2)
+    cli = startup([PSS_DUP, "--version"], rounds + 2)
+    proc = start([str(exe), "1024", "8"])
+    try:
+        results = {"full (clone)": Runs(), "mini (frozen copy)": Runs(), "mini (clone)": Runs()}
+        run_mini(proc.pid, directory / "warm.core", None, Runs())  # fills the bytecode cache
+        for _ in range(rounds):
+            run_pss(proc.pid, directory / "full.core", "clone", results["full (clone)"])
+            run_mini(proc.pid, directory / "mini.core", None, results["mini (frozen copy)"])
+            run_mini(proc.pid, directory / "mini-clone.core", "clone", results["mini (clone)"])
+    finally:
+        stop(proc)
+    full = median([float(s) for s in results["full (clone)"].size])
+    print(f"\n== mini cores: C, 1 GiB touched, 8 threads; {rounds} interleaved runs, median (min-max)")
+    print(f"start-up: python -I -c pass {spread(python, '.3f')} s, pss-dup --version {spread(cli, '.3f')} s")
+    print(f"{'dump':20} {'total s':>22} {'stopped ms':>24} {'file KiB':>10} {'of full':>8} {'total - python':>16}")
+    for name, runs in results.items():
+        size = median([float(s) for s in runs.size])
+        print(
+            f"{name:20} {spread(runs.total_s, '.3f'):>22} {spread(runs.stopped_ms, '.2f'):>24} {size / 1024:>10.0f} "
+            f"{size / full:>8.2%} {(median(runs.total_s) - median(python)) * 1000:>13.0f} ms"
+        )
+    mini = results["mini (frozen copy)"]
+    print(
+        f"goals: size {median([float(s) for s in mini.size]) / full:.2%} of full (<= 2%), total "
+        f"{(median(mini.total_s) - median(python)) * 1000:.0f} ms + python's start-up (<= 150 ms; "
+        f"{(median(mini.total_s) - median(cli)) * 1000:.0f} ms + pss-dup's), stopped "
+        f"{median(mini.stopped_ms):.2f} ms (<= 10 ms)"
+    )
+    print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
 
 
 def fixed_costs(directory: Path, rounds: int) -> None:
@@ -514,6 +628,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where the cores are written (default: a temp dir)")
     parser.add_argument("--skip-4g", action="store_true")
     parser.add_argument("--only-output", action="store_true", help="only the output part: holes, zstd, stdout")
+    parser.add_argument("--mini-only", action="store_true", help="only the mini-core comparison")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (pss-dup and gcore attach to the targets)")
@@ -532,6 +647,10 @@ def main() -> None:
         subprocess.run(["gcc", "-O2", "-o", str(limit_exe), str(work / "limit.c")], check=True)
         df = subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True).stdout.splitlines()
         print(f"cores written to {directory} ({df[-1].split()[1]})")
+        if args.mini_only:
+            bench_mini(exe, directory, args.runs)
+            bench_python_mini(directory, args.runs)
+            return
 
         if args.only_output:
             bench_output(work, directory, args.runs, exe, limit_exe)
@@ -551,6 +670,8 @@ def main() -> None:
             finally:
                 stop(proc)
             summary.append((name, results))
+        bench_mini(exe, directory, args.runs)
+        bench_python_mini(directory, args.runs)
         print("\n== goals")
         for name, results in summary:
             clone, gcore = results["pss-dup clone"], results["gcore"]

@@ -7,10 +7,15 @@ sides alike), reported as medians:
     pss-dup ps -o json                      beside   ps aux          (goal: ratio <= 8)
 
 PID is a process this script starts (a Python interpreter waiting on stdin) and ends. Each pair also times the same
-work done through the library in one interpreter, without click (what a JSON path that bypassed click could gain
-at best). Then the floors every run pays before pss-dup does anything, timed the same way: the interpreter
-alone, with click, with the model, with both, beside each goal's budget (the goal ratio times the native
-command's median).
+work done through the library in one interpreter (what the command line adds to it is the difference). Then the
+floors a run pays before pss-dup does anything, timed the same way: the interpreter alone; the console script's
+imports up to the command's callback on the quick path (pss_cli.cli.quick, no click); psutil, which `ps` loads; click,
+which every command line the quick path leaves to click loads; each beside the goal budgets (the goal ratio times
+the native command's median).
+
+Beside each wall-clock median, the median CPU time (user + system) of the same runs: on a shared machine the wall
+clock of a Python start-up suffers far more from other load than that of a small C tool, and CPU time shows what
+the run itself costs.
 
 lsof is not a dependency of pss-dup or of its tests; install it for this benchmark (`apt-get install lsof`). Run
 as root (capture traces): `.venv/bin/python bench/bench_startup.py [--runs N]`. Python modules are timed as
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,7 +39,7 @@ from pathlib import Path
 import pss_cli
 
 TARGET = "import sys; print('ready', flush=True); sys.stdin.read()"
-#: The same work as the two commands, through the library: no click, nothing of the CLI.
+#: The same work as the two commands, through the library: nothing of the CLI.
 LIBRARY_CAPTURE = (
     "import json, pss_cli; from pss_cli.serial import to_dict; "
     "print(json.dumps([to_dict(pss_cli.capture({pid}, pss_cli.CaptureFlags.HANDLES))], indent=2))"
@@ -56,55 +62,83 @@ class Pair:
     library: list[str]
 
 
-def run_ms(argv: list[str]) -> float:
-    """Wall time of one run of `argv`, output discarded; a failed run ends the benchmark (a broken build is no data)."""
+@dataclass(frozen=True, slots=True)
+class Times:
+    """One command's runs: wall-clock and CPU (user + system) milliseconds."""
+
+    wall: list[float]
+    cpu: list[float]
+
+    def line(self, title: str) -> str:
+        return (f"  {title:<52} median {statistics.median(self.wall):7.1f} ms   min {min(self.wall):7.1f} ms   "
+                f"cpu {statistics.median(self.cpu):6.1f} ms")  # fmt: skip
+
+
+def run_ms(argv: list[str]) -> tuple[float, float]:
+    """Wall and CPU time of one run of `argv`, output discarded; a failed run ends the benchmark (a broken build is
+    no data)."""
     started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return (time.perf_counter() - started) * 1000
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = (time.perf_counter() - started) * 1000
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, argv)
+    return wall, (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def interleaved(commands: list[list[str]], runs: int) -> list[list[float]]:
+def interleaved(commands: list[list[str]], runs: int) -> list[Times]:
     """Each command's times over `runs` rounds of one run each, after one uncounted run (the page cache)."""
     for argv in commands:
         run_ms(argv)
-    times: list[list[float]] = [[] for _ in commands]
+    times = [Times([], []) for _ in commands]
     for _ in range(runs):
         for argv, series in zip(commands, times, strict=True):
-            series.append(run_ms(argv))
+            wall, cpu = run_ms(argv)
+            series.wall.append(wall)
+            series.cpu.append(cpu)
     return times
 
 
-def show(argv: list[str], times: list[float]) -> None:
-    command = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
-    print(f"  {command:<44} median {statistics.median(times):7.1f} ms   min {min(times):7.1f} ms")
+def name(argv: list[str]) -> str:
+    return " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
 
 
 def measure(pair: Pair, runs: int) -> tuple[bool, float]:
     """Print the medians and the ratios; whether the goal is met, and the goal's budget in ms."""
     ours, native, library = interleaved([pair.ours, pair.native, pair.library], runs)
-    ratio = statistics.median(ours) / statistics.median(native)
+    ratio = statistics.median(ours.wall) / statistics.median(native.wall)
     met = ratio <= pair.goal
     print(pair.title)
-    show(pair.ours, ours)
-    show(pair.native, native)
-    print(f"  {'the same through the library, without click':<44} median {statistics.median(library):7.1f} ms   "
-          f"min {min(library):7.1f} ms")  # fmt: skip
+    print(ours.line(name(pair.ours)))
+    print(native.line(name(pair.native)))
+    print(library.line("the same through the library"))
     print(f"  ratio {ratio:.2f} (goal <= {pair.goal:g}): {'met' if met else 'MISSED'}; "
-          f"without click {statistics.median(library) / statistics.median(native):.2f}")  # fmt: skip
-    return met, pair.goal * statistics.median(native)
+          f"CPU time ratio {statistics.median(ours.cpu) / statistics.median(native.cpu):.2f}")  # fmt: skip
+    return met, pair.goal * statistics.median(native.wall)
+
+
+#: What a run pays before the command's own work: (title, the imports, which goal it is the floor of).
+FLOORS = (
+    ("the interpreter", "pass", ""),
+    ("the quick path up to capture's callback", "import re, pss_cli.cli.quick, pss_cli.cli.capture", "capture"),
+    ("the quick path up to ps's callback, and psutil", "import re, pss_cli.cli.quick, pss_cli.cli.ps, psutil", "ps"),
+    ("click (what the quick path leaves to click)", "import click", ""),
+)
 
 
 def floors(budgets: dict[str, float], runs: int) -> None:
-    """What any pss-dup run pays before its own code: the interpreter, then click and the model imported."""
-    codes = ("pass", "import click", "import pss_cli.model", "import click, pss_cli.model")
-    commands = [[sys.executable, "-c", code] for code in codes]
+    """What a pss-dup run pays before its own code, beside the goal budgets."""
+    commands = [[sys.executable, "-c", code] for _, code, _ in FLOORS]
     times = interleaved(commands, runs)
-    print("floors (every run pays these first)")
-    for argv, series in zip(commands, times, strict=True):
-        print(f"  python -c {argv[2]!r:<33} median {statistics.median(series):7.1f} ms   min {min(series):7.1f} ms")
-    for title, budget in budgets.items():
-        left = budget - statistics.median(times[-1])
-        print(f"  {title}: goal budget {budget:.1f} ms, {left:.1f} ms of it left after the floor")
+    print("floors (python -c ...)")
+    for (title, _, _), series in zip(FLOORS, times, strict=True):
+        print(series.line(title))
+    for (_, _, goal), series in zip(FLOORS, times, strict=True):
+        for title, budget in budgets.items():
+            if goal and title.startswith(goal):
+                left = budget - statistics.median(series.wall)
+                print(f"  {title}: goal budget {budget:.1f} ms, {left:.1f} ms of it left after its floor")
 
 
 def main() -> int:
@@ -122,9 +156,9 @@ def main() -> int:
         assert target.stdout is not None and target.stdout.readline().strip() == "ready"
         pid = str(target.pid)
         pairs = (
-            Pair("capture of one process's fd table", [exe, "capture", pid, "--handles", "-o", "json"],
+            Pair("capture: one process's fd table", [exe, "capture", pid, "--handles", "-o", "json"],
                  ["lsof", "-p", pid], 3, [sys.executable, "-c", LIBRARY_CAPTURE.format(pid=pid)]),
-            Pair("list every process", [exe, "ps", "-o", "json"], ["ps", "aux"], 8,
+            Pair("ps: every process", [exe, "ps", "-o", "json"], ["ps", "aux"], 8,
                  [sys.executable, "-c", LIBRARY_PS]),
         )  # fmt: skip
         print(f"{runs} interleaved runs each, target pid {pid}")

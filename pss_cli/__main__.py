@@ -12,14 +12,18 @@ interrupts.install()
 
 
 def main() -> None:
-    """Answer `--version` before importing click or anything else, so that it costs about one interpreter start."""
+    """Answer `--version` before importing anything else, and run a declared command that the quick path fully
+    understands without importing click (pss_cli.cli.quick); click runs everything else."""
     if sys.argv[1:] == ["--version"]:
         from pss_cli._version import __version__
 
         print(f"pss-dup, version {__version__}")
         sys.exit(0)
     try:
-        from pss_cli.cli import main as cli_main
+        from pss_cli.cli import quick
+
+        quick.main(sys.argv[1:])  # returns only when it leaves the command line to click
+        from pss_cli.cli.app import main as cli_main
     except KeyboardInterrupt as exc:  # nothing was touched yet
         signo = exc.signo if isinstance(exc, interrupts.Terminated) else 2
         print(f"pss-dup: {'interrupted' if signo == 2 else f'ended by {exc}'}; nothing was touched", file=sys.stderr)

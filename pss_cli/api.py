@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING
 from pss_cli.errors import ExitCode, PssError, UsageError
 from pss_cli.model import (
     DEFAULT_CAPTURE,
+    KERNEL_DUMP,
     CaptureFlags,
     CapturePlan,
     DumpOutput,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
+    ProcessLocation,
     Snapshot,
+    selection_problem,
     timeout_problem,
 )
 from pss_cli.platform import LiveProcess, LocalSnapshot, ProgressCallback, backend
@@ -37,8 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CAPTURE",
+    "KERNEL_DUMP",
     "CaptureFlags",
     "CapturePlan",
+    "DumpSelection",
     "DuplicateResult",
     "ExitCode",
     "FreeResult",
@@ -61,8 +67,10 @@ __all__ = [
     "inspect",
     "list_processes",
     "live_processes",
+    "locate",
     "named_snapshots",
     "open_snapshot",
+    "path_in_root",
     "plan_capture",
     "process_name",
     "resolve",
@@ -177,19 +185,30 @@ def dump(
     *,
     force: bool = False,
     timeout: float = 10.0,
-    clone_method: str = "clone",
+    clone_method: str | None = None,
     progress: ProgressCallback | None = None,
     compress: str | None = None,
     written: Callable[[DumpOutput], None] | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
+    into_container: bool = False,
 ) -> Snapshot:
     """Write a dump of `pid` that a debugger opens (Linux: an ELF core for gdb; Windows: a minidump).
 
-    The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied). The file
-    is created mode 0600 and an existing one is replaced only with `force`; a failed dump leaves none. Zero pages
-    are holes of the file. `path` an int is an open fd (a pipe, a socket) the core is streamed into, front to back;
-    `compress` ("zstd") writes one compressed frame instead, into the file or fd. `written` is told the sizes
-    written and the time taken.
+    The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied; the
+    default for a mini core). The file is created mode 0600 and an existing one is replaced only with `force`; a
+    failed dump leaves none. Zero pages are holes of the file. `path` an int is an open fd (a pipe, a socket) the
+    core is streamed into, front to back; `compress` ("zstd") writes one compressed frame instead, into the file or
+    fd. `written` is told the sizes written and the time taken. `selection` says what memory goes in: by default
+    what the kernel would dump (the process's coredump_filter and MADV_DONTDUMP), or a mask, everything, or a mini
+    core (Linux). With `into_container`, `path` is a path inside the process's own root directory (its container's
+    filesystem, resolved there so that no symlink in it leads out) and the file belongs to the process's user and
+    group; a stream (`path` an fd) has no place there and is refused.
     """
+    problem = selection_problem(selection)
+    if problem is not None:
+        raise UsageError(problem)
+    if into_container and isinstance(path, int):
+        raise UsageError("--into-container writes a file inside the container, not a stream")
     return backend().dump(
         pid,
         path,
@@ -199,7 +218,23 @@ def dump(
         progress=progress,
         compress=compress,
         written=written,
+        selection=selection,
+        into_container=into_container,
     )
+
+
+def container_label(pid: int) -> str | None:
+    """What a --name template's {container} shows for `pid` (dump and watch): its container's short ID (a
+    machine's name), its runtime where only the environment names one, None outside a container."""
+    found = backend().container_of(pid)
+    if found is None:
+        return None
+    return found.short_id if found.id is not None else found.runtime
+
+
+def path_in_root(pid: int, path: str) -> str:
+    """Where `path` in the root directory of `pid` (its container's filesystem) is, seen from here (Linux)."""
+    return backend().path_in_root(pid, path)
 
 
 def dump_held(
@@ -218,11 +253,18 @@ def enable_debug_privilege() -> bool:
 
 
 def resolve(target: str, *, all_matches: bool = False) -> list[int]:
-    """The PIDs a PID or a process name stands for; a name several processes share is AmbiguousTarget unless
-    `all_matches`."""
+    """The PIDs a PID, a process name or `container:ID[:PID]` stands for; a name several processes share is
+    AmbiguousTarget unless `all_matches`; `container:ID` is the container's main process (every one of its
+    processes with `all_matches`), `container:ID:PID` the process with PID in its PID namespace."""
     from pss_cli import lookup
 
     return lookup.resolve(target, all_matches=all_matches)
+
+
+def locate(pid: int) -> ProcessLocation | None:
+    """Where `pid` lives: its PIDs in nested PID namespaces, namespaces, cgroup and container (None on Windows,
+    and once it is gone)."""
+    return backend().locate(pid)
 
 
 def process_exists(pid: int) -> bool:
@@ -237,11 +279,14 @@ def process_name(pid: int) -> str:
     return lookup.process_name(pid)
 
 
-def list_processes(pattern: str | None = None, user: str | None = None, parent: int | None = None) -> list[ProcessRow]:
-    """The processes `pss-dup ps` shows: a name glob, a user (name or uid) and a parent PID filter them."""
+def list_processes(
+    pattern: str | None = None, user: str | None = None, parent: int | None = None, container: str | None = None
+) -> list[ProcessRow]:
+    """The processes `pss-dup ps` shows: a name glob, a user (name or uid), a parent PID and a container ID prefix
+    filter them."""
     from pss_cli import lookup
 
-    return lookup.list_processes(pattern, user, parent)
+    return lookup.list_processes(pattern, user, parent, container)
 
 
 def live_processes() -> Iterator[LiveProcess]:

@@ -42,7 +42,10 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.ACCESS_DENIED: "permission denied: not root, another user's process, Yama, non-dumpable, LSM",
     ExitCode.NOT_SUPPORTED: "not supported: platform, kernel, architecture, kernel thread, 32-bit task",
     ExitCode.PARTIAL: "partial success: with --all, some processes failed (see each report)",
-    ExitCode.REFUSED: "refused as unsafe for the process (seccomp, already traced, an EINTR it would see); see --force",
+    ExitCode.REFUSED: (
+        "refused as unsafe for the process (seccomp, already traced by another tracer, an EINTR it would see); "
+        "see --force"
+    ),
     ExitCode.BAD_SNAPSHOT: "not a pss-dup snapshot, or a corrupt or unknown snapshot format",
     ExitCode.FILE_EXISTS: "the output file exists (use --force) or cannot be written",
     ExitCode.NO_HANDLE: "the process has no such handle (fd): nothing was done",

@@ -8,18 +8,22 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
-from dataclasses import dataclass
 
-from pss_cli.errors import AmbiguousTarget, NoSuchProcess
-from pss_cli.model import MAX_PID
+from pss_cli.errors import AmbiguousTarget, NoSuchProcess, UsageError
+from pss_cli.model import MAX_PID, Container, ProcessLocation, pid_number
 from pss_cli.platform import backend
+from pss_cli.record import record
+
+#: TARGET `container:ID` (a unique prefix of a container ID, as docker takes it), or `container:ID:PID` (the
+#: process with PID in that container's PID namespace).
+CONTAINER_PREFIX = "container:"
 
 #: Only what a `ps` row shows: as_dict reads these under one oneshot() per process, and nothing slow.
 PSUTIL_ATTRS = ["ppid", "username", "name", "num_threads", "memory_info", "cmdline", "create_time"]
 HANDLE_ATTR = "num_handles" if sys.platform == "win32" else "num_fds"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ProcessRow:
     """One process as `ps` reports it; None where the OS would not say."""
 
@@ -33,6 +37,7 @@ class ProcessRow:
     cmdline: tuple[str, ...] | None
     create_time: float | None
     snapshots: tuple[int, ...] | None
+    container: Container | None = None
 
 
 def name_matches(wanted: str, name: str | None, exe: str | None, cmdline: list[str] | None) -> bool:
@@ -62,7 +67,10 @@ def find_by_name(wanted: str) -> list[tuple[int, str]]:
 
 
 def resolve(target: str, *, all_matches: bool = False) -> list[int]:
-    """The PIDs that TARGET names: a PID, or a process name that must match exactly one process unless all_matches."""
+    """The PIDs that TARGET names: a PID, `container:ID[:PID]`, or a process name that must match exactly one
+    process unless all_matches."""
+    if target.startswith(CONTAINER_PREFIX):
+        return resolve_container(target.removeprefix(CONTAINER_PREFIX), all_matches=all_matches)
     if target.isascii() and target.isdigit():  # not str.isdigit alone: '²' is a digit that int() refuses
         pid = int(target) if len(target) <= len(str(MAX_PID)) else MAX_PID + 1
         if not 0 < pid <= MAX_PID or not backend().process_exists(pid):
@@ -76,6 +84,90 @@ def resolve(target: str, *, all_matches: bool = False) -> list[int]:
     if len(matches) > 1 and not all_matches:
         raise AmbiguousTarget(target, matches)
     return [pid for pid, _ in matches]
+
+
+@record
+class Member:
+    """A process of a container, with where it lives."""
+
+    pid: int
+    location: ProcessLocation
+
+
+def containers() -> dict[str, list[Member]]:
+    """Every container pss-dup sees a process of, by container ID, each with its processes by PID: read from
+    each live process's cgroup path (a container known only from the environment has no ID to target)."""
+    platform = backend()
+    found: dict[str, list[Member]] = {}
+    for live in platform.live_processes():
+        where = platform.locate(live.pid)
+        if where is not None and where.container is not None and where.container.id is not None:
+            found.setdefault(where.container.id, []).append(Member(live.pid, where))
+    return found
+
+
+def main_process(members: list[Member]) -> Member:
+    """The container's main process: PID 1 of its own PID namespace, else the one whose parent is outside it
+    (the earliest started of those)."""
+    for member in members:
+        if member.location.inner_pid == 1:
+            return member
+    import psutil
+
+    pids = {m.pid for m in members}
+    tops = []
+    for member in members:
+        try:
+            proc = psutil.Process(member.pid)
+            if proc.ppid() not in pids:
+                tops.append((proc.create_time(), member.pid, member))
+        except psutil.Error:
+            continue
+    return min(tops, key=lambda t: (t[0], t[1]))[2] if tops else members[0]
+
+
+def describe_container(ident: str, members: list[Member]) -> str:
+    """One candidate as an error lists it: short ID, runtime, main process."""
+    container = members[0].location.container
+    runtime = container.runtime if container is not None else "?"
+    short = container.short_id if container is not None else ident
+    return f"{short} ({runtime}, main PID {main_process(members).pid}, {len(members)} processes)"
+
+
+def resolve_container(spec: str, *, all_matches: bool = False) -> list[int]:
+    """`ID` or `ID:PID` of TARGET `container:...`: the container's main process (every one with all_matches), or
+    the process with PID in its PID namespace (the NSpid mapping, from the namespace's PID to ours)."""
+    ident, _, inner = spec.partition(":")
+    if not ident or (inner and pid_number(inner) is None):
+        raise UsageError(f"container:{spec} is not a container target: give container:ID or container:ID:PID")
+    known = containers()
+    matches = [i for i in known if i == ident] or sorted(i for i in known if i.startswith(ident))
+    if len(matches) != 1:
+        listed = "; ".join(describe_container(i, known[i]) for i in (matches or sorted(known))[:10]) or "none"
+        what = "matches several containers" if matches else "matches no container"
+        raise UsageError(f"container ID {ident!r} {what}; containers seen: {listed}")
+    members = known[matches[0]]
+    if inner:
+        return [in_namespace_of(main_process(members), int(inner), spec)]
+    if all_matches:
+        return sorted(m.pid for m in members)
+    return [main_process(members).pid]
+
+
+def in_namespace_of(main: Member, inner_pid: int, spec: str) -> int:
+    """Our PID for the process whose PID is `inner_pid` in `main`'s PID namespace."""
+    namespace = main.location.namespaces.pid if main.location.namespaces is not None else None
+    platform = backend()
+    for live in platform.live_processes():
+        where = platform.locate(live.pid)
+        if (
+            where is not None
+            and where.inner_pid == inner_pid
+            and where.namespaces is not None
+            and where.namespaces.pid == namespace
+        ):
+            return live.pid
+    raise NoSuchProcess(f"no process with PID {inner_pid} in the PID namespace of container:{spec.partition(':')[0]}")
 
 
 def process_name(pid: int) -> str:
@@ -114,8 +206,11 @@ def user_matches(wanted: str, username: str | None, uid: int | None) -> bool:
     return username == wanted
 
 
-def list_processes(pattern: str | None = None, user: str | None = None, parent: int | None = None) -> list[ProcessRow]:
-    """The processes that pass every filter given, this one and kernel threads excluded, by PID."""
+def list_processes(
+    pattern: str | None = None, user: str | None = None, parent: int | None = None, container: str | None = None
+) -> list[ProcessRow]:
+    """The processes that pass every filter given, this one and kernel threads excluded, by PID. `container` is
+    a prefix of a container ID (or a whole systemd-nspawn machine name)."""
     import psutil
 
     platform = backend()
@@ -140,6 +235,9 @@ def list_processes(pattern: str | None = None, user: str | None = None, parent: 
         uids = info.get("uids")
         if user is not None and not user_matches(user, info["username"], uids.real if uids else None):
             continue
+        found = platform.container_of(pid)
+        if container is not None and (found is None or found.id is None or not found.id.startswith(container)):
+            continue
         memory = info["memory_info"]
         rows.append(
             ProcessRow(
@@ -153,6 +251,7 @@ def list_processes(pattern: str | None = None, user: str | None = None, parent: 
                 cmdline=cmdline,
                 create_time=info["create_time"],
                 snapshots=platform.held_snapshots(pid),
+                container=found,
             )
         )
     return sorted(rows, key=lambda r: r.pid)

@@ -2,7 +2,8 @@
 
 It mirrors what the Windows Process Snapshotting API exposes (PSS_PROCESS_INFORMATION, PSS_THREAD_ENTRY,
 PSS_HANDLE_ENTRY, PSS_VA_SPACE_ENTRY, PSS_PERFORMANCE_COUNTERS) and adds what Linux knows besides. A field that a
-platform cannot fill is None, never an invented value. This module does no I/O and imports nothing of the package.
+platform cannot fill is None, never an invented value. This module does no I/O and imports nothing of the package
+but pss_cli.record (a frozen dataclass without the start-up cost).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import enum
 import math
 import sys
-from dataclasses import dataclass, field
+
+from pss_cli.record import record
 
 #: Bumped whenever a field is renamed or removed, or its meaning changes; adding a field keeps the version.
 #: 2: Linux's ThreadEntry.base_priority is the kernel priority, as ProcessInfo's (it was nice, now ThreadEntry.nice);
@@ -28,6 +30,14 @@ MIN_TIMEOUT = 0.1
 MAX_TIMEOUT = 3600.0
 
 
+def pid_number(text: str) -> int | None:
+    """`text` as a PID, or None: ASCII digits only ('²' is a digit to str.isdigit, not to int), within MAX_PID."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PID)):
+        return None
+    number = int(text)
+    return number if 0 < number <= MAX_PID else None
+
+
 def timeout_problem(seconds: float) -> str | None:
     """Why `seconds` cannot bound a wait, or None. NaN slips through any range check (every comparison with it is
     false), so finiteness is tested on its own."""
@@ -39,6 +49,51 @@ def timeout_problem(seconds: float) -> str | None:
 #: `dump --clone-method`: "clone" copies a copy-on-write clone while the process runs on, "copy" copies the memory
 #: while it stays frozen (Linux; Windows always dumps from a PSS VA clone).
 CLONE_METHODS = ("clone", "copy")
+
+#: The kernel's default /proc/PID/coredump_filter (MMF_DUMP_FILTER_DEFAULT): anonymous private and shared memory, ELF
+#: headers, private hugetlb.
+DEFAULT_COREDUMP_FILTER = 0x33
+#: The bits /proc/PID/coredump_filter has (MMF_DUMP_FILTER_BITS, 9: bit 0 anonymous private ... bit 8 DAX shared).
+COREDUMP_FILTER_BITS = 0x1FF
+#: `dump --stack-limit`'s default: the most stack memory a mini core takes per thread (glibc's default stack size).
+DEFAULT_STACK_LIMIT = 8 << 20
+
+
+def filter_problem(mask: int) -> str | None:
+    """Why `mask` is not a coredump_filter, or None."""
+    if not 0 <= mask <= COREDUMP_FILTER_BITS:
+        return f"{mask:#x} is not a coredump_filter mask: its bits are 0 to 8 (0x0 to {COREDUMP_FILTER_BITS:#x})"
+    return None
+
+
+@record
+class DumpSelection:
+    """What memory a dump holds. By default what the kernel would dump for the process (its coredump_filter, and
+    MADV_DONTDUMP); `filter` overrides the mask; `all_memory` takes everything readable, MADV_DONTDUMP regions too
+    (gcore -a); `mini` takes what a backtrace of every thread needs, at most `stack_limit` bytes of each stack."""
+
+    mini: bool = False
+    stack_limit: int = DEFAULT_STACK_LIMIT
+    filter: int | None = None
+    all_memory: bool = False
+
+
+#: What `dump` takes unless told otherwise: what the kernel would dump for the process.
+KERNEL_DUMP = DumpSelection()
+
+
+def selection_problem(selection: DumpSelection) -> str | None:
+    """Why `selection` cannot be dumped, or None: a mask outside coredump_filter's bits, a stack limit that is not
+    positive, or choices that exclude each other."""
+    chosen = [name for name, on in (("--mini", selection.mini), ("--filter", selection.filter is not None),
+                                    ("--all-memory", selection.all_memory)) if on]  # fmt: skip
+    if len(chosen) > 1:
+        return f"{' and '.join(chosen)} exclude each other: give one"
+    if selection.filter is not None:
+        return filter_problem(selection.filter)
+    if selection.stack_limit <= 0:
+        return f"a stack limit of {selection.stack_limit} bytes takes nothing: give a positive size"
+    return None
 
 
 class CaptureFlags(enum.IntFlag):
@@ -190,7 +245,62 @@ class MemoryProtection(enum.IntFlag):
     WRITECOMBINE = 0x400
 
 
-@dataclass(frozen=True, slots=True)
+@record
+class Namespaces:
+    """The namespaces a process lives in, by inode number (/proc/PID/ns/NAME): two processes share a namespace
+    exactly when their numbers match. None where the link could not be read."""
+
+    pid: int | None = None
+    mnt: int | None = None
+    net: int | None = None
+    user: int | None = None
+    cgroup: int | None = None
+
+
+@record
+class Container:
+    """The container a process runs in, as its cgroup path or its environment shows it.
+
+    `runtime` is "docker", "containerd", "cri-o", "kubernetes" (a kubepods cgroup that names no runtime), "podman"
+    or "systemd-nspawn" from a cgroup path; from the environment it is the `container=` value as given. `id` is the
+    runtime's container ID (64 hex digits; a machine name for systemd-nspawn), None where only the environment
+    says there is a container. `source` is "cgroup" or "environ".
+    """
+
+    runtime: str
+    id: str | None
+    source: str
+
+    @property
+    def short_id(self) -> str:
+        """The ID as docker shows it (12 hex digits), a machine name whole; "-" without one."""
+        if self.id is None:
+            return "-"
+        return self.id[:12] if self.source == "cgroup" and self.runtime != "systemd-nspawn" else self.id
+
+
+@record
+class ProcessLocation:
+    """Where a process lives: its PID in each PID namespace, its namespaces, its cgroup and its container.
+
+    `ns_pids` is /proc/PID/status NSpid: the PID in the namespace of the /proc that was read (the PID pss-dup
+    sees) first, the PID in the process's own namespace last; one number when both are the same namespace. A PID
+    in a namespace above pss-dup's (the host's, seen from a container) is never visible. `cgroup` is the cgroup v2
+    path (the v1 `name=systemd` one on a host without v2 membership), relative to the reader's cgroup namespace.
+    """
+
+    ns_pids: tuple[int, ...] | None = None
+    namespaces: Namespaces | None = None
+    cgroup: str | None = None
+    container: Container | None = None
+
+    @property
+    def inner_pid(self) -> int | None:
+        """The PID the process has in its own PID namespace (what `ps` inside its container shows)."""
+        return self.ns_pids[-1] if self.ns_pids else None
+
+
+@record
 class ProcessInfo:
     """PSS_PROCESS_INFORMATION plus what Linux adds. Times are seconds; start_time is a Unix timestamp."""
 
@@ -228,9 +338,11 @@ class ProcessInfo:
     no_new_privs: bool | None = None
     dumpable: bool | None = None
     peb_base_address: int | None = None
+    #: Namespaces, cgroup and container (Linux); None where the platform has none or /proc would not say.
+    location: ProcessLocation | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SyscallState:
     """The syscall a thread is blocked in (/proc/PID/task/TID/syscall; Windows LastSyscallNumber)."""
 
@@ -241,7 +353,7 @@ class SyscallState:
     program_counter: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadContext:
     """A thread's register context.
 
@@ -263,7 +375,7 @@ class ThreadContext:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThreadEntry:
     """PSS_THREAD_ENTRY plus Linux's scheduler facts.
 
@@ -292,9 +404,12 @@ class ThreadEntry:
     start_address: int | None = None
     suspend_count: int | None = None
     nice: int | None = None
+    #: The 128-byte siginfo of the signal this thread was stopped delivering, when the capture was made for that
+    #: signal (`watch --on-signal/--on-crash`); a core then names it (NT_SIGINFO, pr_cursig).
+    siginfo: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HandleEntry:
     """PSS_HANDLE_ENTRY; on Linux a file descriptor.
 
@@ -320,7 +435,7 @@ class HandleEntry:
     type_specific: tuple[tuple[str, str | int], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VaRegion:
     """PSS_VA_SPACE_ENTRY; on Linux a line of /proc/PID/maps with its smaps figures."""
 
@@ -349,7 +464,7 @@ class VaRegion:
         return self.base + self.size
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemoryCapture:
     """What memory content a snapshot carries, and how it got it."""
 
@@ -364,9 +479,18 @@ class MemoryCapture:
     #: The second, short stop of one thread of the source: the injected wait4 that reaps the dead VA clone; None
     #: until it is reaped, and for a copy made while frozen (no clone).
     reap_stopped_ms: float | None = None
+    #: How the memory was chosen: "kernel" (the kernel's core-dump rules with `filter`), "all" (everything readable,
+    #: MADV_DONTDUMP included) or "mini" (registers' stacks, ELF headers and the loader's data: a backtrace's needs).
+    selection: str = "kernel"
+    #: The coredump_filter mask the kernel's rules used, and where it came from: "process" (/proc/PID/coredump_filter),
+    #: "--filter", or "kernel default" (the file could not be read). None when no mask applied ("all", "mini").
+    filter: int | None = None
+    filter_source: str | None = None
+    #: A mini core's cap on the stack bytes taken per thread; None for other cores.
+    stack_limit: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DumpOutput:
     """What a dump wrote, beside the snapshot it holds: the core's size, the bytes that went out (fewer when
     compressed), the room it takes on disk (a sparse core leaves its zero pages out; None for a stream), and how
@@ -385,7 +509,7 @@ class DumpOutput:
         return self.core_bytes / self.written_bytes if self.compression and self.written_bytes else None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Performance:
     """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen.
 
@@ -402,7 +526,7 @@ class Performance:
     wait_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Interruption:
     """A thread that pss-dup's stop woke out of a blocked call that fails with EINTR: whether the call was issued
     again (the process saw nothing), with what timeout, or why the process saw EINTR."""
@@ -415,7 +539,7 @@ class Interruption:
     note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Snapshot:
     """One captured process. `threads`, `handles` and `va_space` are None when their flag was not asked for."""
 
@@ -429,12 +553,12 @@ class Snapshot:
     va_space: tuple[VaRegion, ...] | None
     performance: Performance
     memory: MemoryCapture | None = None
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
     #: Blocked calls the freeze interrupted (Linux); None where the platform has no such thing.
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AccessUse:
     """The access one operation took on one process: a Windows access mask, or the Linux checks it passed."""
 
@@ -444,7 +568,7 @@ class AccessUse:
     mask: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CapturePlan:
     """A capture a dry run would make, checked without stopping the process: the access it would take (each check
     that can be made without stopping it passed) and the steps it would take. It stands for the snapshot in a
@@ -454,10 +578,10 @@ class CapturePlan:
     flags: CaptureFlags
     access: AccessUse
     actions: tuple[str, ...]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DuplicateResult:
     """What `dup` did (PssDuplicateSnapshot): the handle that the target now holds, and what it cost."""
 
@@ -475,7 +599,7 @@ class DuplicateResult:
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FreeResult:
     """What `free` did (PssFreeSnapshot in another process)."""
 
@@ -490,7 +614,7 @@ class FreeResult:
     interruptions: tuple[Interruption, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResourceSample:
     """One look at a watched process (`pss-dup watch`): read from /proc without stopping or tracing it.
 
@@ -504,3 +628,35 @@ class ResourceSample:
     threads: int
     fds: int | None = None
     thread_states: tuple[tuple[int, str], ...] = ()
+
+
+@record
+class AttachSpec:
+    """What an attached watch waits for (--on-signal, --on-crash, --on-exit): it then keeps the process seized."""
+
+    signals: frozenset[int] = frozenset()
+    crash: bool = False
+    exit: bool = False
+
+    @property
+    def any(self) -> bool:
+        return bool(self.signals) or self.crash or self.exit
+
+
+@record
+class WatchStop:
+    """A thread an attached watch holds in a stop for the watcher to act on, and what it was doing there.
+
+    `trigger` is "signal" (a --on-signal signal on its way in), "crash" (a fatal signal with its default action) or
+    "exit" (the process is exiting). For signals: `signo`, `code` (si_code), `address` (si_addr of a fault) and
+    `sender` (si_pid of a signal a process sent). For an exit: `exit_status` (the exit code), or `signo` the signal
+    that ends it.
+    """
+
+    tid: int
+    trigger: str
+    signo: int = 0
+    code: int | None = None
+    address: int | None = None
+    sender: int | None = None
+    exit_status: int | None = None

@@ -8,14 +8,13 @@ separator, no leading dot or dash, nothing a shell would read as something else.
 from __future__ import annotations
 
 import re
-import socket
 import string
 import time
 
 #: Characters kept from a value; anything else becomes "_".
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 #: The fields every template may use; `watch` adds {n}, its action count.
-FIELDS = ("name", "pid", "trigger", "time", "host")
+FIELDS = ("name", "pid", "trigger", "time", "host", "container")
 WATCH_FIELDS = (*FIELDS, "n")
 #: The name that stands for standard output.
 STDOUT = "-"
@@ -56,8 +55,15 @@ def template_problem(template: str, fields: tuple[str, ...] = FIELDS) -> str | N
     return None
 
 
-def file_name(template: str, *, name: str, pid: int, trigger: str, when: float, n: int = 1) -> str:
-    """A file name from a --name template that template_problem accepted."""
+def file_name(
+    template: str, *, name: str, pid: int, trigger: str, when: float, n: int = 1, container: str | None = None
+) -> str:
+    """A file name from a --name template that template_problem accepted.
+
+    `container` is the process's container as {container} shows it (a short ID, or a machine's name): "host"
+    outside one."""
+    import socket  # only a template names the host: not loaded with every command that imports this module
+
     values = {
         "name": safe(name)[:64],
         "pid": pid,
@@ -65,5 +71,6 @@ def file_name(template: str, *, name: str, pid: int, trigger: str, when: float, 
         "time": stamp(when),
         "host": safe(socket.gethostname(), empty="host"),
         "n": n,
+        "container": safe(container or "host", empty="host")[:64],
     }
     return template.format(**values)

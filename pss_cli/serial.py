@@ -1,6 +1,7 @@
 """The model as JSON-ready dicts, and back: the platform-neutral serialised form of a snapshot.
 
-`to_dict` walks any model dataclass; `from_dict` is its strict inverse, driven by the dataclasses' type hints, and
+`to_dict` walks any model record (pss_cli.record) or dataclass; `from_dict` is its strict inverse, driven by their
+type hints, and
 is meant for untrusted input (a snapshot read from another process): every value is type-checked, unknown and
 missing keys are refused, sizes are bounded, and the only exception it raises is `errors.BadSnapshot`, whose
 one-line message names the path of the offending field. The schema is documented in docs/snapshot-format.md.
@@ -8,15 +9,16 @@ one-line message names the path of the offending field. The schema is documented
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import math
 import re
+import sys
 import types
 import typing
 from typing import Any, TypeVar
 
+from pss_cli import record
 from pss_cli.errors import BadSnapshot
 from pss_cli.model import SCHEMA_VERSION
 
@@ -69,19 +71,41 @@ def to_json(value: object) -> Any:
     return _encode(value)
 
 
+def _is_model_class(cls: object) -> bool:
+    """A record or a dataclass. No class is a dataclass where the dataclasses module was never imported, so a run
+    that uses records only (a capture as JSON) does not import it here."""
+    if record.is_record(cls):
+        return True
+    dataclasses = sys.modules.get("dataclasses")
+    return dataclasses is not None and dataclasses.is_dataclass(cls)
+
+
 def _is_dataclass_instance(obj: object) -> bool:
-    return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+    return not isinstance(obj, type) and _is_model_class(type(obj))
+
+
+def _declared_fields(cls: type) -> list[tuple[str, bool]]:
+    """(name, required) of each field of a record or a dataclass, in order."""
+    if record.is_record(cls):
+        optional = record.defaults(cls)
+        return [(name, name not in optional) for name in record.fields(cls)]
+    import dataclasses
+
+    return [
+        (f.name, f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)
+    ]
 
 
 def _encode_dataclass(obj: Any) -> dict[str, Any]:
     pairs = _pair_fields(type(obj))
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in pairs and isinstance(value, tuple):
-            out[f.name] = _encode_pairs(value)
+    for name, _ in _declared_fields(type(obj)):
+        value = getattr(obj, name)
+        if name in pairs and isinstance(value, tuple):
+            out[name] = _encode_pairs(value)
         else:
-            out[f.name] = _encode(value)
+            out[name] = _encode(value)
     return out
 
 
@@ -131,7 +155,7 @@ def _flag_names(value: enum.IntFlag) -> list[str]:
 # --------------------------------------------------------------------------------------------------------- decode
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record.record
 class _FieldSpec:
     name: str
     type: Any
@@ -143,15 +167,14 @@ _FIELDS: dict[type, tuple[_FieldSpec, ...]] = {}
 
 
 def _fields_of(cls: type) -> tuple[_FieldSpec, ...]:
-    """The fields of a model dataclass with their resolved type hints, computed once per class."""
+    """The fields of a model record or dataclass with their resolved type hints, computed once per class."""
     cached = _FIELDS.get(cls)
     if cached is not None:
         return cached
     hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        specs.append(_FieldSpec(f.name, hints[f.name], required, _is_pairs_type(hints[f.name])))
+    specs = [
+        _FieldSpec(name, hints[name], required, _is_pairs_type(hints[name])) for name, required in _declared_fields(cls)
+    ]
     _FIELDS[cls] = tuple(specs)
     return _FIELDS[cls]
 
@@ -208,7 +231,7 @@ def from_dict(cls: type[T], data: object, *, what: str = "snapshot") -> T:
     Raises only BadSnapshot, e.g. "snapshot field threads[3].context.registers.rip: expected an integer".
     `what` names the document in that message.
     """
-    if not dataclasses.is_dataclass(cls):
+    if not _is_model_class(cls):
         raise TypeError(f"from_dict takes a model dataclass, not {cls!r}")
     decoder = _Decoder(what)
     try:
@@ -269,7 +292,7 @@ class _Decoder:
             if pairs:
                 return self.pairs(tp, data, path, depth)
             return self.sequence(tp, data, path, depth)
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and _is_model_class(tp):
             return self.dataclass(tp, data, path, depth)
         raise TypeError(f"from_dict cannot decode type {tp!r}")
 

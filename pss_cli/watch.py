@@ -4,25 +4,30 @@ Nothing here reads /proc or touches a process: the command feeds `Sample`s (from
 per process, asks `Limits` whether it may act, and reports what happened as event records. That keeps every rule
 (thresholds, --for windows, --every, -n, --max-size) testable without starting a process.
 
-Two kinds of triggers:
+Three kinds of triggers:
 - level triggers (--cpu, --cpu-below, --memory-below, --fds, --threads, --hang) fire whenever their condition holds
   (for --cpu/--cpu-below: for --for seconds in a row) and --every lets the process be acted on again;
-- --memory thresholds are edge triggers: each fires once, in ascending order, one action per threshold crossed.
+- --memory thresholds are edge triggers: each fires once, in ascending order, one action per threshold crossed;
+- --on-signal, --on-crash and --on-exit are events an attached watch sees (the backend keeps the process seized
+  and holds the thread in its stop while the action runs): one `Fired` per event, from `fired_for`.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pss_cli.model import ResourceSample
+from pss_cli.model import AttachSpec, DumpSelection, ResourceSample, WatchStop
 
 #: Size suffixes, binary like ps and free: 512M is 512 MiB.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DEFAULT_TEMPLATE = "{name}_{trigger}_{time}.{pid}.core"
+#: What --on-signal cannot watch: SIGKILL never reaches a tracer.
+UNWATCHABLE_SIGNALS = frozenset({"SIGKILL"})
 #: Below this the watcher would spend a core on sampling and the kernel's tick (CPU times count in 1/CLK_TCK s) could
 #: not tell a busy process from an idle one within one interval.
 MIN_POLL = 0.01
@@ -34,6 +39,29 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a size (like 4096, 512K, 512M, 2G)")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def parse_signal(text: str) -> int:
+    """'USR1', 'SIGUSR1', 'sigusr1' or '10' as a signal number; ValueError for anything else."""
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if not 1 <= number <= 64:
+            raise ValueError(f"{text!r} is not a signal number (1 to 64)")
+        return number
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"{text!r} is not a signal name (like USR1, SIGSEGV) or number") from None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
 
 
 def size_text(size: int) -> str:
@@ -56,11 +84,20 @@ class Triggers:
     fds: int | None = None
     threads: int | None = None
     hang: float | None = None
+    on_signal: tuple[int, ...] = ()
+    on_crash: bool = False
+    on_exit: bool = False
+
+    @property
+    def attach(self) -> AttachSpec:
+        """The triggers only an attached watch sees (it then keeps the process seized)."""
+        return AttachSpec(frozenset(self.on_signal), self.on_crash, self.on_exit)
 
     @property
     def any(self) -> bool:
         return bool(
             self.memory
+            or self.attach.any
             or any(
                 v is not None for v in (self.cpu, self.cpu_below, self.memory_below, self.fds, self.threads, self.hang)
             )
@@ -120,6 +157,9 @@ def problems(triggers: Triggers, limits: LimitSettings) -> list[str]:
         found.append(f"--memory thresholds must be given in ascending order, each once (got {listed})")
     if triggers.memory_below is not None and triggers.memory and triggers.memory_below > triggers.memory[0]:
         found.append("--memory-below is above the first --memory threshold: no process can be both")
+    for number in triggers.on_signal:
+        if signal_name(number) in UNWATCHABLE_SIGNALS:
+            found.append(f"--on-signal {signal_name(number)}: that signal never reaches a tracer, it cannot be watched")
     return found
 
 
@@ -224,6 +264,7 @@ class TriggerState:
         elif fired.trigger == "hang":
             self._progress_at = now
             self._d_since = dict.fromkeys(self._d_since, now)
+        # signal, crash, exit: events, nothing to rearm
 
     def current(self, sample: ResourceSample | None) -> dict[str, float | None]:
         """The value of each requested trigger now, for the status line and `sample` events."""
@@ -242,6 +283,26 @@ class TriggerState:
         if t.hang is not None and self._progress_at is not None:
             values["idle_seconds"] = round(sample.at - self._progress_at, 3)
         return values
+
+
+def fired_for(stop: WatchStop) -> Fired:
+    """The trigger an attached watch's held stop stands for. `value` and `threshold` are the signal number for
+    "signal" and "crash"; for "exit", `value` is the exit status (128 + N for a signal N, as shells say)."""
+    detail: dict[str, Any] = {"tid": stop.tid}
+    if stop.trigger == "exit":
+        if stop.exit_status is not None:
+            detail["status"] = stop.exit_status
+            return Fired("exit", stop.exit_status, 0, detail)
+        detail["signal"] = signal_name(stop.signo)
+        return Fired("exit", 128 + stop.signo, 0, detail)
+    detail["signal"] = signal_name(stop.signo)
+    if stop.code is not None:
+        detail["si_code"] = stop.code
+    if stop.address is not None:
+        detail["si_addr"] = f"{stop.address:#x}"
+    if stop.sender is not None:
+        detail["sender_pid"] = stop.sender
+    return Fired(stop.trigger, stop.signo, stop.signo, detail)
 
 
 # ---- limits ---------------------------------------------------------------------------------------------------
@@ -298,6 +359,8 @@ class Started(Event):
     triggers: dict[str, Any]
     action: str
     limits: dict[str, Any]
+    #: Set when the watch keeps its targets seized (--on-signal/--on-crash/--on-exit): what that means for them.
+    attached: str | None = None
     kind = "started"
 
 
@@ -330,6 +393,8 @@ class ActionEvent(Event):
     bytes: int | None = None
     stopped_ms: float | None = None
     captured_at: float | None = None
+    #: How a dump took the memory: "va-clone" or "frozen-copy".
+    method: str | None = None
     handle: int | None = None
     exec_status: int | None = None
     error: str | None = None
@@ -347,8 +412,12 @@ class TargetAppeared(Event):
 class TargetExited(Event):
     pid: int
     name: str
-    #: A watcher that is not the parent (and not tracing) cannot learn the exit status: None then.
+    #: The exit code; None when a signal ended it (`signal`), or when the watcher could not learn it (it was neither
+    #: the parent nor attached).
     status: int | None = None
+    signal: str | None = None
+    #: Signals the attached watch passed on to it, by name.
+    signals: dict[str, int] | None = None
     kind = "target-exited"
 
 
@@ -359,6 +428,8 @@ class Finished(Event):
     actions: int
     failed: int
     bytes_written: int
+    #: An attached watch: the signals passed on to each process ({pid: {name: count}}), every one delivered.
+    signals: dict[str, dict[str, int]] | None = None
     kind = "finished"
 
 
@@ -373,3 +444,7 @@ class Action:
     exec_command: str | None = None
     #: --compress for dumps: the compression (pss_cli.compress), or None.
     compress: str | None = None
+    #: What memory a dump takes (--mini, --filter, --all-memory); None: what the kernel would dump.
+    selection: DumpSelection | None = None
+    #: --clone-method of the dumps; None: as `dump` chooses (a crash or exit an attached watch holds: copy).
+    clone_method: str | None = None

@@ -2,22 +2,27 @@
 
 The rules live in pss_cli.watch (pure); the sampling in the platform backend (Linux: /proc only, nothing stopped or
 traced between actions); the actions reuse the existing paths (dump with the clone method, capture, duplicate).
+--on-signal, --on-crash and --on-exit keep the targets seized instead (the backend's attached watch): a thread it
+holds in a stop wakes the loop at once, is acted on while it stays held, and is then let go as it would have gone.
 Nothing here imports click or rich: the command passes a `Reporter`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pss_cli.compress import SUFFIXES
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
-from pss_cli.model import ResourceSample
+from pss_cli.model import KERNEL_DUMP, ResourceSample, WatchStop
 from pss_cli.naming import file_name
 from pss_cli.platform import WatchedProcess, backend
 from pss_cli.watch import (
@@ -35,11 +40,18 @@ from pss_cli.watch import (
     Triggered,
     Triggers,
     TriggerState,
+    fired_for,
+    signal_name,
 )
 
 #: With --all --wait, new processes are looked for at most this often: a scan of every process costs far more than a
 #: sample of one.
 RESCAN_SECONDS = 1.0
+#: What the `started` event and the first line say when the watch keeps its targets seized.
+ATTACHED_NOTE = (
+    "--on-signal/--on-crash/--on-exit keep each target seized (ptrace) for the whole watch: a second debugger "
+    "(gdb, strace) cannot attach to it meanwhile; every signal is passed on as it came"
+)
 
 
 @dataclass(slots=True)
@@ -90,6 +102,10 @@ class Watcher:
     _pending: list[str] = field(default_factory=list)
     _seen: set[int] = field(default_factory=set)
     _fired_any: bool = False
+    #: Set by an attached watch's tracer thread when it holds a stop: the loop wakes at once rather than at the poll.
+    _wake: threading.Event = field(default_factory=threading.Event)
+    #: Signals passed on to processes no longer watched, by pid.
+    _signals_done: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def run(self) -> int:
         """Watch until -n/--max-size is reached, every target has exited, or --duration runs out; the exit code."""
@@ -104,6 +120,7 @@ class Watcher:
                     self._trigger_record(),
                     self.action.kind,
                     self._limit_record(),
+                    ATTACHED_NOTE if self.triggers.attach.any else None,
                 )
             )
             deadline = None if self.limits.duration is None else started + self.limits.duration
@@ -114,13 +131,18 @@ class Watcher:
                 if self.wait and (self._pending or self.all_matches) and now - last_scan >= RESCAN_SECONDS:
                     self._find_targets(first=False)
                     last_scan = now
+                due = now >= next_tick - 1e-4
                 for w in list(self.watched.values()):
-                    self._poll(w)
+                    self._held_stops(w)
+                    if due and w.pid in self.watched:
+                        self._poll(w)
                     if self.triggers.any and self.bookkeeping.exhausted:
                         return self._finish(self.bookkeeping.exhausted)
-                self.reporter.status(
-                    [StatusRow(w.pid, w.name, w.state.current(w.sample), w.actions) for w in self.watched.values()]
-                )
+                if due:
+                    self.reporter.status([self._status_row(w) for w in self.watched.values()])
+                    next_tick += self.limits.poll
+                    if next_tick < time.monotonic():  # fell behind (a long action): keep the pace from now
+                        next_tick = time.monotonic()
                 waiting = self.wait and (self._pending or self.all_matches)
                 if not self.triggers.any and not waiting and all(w.actions for w in self.watched.values()):
                     return self._finish("acted")
@@ -128,16 +150,28 @@ class Watcher:
                     return self._finish("targets-exited")
                 if deadline is not None and time.monotonic() >= deadline:
                     return self._finish("duration")
-                next_tick += self.limits.poll
-                pause = next_tick - time.monotonic()
-                if pause < 0:  # fell behind (a long action): sample again now, and keep the pace from here
-                    next_tick, pause = time.monotonic(), 0
+                pause = max(0.0, next_tick - time.monotonic())
                 if deadline is not None:
                     pause = min(pause, max(0.0, deadline - time.monotonic()))
-                time.sleep(pause)
+                self._wake.wait(pause)
+                self._wake.clear()
         finally:
             for w in self.watched.values():
                 w.proc.close()
+
+    def _status_row(self, w: Watched) -> StatusRow:
+        values = w.state.current(w.sample)
+        if self.triggers.attach.any:
+            values["signals"] = sum(w.proc.signal_counts().values())
+        return StatusRow(w.pid, w.name, values, w.actions)
+
+    def _signal_record(self) -> dict[str, dict[str, int]] | None:
+        if not self.triggers.attach.any:
+            return None
+        record = {str(pid): counts for pid, counts in self._signals_done.items()}
+        for w in self.watched.values():
+            record[str(w.pid)] = named_counts(w.proc.signal_counts())
+        return record
 
     def _finish(self, reason: str) -> int:
         b = self.bookkeeping
@@ -147,13 +181,17 @@ class Watcher:
             code = ExitCode.TIMEOUT
         else:
             code = ExitCode.OK
-        self.reporter.event(Finished(time.time(), reason, int(code), b.actions, b.failed, b.bytes_written))
+        self.reporter.event(
+            Finished(time.time(), reason, int(code), b.actions, b.failed, b.bytes_written, self._signal_record())
+        )
         return int(code)
 
     def interrupted(self, reason: str, code: int) -> None:
         """Ctrl-C or SIGTERM: the last event says so (the command exits through its usual path)."""
         b = getattr(self, "bookkeeping", Limits(self.limits))
-        self.reporter.event(Finished(time.time(), reason, code, b.actions, b.failed, b.bytes_written))
+        self.reporter.event(
+            Finished(time.time(), reason, code, b.actions, b.failed, b.bytes_written, self._signal_record())
+        )
 
     # ---- targets ----------------------------------------------------------------------------------------------
 
@@ -183,8 +221,9 @@ class Watcher:
                 self._add(pid, announce=not first)
 
     def _add(self, pid: int, *, announce: bool) -> None:
+        attach = self.triggers.attach
         try:
-            proc = backend().watch(pid)
+            proc = backend().watch(pid, attach if attach.any else None, self._wake.set)
         except NoSuchProcess:
             if not self.wait:
                 raise
@@ -210,10 +249,37 @@ class Watcher:
         if fired and (self.bookkeeping.may_act(w.pid, w.sample.at) or fired[0].trigger == "now"):
             self._act(w, fired[0])
 
+    def _held_stops(self, w: Watched) -> None:
+        """Act on each thread the attached watch holds (a signal, a crash, the exit), then let it go on."""
+        for stop in w.proc.stops():
+            try:
+                self._act_on_stop(w, stop)
+            finally:
+                w.proc.release(stop)
+
+    def _act_on_stop(self, w: Watched, stop: WatchStop) -> None:
+        fired = fired_for(stop)
+        if self.bookkeeping.may_act(w.pid, time.monotonic()):
+            self._act(w, fired)
+
     def _gone(self, w: Watched) -> None:
+        status = w.proc.exit_status()
+        counts = named_counts(w.proc.signal_counts())
         w.proc.close()
         del self.watched[w.pid]
-        self.reporter.event(TargetExited(time.time(), w.pid, w.name))
+        code, signo = status if status is not None else (None, None)
+        if self.triggers.attach.any:
+            self._signals_done[w.pid] = counts
+        self.reporter.event(
+            TargetExited(
+                time.time(),
+                w.pid,
+                w.name,
+                code,
+                None if signo is None else signal_name(signo),
+                counts if self.triggers.attach.any else None,
+            )
+        )
 
     def _act(self, w: Watched, fired: Fired) -> None:
         detail = dict(fired.detail)
@@ -249,6 +315,8 @@ class Watcher:
         return ActionEvent(time.time(), w.pid, w.name, a.kind, trigger, ok, **fields)
 
     def _dump(self, w: Watched, trigger: str) -> dict[str, Any]:
+        from pss_cli import api
+
         base = file_name(
             self.action.template,
             name=w.name,
@@ -256,6 +324,7 @@ class Watcher:
             trigger=trigger,
             when=time.time(),
             n=self.bookkeeping.actions + 1,
+            container=api.container_label(w.pid) if "{container}" in self.action.template else None,
         )
         compress = self.action.compress
         if compress is not None and not base.endswith(SUFFIXES[compress]):
@@ -264,7 +333,13 @@ class Watcher:
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
             try:
                 snap = backend().dump(
-                    w.pid, path, force=False, timeout=self.timeout, clone_method="clone", compress=compress
+                    w.pid,
+                    path,
+                    force=False,
+                    timeout=self.timeout,
+                    clone_method=self.action.clone_method,
+                    compress=compress,
+                    selection=self.action.selection or KERNEL_DUMP,
                 )
                 break
             except OutputExists as exc:
@@ -278,6 +353,7 @@ class Watcher:
             "bytes": os.stat(path).st_size,
             "stopped_ms": snap.performance.stopped_ms,
             "captured_at": snap.captured_at,
+            "method": snap.memory.method if snap.memory is not None else None,
         }
 
     def _capture(self, w: Watched, trigger: str) -> dict[str, Any]:
@@ -317,6 +393,9 @@ class Watcher:
             "fds": t.fds,
             "threads": t.threads,
             "hang": t.hang,
+            "on_signal": [signal_name(n) for n in t.on_signal],
+            "on_crash": t.on_crash or None,
+            "on_exit": t.on_exit or None,
         }
         return {k: v for k, v in record.items() if v not in (None, [])}
 
@@ -342,8 +421,28 @@ def run_exec(command: str, pid: int, trigger: str, path: str | None, handle: int
         "PSS_DUP_HANDLE": "" if handle is None else str(handle),
     }
     sys.stdout.flush()
-    done = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+    with sigchld_unblocked():
+        done = subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
     return done.returncode if done.returncode >= 0 else 128 - done.returncode
+
+
+@contextlib.contextmanager
+def sigchld_unblocked() -> Iterator[None]:
+    """An attached watch blocks SIGCHLD in this thread (its tracer threads wait for it); a command started meanwhile
+    must not inherit that mask (a shell waits for its own children with it)."""
+    if sys.platform == "win32":
+        yield
+        return
+    was = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    try:
+        yield
+    finally:
+        if signal.SIGCHLD in was:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+
+
+def named_counts(counts: dict[int, int]) -> dict[str, int]:
+    return {signal_name(n): c for n, c in sorted(counts.items())}
 
 
 def process_name(pid: int) -> str:

@@ -55,6 +55,7 @@ def test_json_record_describes_the_process_and_lists_its_snapshot_fds(holder: Ho
         "cmdline": [sys.executable, "-c", HOLDER, holder.name, "decoys"],
         "create_time": proc.create_time(),
         "snapshots": [holder.snapshot_fd],  # the two memfds named pss-snapshot are not snapshots: left out
+        "container": None,
     }
     assert len(holder.decoy_fds) == 2
     assert all(os.readlink(f"/proc/{holder.pid}/fd/{fd}") == "/memfd:pss-snapshot (deleted)" for fd in holder.decoy_fds)
@@ -148,7 +149,8 @@ def test_table_marks_the_snapshot_holder_and_shows_hostile_names_as_they_are() -
         result = run_cli("ps", "--parent", str(os.getpid()))
         assert result.returncode == 0, result.stderr
         header, row = result.stdout.splitlines()
-        assert header.split() == ["pid", "ppid", "user", "name", "threads", "fds", "rss", "snap", "command"]
+        columns = ["pid", "ppid", "user", "name", "threads", "fds", "rss", "snap", "container", "command"]
+        assert header.split() == columns
         assert row.split()[:4] == [str(h.pid), str(os.getpid()), pwd.getpwuid(os.getuid()).pw_name, name]
         assert " *1 " in row
     finally:

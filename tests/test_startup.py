@@ -42,32 +42,41 @@ def loaded(found: set[str], *prefixes: str) -> set[str]:
 
 
 def test_the_import_probe_sees_what_a_table_needs(sleeper: subprocess.Popen[bytes]) -> None:
-    """The probe itself: a table report does load rich, so its absence below means something."""
+    """The probe itself: a table report does load rich, and help loads click, so their absence below means
+    something."""
     found, result = imports_of("capture", str(sleeper.pid), "--flags", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert loaded(found, "rich") and "pss_cli.cli.capture" in found
+    found, result = imports_of("capture", "--help")
+    assert result.returncode == 0 and loaded(found, "click")
 
 
-def test_capture_with_a_pid_as_json_loads_no_rich_psutil_injection_or_other_command(
+def test_capture_with_a_pid_as_json_loads_no_click_rich_psutil_injection_dataclasses_or_other_command(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
+    """The quick path runs it (no click), and the model's records need neither dataclasses nor inspect."""
     found, result = imports_of("capture", str(sleeper.pid), "--handles", "-o", "json")
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["results"][0]["snapshot"]["handles"]
-    assert loaded(found, "rich", "psutil", *INJECTION_AND_CORE, "pss_cli.doctor") == set()
+    assert loaded(found, "click", "rich", "psutil", *INJECTION_AND_CORE, "pss_cli.doctor") == set()
+    assert loaded(found, "dataclasses", "inspect") == set()
     assert loaded(found, *COMMAND_MODULES) == {"pss_cli.cli.capture"}
 
 
-def test_ps_as_json_loads_no_rich_and_no_tracing_or_injection_code() -> None:
-    """(The snapshot reader, memfd and elfcore, loads only if some process holds an fd named like a snapshot.)"""
+def test_ps_as_json_loads_no_click_rich_or_dataclasses_and_no_tracing_or_injection_code() -> None:
+    """(The snapshot reader, memfd and elfcore, loads only if some process holds an fd named like a snapshot; the
+    serialiser only if some process is in a container.)"""
     found, result = imports_of("ps", "-o", "json")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout)["ok"] is True
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    if all(record["container"] is None for record in document["results"]):
+        assert "pss_cli.serial" not in found  # the serialiser loads for a container record only
     tracing = ("pss_cli.platform.linux.access", "pss_cli.platform.linux.freeze", "pss_cli.platform.linux.ptrace")
     injection = tuple(
         f"pss_cli.platform.linux.{name}" for name in ("inject", "vaclone", "copyengine", "dumprules", "pagescan")
     )
-    assert loaded(found, "rich", *tracing, *injection) == set()
+    assert loaded(found, "click", "rich", "dataclasses", "inspect", *tracing, *injection) == set()
     assert loaded(found, *COMMAND_MODULES) == {"pss_cli.cli.ps"}
 
 

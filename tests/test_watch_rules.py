@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pss_cli.model import ResourceSample
+from pss_cli.model import ResourceSample, WatchStop
 from pss_cli.naming import WATCH_FIELDS, file_name, template_problem
 from pss_cli.watch import (
     DEFAULT_TEMPLATE,
@@ -13,6 +13,8 @@ from pss_cli.watch import (
     LimitSettings,
     Triggers,
     TriggerState,
+    fired_for,
+    parse_signal,
     parse_size,
     problems,
 )
@@ -151,7 +153,7 @@ def test_bad_templates_are_refused(template: str) -> None:
 
 
 def test_every_field_is_allowed_in_a_template() -> None:
-    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}.core", WATCH_FIELDS) is None
+    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}-{container}.core", WATCH_FIELDS) is None
 
 
 def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:
@@ -160,3 +162,40 @@ def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:
     assert feed(state, [sample(0, 0), sample(1, 0.9), sample(1.998, 1.8)]) == [[], [], ["cpu"]]
     hang = TriggerState(Triggers(hang=1))
     assert feed(hang, [sample(0, 3), sample(0.499, 3), sample(0.998, 3)]) == [[], [], ["hang"]]
+
+
+def test_container_token_names_the_container_or_host() -> None:
+    inside = file_name("{container}_{pid}.core", name="x", pid=7, trigger="cpu", when=0, n=1, container="4f3c2a1b9d8e")
+    assert inside == "4f3c2a1b9d8e_7.core"
+    assert file_name("{container}.core", name="x", pid=7, trigger="cpu", when=0, n=1) == "host.core"
+    assert file_name("{container}.core", name="x", pid=7, trigger="cpu", when=0, n=1, container="../a b") == "a_b.core"
+    assert template_problem("{container}_{pid}.core") is None
+
+
+@pytest.mark.parametrize("text", ["USR1", "SIGUSR1", "sigusr1", "10"])
+def test_signals_are_named_as_people_write_them(text: str) -> None:
+    assert parse_signal(text) == 10
+
+
+@pytest.mark.parametrize("text", ["USR9", "0", "65", "", "SIG"])
+def test_what_is_no_signal_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_signal(text)
+
+
+def test_sigkill_cannot_be_watched_and_attached_triggers_count_as_triggers() -> None:
+    triggers = Triggers(on_signal=(9,))
+    assert triggers.any and triggers.attach.any
+    assert any("never reaches a tracer" in p for p in problems(triggers, LimitSettings()))
+    assert not problems(Triggers(on_signal=(10, 19), on_crash=True, on_exit=True), LimitSettings())
+
+
+def test_a_held_stop_reports_its_signal_and_where_it_came_from() -> None:
+    crash = fired_for(WatchStop(7, "crash", signo=11, code=1, address=0))
+    assert (crash.trigger, crash.value, crash.threshold) == ("crash", 11, 11)
+    assert crash.detail == {"tid": 7, "signal": "SIGSEGV", "si_code": 1, "si_addr": "0x0"}
+    sent = fired_for(WatchStop(7, "signal", signo=10, code=0, sender=99))
+    assert sent.detail["sender_pid"] == 99 and "si_addr" not in sent.detail
+    assert fired_for(WatchStop(7, "exit", exit_status=3)).value == 3
+    killed = fired_for(WatchStop(7, "exit", signo=15))
+    assert killed.value == 128 + 15 and killed.detail["signal"] == "SIGTERM"

@@ -1,13 +1,13 @@
-"""`pss-dup capture TARGET`: PssCaptureSnapshot and a report."""
+"""`pss-dup capture TARGET`: PssCaptureSnapshot and a report.
+
+Declared without click (pss_cli.cli.declare): a script's `capture PID -o json` runs on the quick path.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import click
-
-from pss_cli.cli.common import output_options
-from pss_cli.cli.params import TARGET
+from pss_cli.cli.declare import TARGET, Param, argument, command, declared, option, output_options
 from pss_cli.errors import ExitCode, PssError, UsageError
 from pss_cli.model import DEFAULT_CAPTURE, EVERYTHING, CaptureFlags
 from pss_cli.render.console import Ui
@@ -95,19 +95,20 @@ def selected_flags(chosen: CaptureFlags | None, everything: bool, mask: str | No
     return flags
 
 
+#: The selection options, shared by `capture`, `dup` and `dump`.
+CAPTURE_OPTIONS = (
+    Param("option", ("--flags", "mask"), {
+        "metavar": "MASK", "help": "Raw PSS_CAPTURE_* mask: hex, decimal, or names joined by | (THREADS|HANDLES)."}),
+    Param("option", ("--everything",), {"is_flag": True,
+                                        "help": "Capture everything, memory included (every flag above)."}),
+    *(Param("option", (name, "selected"), {"flag_value": int(flag), "multiple": True, "help": f"Capture {text}."})
+      for name, flag, text in FLAG_OPTIONS),
+)  # fmt: skip
+
+
 def capture_options(func: Any) -> Any:
-    """The selection options, shared by `capture`, `dup` and `dump`."""
-    for option, flag, text in reversed(FLAG_OPTIONS):
-        func = click.option(option, "selected", flag_value=int(flag), multiple=True, help=f"Capture {text}.")(func)
-    func = click.option("--everything", is_flag=True, help="Capture everything, memory included (every flag above).")(
-        func
-    )
-    func = click.option(
-        "--flags",
-        "mask",
-        metavar="MASK",
-        help="Raw PSS_CAPTURE_* mask: hex, decimal, or names joined by | (THREADS|HANDLES).",
-    )(func)
+    """Declare CAPTURE_OPTIONS on a command."""
+    declared(func).extend(reversed(CAPTURE_OPTIONS))
     return func
 
 
@@ -120,15 +121,23 @@ def flags_from(selected: tuple[int, ...], everything: bool, mask: str | None) ->
     return selected_flags(chosen, everything, mask)
 
 
-@click.command()
-@click.argument("target", type=TARGET)
-@click.option("--all", "all_matches", is_flag=True, help="When TARGET is a name that several processes have: all.")
+@command
+@argument("target", type=TARGET)
+@option(
+    "--all",
+    "all_matches",
+    is_flag=True,
+    help="When TARGET is a name that several processes have: all; with container:ID, every process in it.",
+)
 @capture_options
 @output_options
 def capture(
     ui: Ui, target: str, all_matches: bool, selected: tuple[int, ...], everything: bool, mask: str | None
 ) -> int:
-    """Capture a snapshot of TARGET (a PID or a process name) and report it.
+    """Capture a snapshot of TARGET (a PID, a process name, or container:ID) and report it.
+
+    container:ID is the main process of the container whose ID starts with ID (as docker takes IDs);
+    container:ID:PID is the process with PID in that container's PID namespace.
 
     Process information is always captured. Without selection options: threads with register contexts, the
     handle table with names, basic and type-specific information, and the memory map with section information.

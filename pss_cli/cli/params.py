@@ -15,7 +15,9 @@ from typing import Any, ParamSpec
 import click
 from click.shell_completion import CompletionItem
 
-from pss_cli.model import MAX_HANDLE, MAX_PID, timeout_problem
+from pss_cli.cli import declare
+from pss_cli.cli.declare import BadValue, Checked
+from pss_cli.model import MAX_HANDLE, filter_problem, pid_number
 from pss_cli.render import human_size, printable
 
 #: More completions than this help nobody at a prompt, and each one costs time.
@@ -76,52 +78,33 @@ def guarded(complete: Callable[P, list[CompletionItem[str]]]) -> Callable[P, lis
     return wrapper
 
 
-class ProcessTarget(click.ParamType[str, Any]):
-    """A PID or a process name; resolved by the command (pss_cli.lookup.resolve), so errors keep their exit codes.
+class CheckedType(click.ParamType[Any, Any]):
+    """click's type for a declared one (pss_cli.cli.declare): its rule, its name, and shell completion of what it
+    names (live PIDs with their names as descriptions, and process names once a non-digit is typed)."""
 
-    Completes live PIDs (name shown beside each where the shell supports descriptions) and, once a non-digit is
-    typed, process names.
-    """
+    def __init__(self, kind: Checked) -> None:
+        self.kind = kind
+        self.name = kind.name
 
-    name = "pid|name"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
-        if not text:
-            self.fail("a PID or a process name is needed, not an empty string", param, ctx)
-        return text
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return self.kind.convert(value)
+        except BadValue as exc:
+            self.fail(str(exc), param, ctx)
 
     @guarded
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem[str]]:
+        if self.kind.completes is None:
+            return []
         if incomplete == "" or incomplete.isdigit():
             return pid_items(incomplete)
-        return name_items(incomplete)
+        return name_items(incomplete) if self.kind.completes == "pids and names" else []
 
 
-def pid_number(text: str) -> int | None:
-    """`text` as a PID, or None: ASCII digits only ('²' is a digit to str.isdigit, not to int), within MAX_PID."""
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_PID)):
-        return None
-    number = int(text)
-    return number if 0 < number <= MAX_PID else None
-
-
-class ProcessId(click.ParamType[int, Any]):
-    """A PID (a positive integer); completes live PIDs with their names."""
-
-    name = "pid"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PID:
-            return value
-        number = pid_number(str(value).strip())
-        if number is None:
-            self.fail(f"{value!r} is not a PID (a positive integer); find one with `pss-dup ps`", param, ctx)
-        return number
-
-    @guarded
-    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem[str]]:
-        return pid_items(incomplete) if incomplete == "" or incomplete.isdigit() else []
+@functools.cache
+def checked_type(kind: Checked) -> CheckedType:
+    """One click type per declared type, as the commands share one instance of each."""
+    return CheckedType(kind)
 
 
 class SnapshotHandle(click.ParamType[int, Any]):
@@ -189,22 +172,44 @@ def holder_pid(value: object) -> int | None:
     return matches[0] if len(matches) == 1 else None
 
 
-class Seconds(click.ParamType[float, Any]):
-    """--timeout: a finite number of seconds within the model's bounds (click's FloatRange lets NaN through)."""
+class Size(click.ParamType[int, Any]):
+    """A size in bytes: 4096, 512K, 512M, 2G (binary units)."""
 
-    name = "seconds"
+    name = "size"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from pss_cli.watch import parse_size
+
+        if isinstance(value, int):
+            return value
         try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        problem = timeout_problem(seconds)
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class FilterMask(click.ParamType[int, Any]):
+    """A coredump_filter mask, hex (0x33) or decimal (51), as /proc/PID/coredump_filter takes it."""
+
+    name = "mask"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            mask = value
+        else:
+            text = str(value).strip()
+            try:
+                mask = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+            except ValueError:
+                self.fail(f"{value!r} is not a mask: give hex (0x33) or decimal (51)", param, ctx)
+        problem = filter_problem(mask)
         if problem is not None:
             self.fail(problem, param, ctx)
-        return seconds
+        return mask
 
 
 #: The shared instances commands declare their arguments with.
-TARGET = ProcessTarget()
-PID = ProcessId()
+TARGET = checked_type(declare.TARGET)
+PID = checked_type(declare.PID)
+SIZE = Size()
+MASK = FilterMask()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pss_cli.cli.capture import capture_options, flags_from
-from pss_cli.cli.common import output_options
+from pss_cli.cli.capture import CAPTURE_OPTIONS, flags_from
+from pss_cli.cli.common import click_params, output_options
 from pss_cli.cli.params import PID, TARGET, SnapshotHandle
 from pss_cli.errors import UsageError
 from pss_cli.render.console import Ui
@@ -23,7 +23,7 @@ from pss_cli.render.console import Ui
 @click.option("--dry-run", is_flag=True,
               help="Stop no process and change nothing: make the checks the real run makes before it stops anything, "
                    "refuse what it would refuse, and list what it would do.")  # fmt: skip
-@capture_options
+@click_params(CAPTURE_OPTIONS)
 @output_options
 def dup(
     ui: Ui,

@@ -11,37 +11,38 @@ from typing import Any
 import click
 
 from pss_cli import interrupts
-from pss_cli.cli.common import output_options
-from pss_cli.cli.params import PID, TARGET
+from pss_cli.cli.common import memory_options, output_options
+from pss_cli.cli.params import PID, SIZE, TARGET
 from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
+from pss_cli.model import CLONE_METHODS, DumpSelection, selection_problem
 from pss_cli.render.console import Ui
 from pss_cli.watch import DEFAULT_TEMPLATE
 
 
-class Size(click.ParamType[int, Any]):
-    """A size in bytes: 4096, 512K, 512M, 2G (binary units)."""
+class SignalParam(click.ParamType[int, Any]):
+    """A signal: USR1, SIGUSR1 or its number."""
 
-    name = "size"
+    name = "signal"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from pss_cli.watch import parse_size
+        from pss_cli.watch import parse_signal
 
         if isinstance(value, int):
             return value
         try:
-            return parse_size(str(value))
+            return parse_signal(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-SIZE = Size()
+SIGNAL = SignalParam()
 
 
 @click.command(
     epilog="\b\nExit codes: 0 every action succeeded (or no trigger fired), 1 an action (or its --exec) "
-    "failed,\n2 usage error, 3 a TARGET does not exist (see --wait), 124 --duration ran out with no "
-    "trigger."
+    "failed,\n2 usage error, 3 a TARGET does not exist (see --wait), 7 --on-signal/--on-crash/--on-exit on a "
+    "process\nanother tracer holds, 124 --duration ran out with no trigger, 130/128+N ended by Ctrl-C/signal N."
 )
 @click.argument("targets", metavar="TARGET...", nargs=-1, required=True, type=TARGET)
 @click.option("--all", "all_matches", is_flag=True, help="Watch every process a name matches.")
@@ -74,6 +75,23 @@ SIZE = Size()
     help="Act when the process used no CPU time for SECONDS, or a thread stayed in D that long.",
 )
 @click.option(
+    "--on-signal",
+    "on_signal",
+    type=SIGNAL,
+    multiple=True,
+    metavar="SIG",
+    help="Act when the process receives SIG (USR1, SIGTERM, 10); repeatable. The signal is delivered afterwards.",
+)
+@click.option(
+    "--on-crash",
+    is_flag=True,
+    help="Act when a fatal signal with its default action (SIGSEGV, SIGABRT...) reaches the process, before it "
+    "dies: the fault address and thread go in the report and the core; it then dies as it would have.",
+)
+@click.option(
+    "--on-exit", is_flag=True, help="Act when the process exits (in exit(), before it is gone), with its status."
+)
+@click.option(
     "--dump",
     "dump_dir",
     is_flag=False,
@@ -88,10 +106,15 @@ SIZE = Size()
     metavar="TEMPLATE",
     default=DEFAULT_TEMPLATE,
     show_default=True,
-    help="Core file name, from {name} {pid} {trigger} {time} {host} {n}.",
+    help="Core file name, from {name} {pid} {trigger} {time} {host} {n} {container} (a short container ID, or 'host').",
 )
 @click.option("--compress", type=click.Choice(COMPRESSIONS),
               help="Compress each core (--dump) into NAME.zst, one standard zstd frame.")  # fmt: skip
+@click.option("--clone-method", type=click.Choice(CLONE_METHODS), default=None,
+              help="As for dump: clone (the default) stops the process only while a copy-on-write clone is made, "
+                   "also while attached; copy keeps it stopped for the whole copy. A crash or an exit an attached "
+                   "watch caught is always copied.")  # fmt: skip
+@memory_options
 @click.option("--capture", "capture_action", is_flag=True, help="Print the snapshot as one JSON line on stdout.")
 @click.option("--dup", "dup_into", type=PID, metavar="PID", help="Push the snapshot into process PID (an analyser).")
 @click.option(
@@ -128,9 +151,14 @@ def watch(
     fds: int | None,
     threads: int | None,
     hang: float | None,
+    on_signal: tuple[int, ...],
+    on_crash: bool,
+    on_exit: bool,
     dump_dir: str | None,
     template: str,
     compress: str | None,
+    clone_method: str | None,
+    selection: DumpSelection | None,
     capture_action: bool,
     dup_into: int | None,
     exec_command: str | None,
@@ -144,7 +172,9 @@ def watch(
     """Watch TARGET (PIDs or names) and dump, capture or dup it when a trigger fires.
 
     Triggers: --cpu/--cpu-below (for --for seconds), --memory (repeatable)/--memory-below, --fds, --threads,
-    --hang. With none, act once now. Only /proc is read between actions: nothing is stopped or traced.
+    --hang: only /proc is read between actions, nothing is stopped or traced. --on-signal, --on-crash, --on-exit:
+    each target stays seized (ptrace, never stopped; every signal passed on as it came) for the whole watch, so no
+    debugger can attach to it meanwhile; should the watcher die, it runs on untraced. With no trigger, act once now.
     """
     from pss_cli import api
     from pss_cli.naming import WATCH_FIELDS, template_problem
@@ -152,12 +182,39 @@ def watch(
 
     if ui.output == "json":
         raise UsageError("watch reports events as they happen: use -o jsonl, not -o json")
-    triggers = Triggers(cpu, cpu_below, for_seconds, tuple(memory), memory_below, fds, threads, hang)
+    triggers = Triggers(
+        cpu,
+        cpu_below,
+        for_seconds,
+        tuple(memory),
+        memory_below,
+        fds,
+        threads,
+        hang,
+        tuple(dict.fromkeys(on_signal)),
+        on_crash,
+        on_exit,
+    )
     limits = LimitSettings(count, every, poll, duration, max_size)
     found = problems(triggers, limits) + ([p] if (p := template_problem(template, WATCH_FIELDS)) else [])
+    found += [p] if selection is not None and (p := selection_problem(selection)) else []
     if found:
         raise UsageError(found[0])
-    action = Action("dump", directory=dump_dir or ".", template=template, exec_command=exec_command, compress=compress)
+    made = selection is not None or clone_method is not None or compress is not None
+    if made and (capture_action or dup_into is not None):
+        raise UsageError(
+            "--clone-method, --mini, --filter, --all-memory and --compress choose how a core is made: they go with "
+            "--dump"
+        )
+    action = Action(
+        "dump",
+        directory=dump_dir or ".",
+        template=template,
+        exec_command=exec_command,
+        selection=selection,
+        clone_method=clone_method,
+        compress=compress,
+    )
     chosen = [
         name
         for name, on in (
@@ -169,8 +226,6 @@ def watch(
     ]
     if len(chosen) > 1:
         raise UsageError(f"give one action, not {' and '.join(chosen)}")
-    if compress is not None and (capture_action or dup_into is not None):
-        raise UsageError("--compress compresses the cores of --dump, not --capture or --dup")
     if capture_action:
         action = Action("capture", exec_command=exec_command)
     elif dup_into is not None:
@@ -218,7 +273,9 @@ def reporter(ui: Ui, *, stdout_free: bool) -> Iterator[Any]:
         return
     from rich.live import Live
 
-    with Live(console=ui.err, transient=True, refresh_per_second=4) as live:
+    # Refreshed by the watch loop at each poll, not by a thread of rich's: an attached watch needs every thread of
+    # its own to hold SIGCHLD back for its tracers, and a status line changes only at a poll anyway.
+    with Live(console=ui.err, transient=True, auto_refresh=False) as live:
         yield LiveReporter(stream, live)
 
 

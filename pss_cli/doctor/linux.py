@@ -59,22 +59,49 @@ def kernel_version(release: str) -> tuple[int, int]:
 # ---- privileges ------------------------------------------------------------------------------------------------
 
 
+def own_container() -> str | None:
+    """What shows that pss-dup runs in a container, or None: its own or its PID 1's cgroup path or environment
+    (PID 1 of a container's PID namespace is the container's main process), or a runtime's marker file."""
+    for pid in (os.getpid(), 1):
+        where = procfs.locate(pid)
+        if where is not None and where.container is not None:
+            found = where.container
+            named = f" {found.short_id}" if found.id else ""
+            return f"a {found.runtime} container{named} (from the {found.source} of PID {pid})"
+    for marker, runtime in (("/.dockerenv", "docker"), ("/run/.containerenv", "podman")):
+        if os.path.exists(marker):
+            return f"a {runtime} container ({marker} exists)"
+    if "KUBERNETES_SERVICE_HOST" in os.environ:
+        return "a Kubernetes pod (KUBERNETES_SERVICE_HOST is set)"
+    return None
+
+
 def check_privileges(checks: Checklist) -> None:
     status = procfs.read_status("self")
     cap_eff = int(status.get("CapEff", "0"), 16)
     has_ptrace = bool(cap_eff >> access.CAP_SYS_PTRACE & 1)
+    container = own_container()
+    if container is None:
+        checks.passed("container", "none that /proc shows: pss-dup runs on the host")
+    else:
+        checks.passed("container", f"pss-dup runs in {container}; PIDs are this PID namespace's")
     euid = os.geteuid()
     who = "root" if euid == 0 else f"euid {euid}"
     if has_ptrace:
         checks.passed("root or CAP_SYS_PTRACE", f"{who}, CAP_SYS_PTRACE in CapEff ({cap_eff:#x})")
     else:
+        bounded = int(status.get("CapBnd", "0"), 16) >> access.CAP_SYS_PTRACE & 1
         checks.add(
             "root or CAP_SYS_PTRACE",
             Status.FAIL,
-            f"{who} without CAP_SYS_PTRACE: only this user's own, dumpable processes can be captured",
-            "run as root (sudo pss-dup ...), or grant CAP_SYS_PTRACE to the user running it",
+            f"{who} without CAP_SYS_PTRACE"
+            + ("" if bounded else " (not in the bounding set either: nothing run here can gain it)")
+            + ": only this user's own, dumpable processes that hold no capability it lacks can be captured",
+            ptrace_fix(euid, in_container=container is not None),
             code=ExitCode.ACCESS_DENIED,
         )
+        if container is not None:
+            check_namespace_init(checks)
     check_yama(checks, has_ptrace)
     seccomp = status.get("Seccomp", "?")
     filters = status.get("Seccomp_filters", "0")
@@ -84,13 +111,47 @@ def check_privileges(checks: Checklist) -> None:
         checks.add(
             "seccomp (pss-dup itself)",
             Status.WARN,
-            f"mode {seccomp} with {filters} filter(s): ptrace or pidfd calls may be blocked (see the probes), "
-            "and PTRACE_O_SUSPEND_SECCOMP is impossible",
-            "run pss-dup outside the sandbox, or with a seccomp profile that allows ptrace and pidfd_getfd",
+            f"mode {seccomp} with {filters} filter(s): ptrace, process_vm_readv or pidfd_getfd may be denied (see "
+            "the probes; a container runtime's default profile denies them without CAP_SYS_PTRACE), and "
+            "PTRACE_O_SUSPEND_SECCOMP is impossible",
+            (access.CONTAINER_PTRACE_FIX if not has_ptrace else access.CONTAINER_SECCOMP_FIX)
+            if container is not None
+            else "run pss-dup outside the sandbox, or with a seccomp profile that allows ptrace, process_vm_readv "
+            "and pidfd_getfd",
         )
     nnp = status.get("NoNewPrivs", "?")
     checks.passed("no_new_privs", f"{nnp} (does not limit ptrace)")
     checks.passed("security modules", access.active_lsms() or "unknown (securityfs not mounted)")
+
+
+def ptrace_fix(euid: int, *, in_container: bool) -> str:
+    """sudo helps a user whose root has CAP_SYS_PTRACE; root in a container without it needs the runtime's flag."""
+    fixes = [] if euid == 0 else ["run as root (sudo pss-dup ...), or grant CAP_SYS_PTRACE to the user running it"]
+    if in_container:
+        fixes.append(access.CONTAINER_PTRACE_FIX)
+    return "; or ".join(fixes) or "grant CAP_SYS_PTRACE to this process"
+
+
+def check_namespace_init(checks: Checklist) -> None:
+    """Without CAP_SYS_PTRACE, a process holding a capability pss-dup lacks cannot be traced, whoever owns it:
+    the container's main process (PID 1 here) usually holds the runtime's default set. Looked at only."""
+    try:
+        beyond = access.caps_beyond_ours(procfs.read_status(1))
+    except OSError:
+        return
+    if beyond:
+        names = access.capability_names(beyond)
+        checks.add(
+            "tracing PID 1",
+            Status.FAIL,
+            f"PID 1 holds capabilities pss-dup lacks ({', '.join(names[:4])}"
+            + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            + "): the kernel lets only a tracer with CAP_SYS_PTRACE capture it",
+            access.CONTAINER_PTRACE_FIX,
+            code=ExitCode.ACCESS_DENIED,
+        )
+    else:
+        checks.passed("tracing PID 1", "PID 1 holds no capability pss-dup lacks")
 
 
 def check_yama(checks: Checklist, has_ptrace: bool) -> None:

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import functools
 import os
-import platform as _platform
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pss_cli.errors import NotSupported
-from pss_cli.model import CaptureFlags, CapturePlan, DumpOutput, DuplicateResult, FreeResult, ResourceSample, Snapshot
+from pss_cli.model import (
+    KERNEL_DUMP,
+    AttachSpec,
+    CaptureFlags,
+    CapturePlan,
+    Container,
+    DumpOutput,
+    DumpSelection,
+    DuplicateResult,
+    FreeResult,
+    ProcessLocation,
+    ResourceSample,
+    Snapshot,
+    WatchStop,
+)
+from pss_cli.record import record
 
 #: Called while memory is copied: (bytes done, bytes in total). Plain numbers: the CLI draws the progress bar.
 ProgressCallback = Callable[[int, int], None]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LiveProcess:
     """A process pss-dup could act on, as shell completion offers it: its PID and its short name (Linux `comm`)."""
 
@@ -52,6 +65,22 @@ class WatchedProcess(Protocol):
 
     def wait_places(self) -> dict[int, dict[str, Any]]:
         """Where each thread waits (syscall, wchan), for a hang report; empty when that cannot be read."""
+        ...
+
+    def stops(self) -> list[WatchStop]:
+        """Threads an attached watch (--on-signal/--on-crash/--on-exit) newly holds in a stop, each once; every one
+        is released with `release` once acted on."""
+        ...
+
+    def release(self, stop: WatchStop) -> None: ...
+
+    def signal_counts(self) -> dict[int, int]:
+        """Signals an attached watch passed on, by number."""
+        ...
+
+    def exit_status(self) -> tuple[int | None, int | None] | None:
+        """(exit code, None) or (None, the signal that ended it), where the watcher could learn how the process
+        ended (attached); else None."""
         ...
 
     def close(self) -> None: ...
@@ -112,6 +141,20 @@ class Backend(Protocol):
         """A kernel thread has no user space to capture: `ps` leaves them out. False where there are none."""
         ...
 
+    def locate(self, pid: int) -> ProcessLocation | None:
+        """Where `pid` lives (its PIDs in nested PID namespaces, namespaces, cgroup, container), read without
+        stopping it; None once it is gone, or where the platform has no such thing (Windows)."""
+        ...
+
+    def container_of(self, pid: int) -> Container | None:
+        """Only the container of `pid`, as locate would say it, read more cheaply (`ps` asks it of every process)."""
+        ...
+
+    def path_in_root(self, pid: int, path: str) -> str:
+        """Where `path` in the root directory of `pid` (its container's filesystem) is, seen from here: what
+        `dump --into-container` reports. NotSupported where there is no such view (Windows)."""
+        ...
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """The handles `pid` holds that are pss-dup snapshots, checked as `free` checks them; None where that
         cannot be told from outside (an fd table we may not read; Windows, where an HPSS is an address)."""
@@ -141,22 +184,30 @@ class Backend(Protocol):
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
         compress: str | None = None,
         written: Callable[[DumpOutput], None] | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
+        into_container: bool = False,
     ) -> Snapshot:
         """Write a dump of `pid` (Linux: an ELF core; Windows: a minidump) from a VA-clone snapshot.
 
         The file is created mode 0600 and never replaces an existing one unless `force`; a failed dump leaves none.
-        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only).
+        `clone_method` "copy" copies memory while the process is frozen instead of making a clone (Linux only);
+        None lets the backend choose. `selection` says what memory the dump takes (Linux only, beyond the default).
+        `into_container`: `path` is a path in the process's own root directory (its container's filesystem),
+        resolved inside it, and the file belongs to the process's user and group (Linux only).
         `path` an int is an fd the dump is streamed into; `compress` ("zstd") compresses the file or stream (Linux
         only, as streams are); `written` is told what went out.
         """
         ...
 
-    def watch(self, pid: int) -> WatchedProcess:
-        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist)."""
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
+        """Open `pid` for sampling by `pss-dup watch` (NoSuchProcess if it does not exist); with `attach`, also keep
+        it seized for those triggers, calling `wake` (from another thread) when a stop is held."""
         ...
 
     def dump_held(
@@ -177,4 +228,6 @@ def backend() -> Backend:
         from pss_cli.platform.windows.backend import WindowsBackend
 
         return WindowsBackend()
-    raise NotSupported(f"pss-dup does not support {sys.platform} ({_platform.machine()}): it runs on Linux and Windows")
+    import platform
+
+    raise NotSupported(f"pss-dup does not support {sys.platform} ({platform.machine()}): it runs on Linux and Windows")

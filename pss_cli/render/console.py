@@ -10,9 +10,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pss_cli.record import record
 from pss_cli.render import printable
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 OUTPUT_FORMATS = ("table", "json", "jsonl")
 
 
-@dataclass
+@record(frozen=False)
 class Ui:
     """How this run reports: format, verbosity, colour, and the two consoles (data on stdout, the rest on stderr)."""
 

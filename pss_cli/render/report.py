@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pss_cli.errors import PssError
-from pss_cli.model import DumpOutput, DuplicateResult, FreeResult, Snapshot
+from pss_cli.model import Container, DumpOutput, DuplicateResult, FreeResult, Snapshot
 from pss_cli.render import printable
 from pss_cli.render.console import Ui, print_trimmed, status
 from pss_cli.render.jsonout import emit, error_record
@@ -111,7 +111,15 @@ def process_record(row: ProcessRow) -> dict[str, Any]:
         "cmdline": None if row.cmdline is None else list(row.cmdline),
         "create_time": row.create_time,
         "snapshots": None if row.snapshots is None else list(row.snapshots),
+        "container": None if row.container is None else container_record(row.container),
     }
+
+
+def container_record(container: Container) -> dict[str, Any]:
+    """The container as the snapshot's JSON has it; the serialiser loads only for a process in one."""
+    from pss_cli.serial import to_dict
+
+    return to_dict(container)
 
 
 def processes(ui: Ui, rows: Sequence[ProcessRow]) -> None:

@@ -17,12 +17,15 @@ from rich.text import Text
 
 from pss_cli.model import (
     AccessUse,
+    Container,
     DumpOutput,
     DuplicateResult,
     FreeResult,
     HandleEntry,
     Interruption,
+    MemoryCapture,
     Performance,
+    ProcessLocation,
     Snapshot,
     ThreadEntry,
     VaRegion,
@@ -94,12 +97,34 @@ def summary(snap: Snapshot) -> Panel:
         ("captured", f"{flag_names(snap.flags, CaptureFlags)}  at {when(snap.captured_at)}"),
         ("timing", timing(snap.performance)),
     ]  # fmt: skip
+    rows.extend(location_rows(p.location))
     if snap.memory is not None:
         m = snap.memory
         rows.append(("memory captured", Text.assemble(size(m.bytes_captured), f" in {m.regions} regions ({m.method})")))
     for name, value in rows:
         grid.add_row(name, value)
     return Panel(grid, title=Text(printable(f"snapshot of {p.name} ({p.pid})")), title_align="left", expand=False)
+
+
+def location_rows(where: ProcessLocation | None) -> list[tuple[str, Text | str]]:
+    """Where the process lives: its PIDs from pss-dup's PID namespace inwards, its container, cgroup, namespaces."""
+    if where is None:
+        return []
+    rows: list[tuple[str, Text | str]] = []
+    if where.ns_pids and len(where.ns_pids) > 1:
+        chain = " → ".join(map(str, where.ns_pids))
+        rows.append(("pid namespaces", f"{chain}  (as pss-dup sees it → in its own PID namespace)"))
+    if where.container is not None:
+        c = where.container
+        ident = f"  id {c.id}" if c.id else ""
+        rows.append(("container", Text(printable(f"{c.runtime}{ident}  (from its {c.source})"))))
+    if where.cgroup is not None:
+        rows.append(("cgroup", text(where.cgroup)))
+    if where.namespaces is not None:
+        ns = where.namespaces
+        rows.append(("namespaces", "  ".join(f"{name} {getattr(ns, name) or '-'}"
+                                             for name in ("pid", "mnt", "net", "user", "cgroup"))))  # fmt: skip
+    return rows
 
 
 def thread_table(threads: Sequence[ThreadEntry]) -> Table:
@@ -221,8 +246,8 @@ def process_table(rows: Sequence[ProcessRow]) -> Table:
     """`ps`: every process-controlled string (name, user, command line) goes in as Text, never read as markup."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     handles = "handles" if sys.platform == "win32" else "fds"
-    for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap"):
-        table.add_column(column, justify="right" if column not in ("user", "name") else "left", no_wrap=True)
+    for column in ("pid", "ppid", "user", "name", "threads", handles, "rss", "snap", "container"):
+        table.add_column(column, justify="left" if column in ("user", "name", "container") else "right", no_wrap=True)
     # The one column rich may narrow on a terminal; each cell stays one line, cut with an ellipsis there.
     table.add_column("command", overflow="ellipsis")
     for row in rows:
@@ -242,9 +267,17 @@ def process_table(rows: Sequence[ProcessRow]) -> Table:
             "-" if row.handles is None else str(row.handles),
             size(row.rss),
             marker,
+            Text(printable(container_cell(row.container))),
             Text(printable(command), no_wrap=True, overflow="ellipsis"),
         )
     return table
+
+
+def container_cell(container: Container | None) -> str:
+    """`ps`'s container column: the short ID, or the runtime alone where only the environment names one."""
+    if container is None:
+        return ""
+    return container.short_id if container.id is not None else f"({container.runtime})"
 
 
 def checks_table(checks: Sequence[Check]) -> Table:
@@ -270,6 +303,21 @@ def checks_table(checks: Sequence[Check]) -> Table:
     return table
 
 
+def chosen_by(memory: MemoryCapture) -> str:
+    """Which rules chose a dump's memory, and where its coredump_filter mask came from."""
+    if memory.selection == "mini":
+        limit = f", up to {human_size(memory.stack_limit)} of stack per thread" if memory.stack_limit else ""
+        return f"mini core (stacks, ELF headers, loader data{limit})"
+    if memory.selection == "all":
+        return "--all-memory (every readable mapping, MADV_DONTDUMP ones too)"
+    if memory.filter is None:
+        return "the kernel's rules"
+    source = {"process": "the process's /proc/PID/coredump_filter", "--filter": "--filter"}.get(
+        memory.filter_source or "", memory.filter_source or "unknown"
+    )
+    return f"coredump_filter {memory.filter:#x} ({source}), less MADV_DONTDUMP"
+
+
 def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | None, handle: int | None,
               seconds: float, output: DumpOutput | None = None) -> Table:  # fmt: skip
     """`dump`: the file, how much memory it holds and how it got it, and how long the process was stopped."""
@@ -290,6 +338,7 @@ def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | No
         how = {"va-clone": "VA clone (copy-on-write clone, copied while the process ran)",
                "frozen-copy": "copied while the process was frozen"}.get(memory.method, memory.method)  # fmt: skip
         grid.add_row("memory", Text.assemble(size(memory.bytes_captured), f" in {memory.regions} regions"))
+        grid.add_row("chosen by", Text(chosen_by(memory)))
         grid.add_row("method", Text(how))
         if memory.copy_ms:
             rate = memory.bytes_captured / (memory.copy_ms / 1000) / 1e9

@@ -44,17 +44,37 @@ def threshold_text(trigger: str, threshold: float) -> str:
     return f"{threshold:g}"
 
 
+def attached_detail(detail: dict[str, Any]) -> str:
+    """What an attached trigger saw: the signal and where it came from, or the exit status; in thread TID."""
+    parts = []
+    if "status" in detail:
+        parts.append(f"status {detail['status']}")
+    if "signal" in detail:
+        parts.append(str(detail["signal"]))
+    if "si_addr" in detail:
+        parts.append(f"at {detail['si_addr']}")
+    if "sender_pid" in detail:
+        parts.append(f"from PID {detail['sender_pid']}")
+    if "si_code" in detail:
+        parts.append(f"(si_code {detail['si_code']})")
+    parts.append(f"in thread {detail.get('tid')}")
+    return " ".join(parts)
+
+
 def event_line(event: Event) -> str:
     """One line for a person; names a process chose are made printable."""
     if isinstance(event, Started):
         who = ", ".join(f"{t['pid']} ({t['name']})" for t in event.targets) or "nothing yet (waiting)"
         what = ", ".join(f"{k}={v}" for k, v in event.triggers.items() if k != "for_seconds") or "none: acting now"
-        return printable(f"watching {who}; triggers: {what}; action: {event.action}")
+        attached = f"\nnote: {event.attached}" if event.attached else ""
+        return printable(f"watching {who}; triggers: {what}; action: {event.action}") + attached
     if isinstance(event, Triggered):
         where = f" (thread {event.detail['tid']})" if "tid" in event.detail else ""
         compare = "<" if event.trigger.endswith("-below") else "≥"
         if event.trigger == "now":
             return printable(f"{event.pid} {event.name}: acting now (no trigger given)")
+        if event.trigger in ("signal", "crash", "exit"):
+            return printable(f"{event.pid} {event.name}: {event.trigger} " + attached_detail(event.detail))
         return printable(
             f"{event.pid} {event.name}: {event.trigger} {value_text(event.trigger, event.value)} "
             f"{compare} {threshold_text(event.trigger, event.threshold)}{where}"
@@ -76,7 +96,9 @@ def event_line(event: Event) -> str:
     if isinstance(event, TargetAppeared):
         return printable(f"{event.pid} {event.name}: appeared, watching it")
     if isinstance(event, TargetExited):
-        return printable(f"{event.pid} {event.name}: exited")
+        how = f" with status {event.status}" if event.status is not None else ""
+        how = f" (killed by {event.signal})" if event.signal else how
+        return printable(f"{event.pid} {event.name}: exited{how}")
     if isinstance(event, SampleEvent):
         return printable(f"{event.pid}: " + ", ".join(f"{k} {value_text(k, v)}" for k, v in event.values.items()))
     if isinstance(event, Finished):
@@ -141,4 +163,4 @@ class LiveReporter(LineReporter):
             )
         if not rows:
             grid.add_row(Text("waiting for a matching process", style="dim"))
-        self.live.update(grid)
+        self.live.update(grid, refresh=True)

@@ -265,21 +265,27 @@ def test_source_runs_on_with_its_memory_intact_no_zombie_and_no_sigchld(c_target
     assert status["TracerPid"].strip() == "0"
 
 
-def test_python_threads_all_show_libpython_frames(tmp_path: Path) -> None:
+def python_backtraces(tmp_path: Path, script: str, *options: str) -> tuple[dict[str, Any], str]:
+    """Dump a Python process running `script` (which prints "ready") with `options`: the record, and gdb's
+    `thread apply all bt` of the core, read against the real interpreter so that gdb finds libpython."""
     python = os.path.realpath(sys.executable)
-    proc = subprocess.Popen([python, "-c", PYTHON_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([python, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout and proc.stdout.readline() == "ready\n"
         time.sleep(0.2)
         core = tmp_path / "python.core"
-        dump(str(proc.pid), str(core))
-        out = gdb(python, core, "thread apply all bt")
+        record = dump(str(proc.pid), str(core), *options)
+        return record, gdb(python, core, "thread apply all bt")
     finally:
         proc.kill()
         proc.wait(timeout=10)
         for stream in (proc.stdin, proc.stdout):
             if stream:
                 stream.close()
+
+
+def test_python_threads_all_show_libpython_frames(tmp_path: Path) -> None:
+    _, out = python_backtraces(tmp_path, PYTHON_TARGET)
     sections = thread_sections(out)
     assert len(sections) == 4, out
     for section in sections:

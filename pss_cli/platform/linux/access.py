@@ -20,7 +20,6 @@ import errno
 import os
 import platform
 import pwd
-import socket
 import struct
 
 from pss_cli.errors import AccessDenied, NoSuchProcess, NotSupported, Refused, ZombieProcess
@@ -28,6 +27,29 @@ from pss_cli.platform.linux import procfs, ptrace
 
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
+#: The capabilities by number (linux/capability.h), as the runtimes' --cap-add flags name them without CAP_.
+CAPABILITY_NAMES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE",
+)  # fmt: skip
+#: How to give a container's pss-dup CAP_SYS_PTRACE, per runtime. The runtimes' default seccomp profiles (docker's
+#: profiles/seccomp/default.json, podman's containers-common) allow ptrace, process_vm_readv and pidfd_getfd only to
+#: a container that has the capability, so the one flag lifts both refusals.
+CONTAINER_PTRACE_FIX = (
+    "give the container CAP_SYS_PTRACE: docker run --cap-add SYS_PTRACE (a debug container beside it: docker run "
+    "--pid container:NAME --cap-add SYS_PTRACE ...); podman run --cap-add SYS_PTRACE; Kubernetes: "
+    'securityContext.capabilities.add: ["SYS_PTRACE"] (kubectl debug --profile=general adds it)'
+)
+#: When a custom seccomp profile, not the capability, blocks the calls.
+CONTAINER_SECCOMP_FIX = (
+    "use a seccomp profile that allows ptrace, process_vm_readv and pidfd_getfd: the runtime's default one with "
+    "CAP_SYS_PTRACE added, or docker/podman run --security-opt seccomp=PROFILE.json (seccomp=unconfined to test); "
+    "Kubernetes: securityContext.seccompProfile (type RuntimeDefault with the capability, or Localhost)"
+)
 YAMA_PTRACE_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 
 ELFCLASS32 = 1
@@ -81,6 +103,22 @@ def own_capabilities() -> int:
 
 def has_capability(cap: int) -> bool:
     return bool(own_capabilities() >> cap & 1)
+
+
+def capability_names(mask: int) -> list[str]:
+    """The CAP_ names of the bits set in `mask` (a capability set from /proc/PID/status)."""
+    return [
+        f"CAP_{CAPABILITY_NAMES[bit]}" if bit < len(CAPABILITY_NAMES) else f"capability {bit}"
+        for bit in range(mask.bit_length())
+        if mask >> bit & 1
+    ]
+
+
+def caps_beyond_ours(status: dict[str, str]) -> int:
+    """The permitted capabilities of a process that this one lacks: with any, the kernel lets only a tracer with
+    CAP_SYS_PTRACE attach, even one of the same user (security/commoncap.c, cap_ptrace_access_check)."""
+    own = int(procfs.read_status(os.getpid()).get("CapPrm", "0"), 16)
+    return int(status.get("CapPrm", "0"), 16) & ~own
 
 
 def yama_scope() -> int | None:
@@ -173,6 +211,15 @@ def explain_denied(pid: int, what: str) -> AccessDenied:
         return AccessDenied(
             f"{prefix}: it is not dumpable (prctl(PR_SET_DUMPABLE, 0), or a setuid/setgid or file-capability "
             "program), so only a tracer with CAP_SYS_PTRACE may attach: run pss-dup as root (sudo)",
+            pid=pid,
+        )
+    beyond = caps_beyond_ours(status) if not cap_ptrace else 0
+    if beyond:
+        names = capability_names(beyond)
+        listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        return AccessDenied(
+            f"{prefix}: it holds capabilities pss-dup lacks ({listed}), so only a tracer with CAP_SYS_PTRACE may "
+            f"attach, and pss-dup has not got it: run it as root on the host, or {CONTAINER_PTRACE_FIX}",
             pid=pid,
         )
     user_ns = _namespace("user", os.getpid()), _namespace("user", pid)
@@ -364,6 +411,8 @@ def socket_timeout(pid: int, fd: int, option: int, pidfd: int | None) -> bool:
         local = ptrace.pidfd_getfd(pidfd, fd)
     except OSError:
         return True  # cannot look: assume the worst, the user can --force
+    import socket  # only for a thread blocked in a socket call: most captures never need the module
+
     try:
         sock = socket.socket(fileno=local)
     except OSError as exc:

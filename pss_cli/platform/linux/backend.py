@@ -15,15 +15,15 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import errno
 import functools
 import os
 import resource
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pss_cli import record
 from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import (
     AccessDenied,
@@ -39,15 +39,20 @@ from pss_cli.errors import (
 from pss_cli.model import (
     CLONE_METHODS,
     EVERYTHING,
+    KERNEL_DUMP,
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
+    Container,
     DumpOutput,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     HandleEntry,
     Interruption,
     Performance,
+    ProcessLocation,
     Snapshot,
     ThreadContext,
     ThreadEntry,
@@ -183,17 +188,24 @@ def capture(
     clone_method: str = "clone",
     progress: ProgressCallback | None = None,
     dump_fd: int | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
 ) -> LinuxSnapshot:
-    """PssCaptureSnapshot on Linux.
+    """PssCaptureSnapshot on Linux; `selection` says what memory a capture with PSS_CAPTURE_VA_CLONE takes.
 
     Everything that can be read while the process runs is read first (command line, environment, auxv, each
     thread's scheduler state, the fd table, the memory map); the freeze then reads registers and re-checks the
     fd table and the memory map, reading again only what changed, so the process is stopped as briefly as possible.
     """
     from pss_cli.platform.linux import access
-    from pss_cli.platform.linux.freeze import FrozenProcess
+    from pss_cli.platform.linux.freeze import FrozenProcess, attachment_of
 
     access.require_supported_arch()
+    attachment = attachment_of(pid)
+    if attachment is not None and attachment.dying():
+        # A watch holds a thread of it in a fault or in its exit: the process ends once let go (and no call can be
+        # injected in an exit), so the memory is copied during the freeze, on the watch's own tracer thread. Else
+        # the VA clone is made on that thread too.
+        clone_method = "copy"
     started = time.perf_counter()
     captured_at = time.time()
     grab: MemoryGrab | None = None
@@ -202,7 +214,9 @@ def capture(
         if flags & CaptureFlags.VA_CLONE:  # planned before the freeze; smaps come from the clone afterwards
             from pss_cli.platform.linux import vaclone
 
-            grab = vaclone.grab_for(clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd)
+            grab = vaclone.grab_for(
+                clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd, selection=selection
+            )
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
@@ -222,13 +236,17 @@ def capture(
             basic=bool(flags & CaptureFlags.HANDLE_BASIC_INFORMATION),
             type_specific=bool(flags & CaptureFlags.HANDLE_TYPE_SPECIFIC_INFORMATION),
         )
-        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and grab is None
+        section_info = bool(flags & CaptureFlags.VA_SPACE_SECTION_INFORMATION) and (
+            grab is None or grab.smaps_before_freeze
+        )
         t = time.perf_counter()
         handles_before = reader.read_all() if flags & CaptureFlags.HANDLES else {}
         handles_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.HANDLES else None
         t = time.perf_counter()
         va_before = procfs.read_va_space(proc, section_info=section_info) if flags & CaptureFlags.VA_SPACE else ()
         va_ms = (time.perf_counter() - t) * 1000 if flags & CaptureFlags.VA_SPACE else None
+        if grab is not None:
+            grab.before_freeze(va_before)
         if flags & FREEZE_FLAGS or grab is not None:
             with FrozenProcess(
                 pid,
@@ -250,7 +268,7 @@ def capture(
             wait_ms = frozen.wait_ms
             if want_threads:
                 threads = tuple(thread_entries(proc, frozen, before))
-        info = dataclasses.replace(
+        info = record.replace(
             info,
             thread_count=len(threads) if threads is not None else info.thread_count,
             handle_count=len(handles) if handles is not None else info.handle_count,
@@ -370,9 +388,11 @@ def thread_entries(
                 continue
         regs = frozen.regs.get(tid)
         if regs is not None:
-            entry = dataclasses.replace(
+            entry = record.replace(
                 entry, context=context_from_regs(regs.gpr, regs.fpregs, regs.xstate), sig_blocked=regs.sigmask
             )
+        if tid in frozen.siginfos:
+            entry = record.replace(entry, siginfo=frozen.siginfos[tid])
         yield entry
 
 
@@ -401,7 +421,7 @@ def _write_errors(pid: int, out: outfile.OutputFile | _Written, *, others: bool 
         raise
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record.record
 class _Written:
     """A stream's fd, named for the errors as an output file is."""
 
@@ -455,6 +475,20 @@ def snapshot_check(pid: int, handle: int) -> Callable[[int], None]:
     return functools.partial(memfd.verify_snapshot_fd, label=f"fd {handle} of process {pid}")
 
 
+def container_output(pid: int, path: str) -> dict[str, Any]:
+    """OutputFile's arguments for a file at `path` in the root directory of `pid` (`/proc/PID/root`: its container's
+    filesystem, seen from its own mount namespace), owned by its effective user and group."""
+    from pss_cli.platform.linux import inroot
+
+    with os_errors(pid, "find the root directory of"):
+        status = procfs.read_status(pid)
+    uids, gids = procfs.status_ids(status, "Uid"), procfs.status_ids(status, "Gid")
+    if not uids or not gids:
+        raise NoSuchProcess(f"process {pid} has exited", pid=pid)
+    directory = os.path.dirname(path) or "/"
+    return {"directory_fd": inroot.open_in_root(f"/proc/{pid}/root", directory, pid), "owner": (uids[1], gids[1])}
+
+
 class LinuxBackend:
     """The Backend Protocol on Linux."""
 
@@ -470,36 +504,51 @@ class LinuxBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: ProgressCallback | None = None,
         compress: str | None = None,
         written: Callable[[DumpOutput], None] | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
+        into_container: bool = False,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen).
 
-        A file is sparse: all-zero pages are holes. An fd (`path` an int: a pipe, a socket) or a compressed file is
-        a stream, written front to back: zero pages are written (compressed to almost nothing), and the headers
-        come first, their note holding the model as it was before the copy.
+        Without a `clone_method`, a mini core is copied while the process is frozen (its few hundred KiB take less
+        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone. A file is sparse:
+        all-zero pages are holes (into a container's directory too: the file is the same, only its directory is
+        found otherwise). An fd (`path` an int: a pipe, a socket) or a compressed file is a stream, written front to
+        back: zero pages are written (compressed to almost nothing), and the headers come first, their note holding
+        the model as it was before the copy.
         """
         from pss_cli import outfile
 
-        if clone_method not in CLONE_METHODS:
-            raise UsageError(f"unknown clone method {clone_method!r}; known: {', '.join(CLONE_METHODS)}")
+        method = clone_method or ("copy" if selection.mini else "clone")
+        if method not in CLONE_METHODS:
+            raise UsageError(f"unknown clone method {method!r}; known: {', '.join(CLONE_METHODS)}")
         if compress is not None and compress not in COMPRESSIONS:
             raise UsageError(f"unknown compression {compress!r}; known: {', '.join(COMPRESSIONS)}")
+        where: dict[str, Any] = {}
+        if into_container and not isinstance(path, int):  # api.dump refuses a stream into a container
+            where = container_output(pid, os.fspath(path))
         if isinstance(path, int) or compress is not None:
-            return self._dump_stream(pid, path, force, timeout, clone_method, progress, compress, written)
-        with outfile.OutputFile(path, force=force, pid=pid) as out:
+            return self._dump_stream(pid, path, force, timeout, method, progress, compress, written, selection, where)
+        with outfile.OutputFile(path, force=force, pid=pid, **where) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
-                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, dump_fd=out.fd
+                    pid,
+                    DUMP_FLAGS,
+                    timeout=timeout,
+                    clone_method=method,
+                    progress=progress,
+                    dump_fd=out.fd,
+                    selection=selection,
                 )
             started = time.perf_counter()
             with snap, _write_errors(pid, out):
                 model = snap.write_core(out.fd, sparse=True)
             seconds = time.perf_counter() - started
+            st = os.fstat(out.fd)  # the file itself: its name may lie in a container's root
         if written is not None:
-            st = os.stat(path)
             written(DumpOutput(st.st_size, st.st_size, st.st_blocks * 512, None, False, _copy_seconds(model, seconds)))
         return model
 
@@ -513,8 +562,11 @@ class LinuxBackend:
         progress: ProgressCallback | None,
         compress: str | None,
         written: Callable[[DumpOutput], None] | None,
+        selection: DumpSelection,
+        where: dict[str, Any],
     ) -> Snapshot:
-        """`dump` into a stream: an fd, or a file written front to back through a compressor."""
+        """`dump` into a stream: an fd, or a file written front to back through a compressor (`where`: the
+        OutputFile arguments of a file in a container's root)."""
         from pss_cli import compress as compression
         from pss_cli import outfile
         from pss_cli.platform.linux import copyengine
@@ -524,18 +576,20 @@ class LinuxBackend:
             if isinstance(path, int):
                 out = _Written("the output stream", path)
             else:
-                out = stack.enter_context(outfile.OutputFile(path, force=force, pid=pid))
+                out = stack.enter_context(outfile.OutputFile(path, force=force, pid=pid, **where))
             stream = copyengine.Stream(out.fd, compression.compressor(compress) if compress else None)
             stack.callback(stream.close)
             snap = stack.enter_context(
-                capture(pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress)
+                capture(
+                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, selection=selection
+                )
             )
             started = time.perf_counter()
             with _write_errors(pid, out):
                 model = snap.write_stream(stream)
             seconds = time.perf_counter() - started
+            allocated = None if isinstance(path, int) else os.fstat(out.fd).st_blocks * 512
         if written is not None:
-            allocated = None if isinstance(path, int) else os.stat(path).st_blocks * 512
             written(
                 DumpOutput(stream.core_bytes, stream.written, allocated, compress, True, _copy_seconds(model, seconds))
             )
@@ -564,10 +618,10 @@ class LinuxBackend:
     def plan_capture(self, pid: int, flags: CaptureFlags) -> CapturePlan:
         return plan_capture(pid, flags)
 
-    def watch(self, pid: int) -> ProcWatch:
+    def watch(self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None) -> ProcWatch:
         from pss_cli.platform.linux.watching import ProcWatch
 
-        return ProcWatch(pid)
+        return ProcWatch(pid, attach, wake)
 
     def duplicate(
         self,
@@ -732,6 +786,15 @@ class LinuxBackend:
 
     def is_kernel_thread(self, pid: int) -> bool:
         return procfs.is_kernel_thread(pid)
+
+    def locate(self, pid: int) -> ProcessLocation | None:
+        return procfs.locate(pid)
+
+    def container_of(self, pid: int) -> Container | None:
+        return procfs.container_of(pid)
+
+    def path_in_root(self, pid: int, path: str) -> str:
+        return f"/proc/{pid}/root/{path.lstrip('/')}"
 
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         named = procfs.snapshot_fds(pid)

@@ -128,7 +128,7 @@ class _Bounce:
     """One pre-faulted anonymous buffer, and the one view of it that windows are cut from."""
 
     def __init__(self, size: int) -> None:
-        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE)
+        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
         self.address = _address_of(self.buffer)
         self.view = memoryview(self.buffer)
 
@@ -410,7 +410,7 @@ class MappedSink(Sink):
             self._window.release()
 
 
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)
 
 
 def _address_of(mapping: mmap.mmap) -> int:

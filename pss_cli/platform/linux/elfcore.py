@@ -267,11 +267,16 @@ def _render_notes(snapshot: Snapshot, auxv: bytes | None) -> bytes:
     tids = [t.tid for t in threads]
     if len(set(tids)) != len(tids):
         raise ValueError("a snapshot cannot hold the same thread twice")
+    # The thread stopped delivering a signal goes first, as the kernel puts the thread that dumps: gdb makes it the
+    # current thread and reads the signal from its pr_cursig and NT_SIGINFO.
+    signalled = [t for t in threads if t.siginfo is not None and len(t.siginfo) == SIGINFO_SIZE]
+    if signalled:
+        threads = (signalled[0], *(t for t in threads if t is not signalled[0]))
     out = bytearray()
     if threads:
         out += _note(CORE_OWNER, NT_PRSTATUS, _prstatus(snapshot, threads[0]))
     out += _note(CORE_OWNER, NT_PRPSINFO, _prpsinfo(snapshot))
-    out += _note(CORE_OWNER, NT_SIGINFO, bytes(SIGINFO_SIZE))
+    out += _note(CORE_OWNER, NT_SIGINFO, (signalled[0].siginfo if signalled else None) or bytes(SIGINFO_SIZE))
     if auxv is not None:
         out += _note(CORE_OWNER, NT_AUXV, auxv)
     out += _note(CORE_OWNER, NT_FILE, _file_note(snapshot.va_space or ()))
@@ -316,11 +321,14 @@ def _prstatus(snapshot: Snapshot, thread: ThreadEntry) -> bytes:
     if not -(1 << 31) <= thread.tid < 1 << 31:
         raise ValueError(f"thread id {thread.tid} does not fit elf_prstatus.pr_pid")
     ctx = thread.context
+    signo = code = 0
+    if thread.siginfo is not None and len(thread.siginfo) == SIGINFO_SIZE:
+        signo, _, code = struct.unpack_from("<iii", thread.siginfo)
     return PRSTATUS.pack(
+        signo,
+        code,
         0,
-        0,
-        0,
-        0,
+        signo,
         _fit(thread.sig_pending, 0, U64),
         _fit(thread.sig_blocked, 0, U64),
         thread.tid,

@@ -31,9 +31,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from pss_cli import interrupts
 from pss_cli.errors import (
@@ -47,6 +46,7 @@ from pss_cli.errors import (
 )
 from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, procfs, ptrace, restart
+from pss_cli.record import record
 
 T = TypeVar("T")
 
@@ -125,6 +125,9 @@ class TracerThread:
         self.native_id = 0
         self.ident = 0
         self._closed = False
+        #: What the thread does between jobs instead of sleeping (an attached watch serves its tracees' stops):
+        #: called again and again until a job comes; `call` and `close` ring it out of its wait (see ring).
+        self.idle: Callable[[], None] | None = None
         #: SIGCHLDs this thread consumed with sigtimedwait (one is re-raised for the app if it handles SIGCHLD).
         self.sigchld_taken = 0
         #: What a Python signal handler raised in the caller while it waited (KeyboardInterrupt): held back until
@@ -162,7 +165,12 @@ class TracerThread:
         self._reply.release()
         self._replied = True
         while True:
-            self._request.acquire()
+            idle = self.idle
+            if idle is None:
+                self._request.acquire()
+            else:
+                while not self._request.acquire(blocking=False):
+                    idle()
             job = self._job
             if job is None:
                 return
@@ -180,6 +188,7 @@ class TracerThread:
         self._job = job
         self._replied = False
         self._request.release()
+        self.ring()
         self._await_reply()
         result, error = self._result, self._error
         self._result = self._error = None
@@ -209,6 +218,12 @@ class TracerThread:
             except BaseException as exc:
                 self._defer(exc)
 
+    def ring(self) -> None:
+        """Cut an `idle` wait short: a SIGCHLD for this thread alone, which it holds blocked and waits for."""
+        if self.idle is not None and self.ident:
+            with contextlib.suppress(OSError, ProcessLookupError):
+                signal.pthread_kill(self.ident, signal.SIGCHLD)
+
     def _defer(self, exc: BaseException) -> None:
         if self.deferred is None:
             self.deferred = exc
@@ -220,6 +235,7 @@ class TracerThread:
         self._closed = True
         self._job = None
         self._request.release()
+        self.ring()
         while True:
             try:
                 self._thread.join()
@@ -611,7 +627,53 @@ class seized_thread:
 # ---- the whole process ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+class Attachment(Protocol):
+    """A process that a watch keeps seized (attach.py). A freeze of it runs on that tracer thread, interrupts the
+    threads instead of seizing them, and resumes them instead of detaching: the process stays attached."""
+
+    tracer: TracerThread
+    #: The PTRACE_O_* options its threads carry (a thread found untraced is seized with them).
+    options: int
+    #: Threads the watch holds in a stop it has not answered yet: tid -> (wait status, siginfo or None). The freeze
+    #: counts them as stopped and leaves them held.
+    held: dict[int, tuple[int, ptrace.siginfo_t | None]]
+    #: VA clones made on its tracer thread and not ended yet: its serve loop never resumes them (vaclone.py).
+    clones: set[int]
+
+    @property
+    def acting(self) -> int | None:
+        """The held thread the watcher is acting on now, if any."""
+        ...
+
+    def dying(self) -> bool:
+        """A thread is held in a crash or in its exit: no VA clone then (the process ends once let go)."""
+        ...
+
+    def settle(self, tid: int, status: int) -> None:
+        """A signal-delivery or exit stop the freeze took in the watch's place: answer it as the watch would."""
+        ...
+
+    def let_go(self, tid: int) -> None:
+        """Resume a held thread now, its signal delivered as it came (on the tracer thread)."""
+        ...
+
+
+#: pid -> its attachment, while a watch in this process holds it seized.
+_attachments: dict[int, Attachment] = {}
+
+
+def set_attachment(pid: int, attachment: Attachment | None) -> None:
+    if attachment is None:
+        _attachments.pop(pid, None)
+    else:
+        _attachments[pid] = attachment
+
+
+def attachment_of(pid: int) -> Attachment | None:
+    return _attachments.get(pid)
+
+
+@record
 class ThreadRegs:
     """One frozen thread's register context: the raw regsets, as a core file stores them."""
 
@@ -648,8 +710,10 @@ class FrozenProcess:
         tracer: TracerThread | None = None,
     ) -> None:
         self.pid = pid
+        #: A watch keeps the process seized: freeze on its tracer thread and leave it attached.
+        self.attachment = _attachments.get(pid)
         #: The tracer thread to freeze on and leave running (see TracerSession); None for one of its own.
-        self.tracer = tracer
+        self.tracer = self.attachment.tracer if self.attachment is not None else tracer
         self.timeout = timeout
         self.want_regs = want_regs
         self.want_fp = want_fp
@@ -672,6 +736,13 @@ class FrozenProcess:
         self.exited: set[int] = set()
         #: Blocked calls the freeze interrupted with EINTR, and what the thaw did about each (see restart.py).
         self.interruptions: list[Interruption] = []
+        #: The siginfo of each thread an attachment held in a signal-delivery-stop (the signal a watch acts on).
+        self.siginfos: dict[int, bytes] = {}
+        #: Set once a VA clone holds the frozen state: the thaw also lets go of the held thread the watcher acts on
+        #: (its signal is delivered now, not after the copy), so that the process runs on during the copy.
+        self.release_acting = False
+        self._held: set[int] = set()
+        self._statuses: dict[int, int] = {}
         self._blocked: dict[int, restart.Blocked] = {}
         self._rax = ptrace.RaxReader()
         #: When the first thread was interrupted (time.monotonic()).
@@ -766,6 +837,9 @@ class FrozenProcess:
             self.exited,
             self.regs,
             self._blocked,
+            self.siginfos,
+            self._held,
+            self._statuses,
         ):
             collection.clear()
         self.interruptions.clear()
@@ -815,18 +889,25 @@ class FrozenProcess:
             seized = []
             for tid in fresh:
                 known.add(tid)
+                if self.attachment is not None:
+                    if not self._take_held(tid):
+                        seized.append(tid)  # already ours: only to be interrupted
+                    continue
                 try:
                     seize(tid, options)
                 except OSError as exc:
                     self._seize_failed(tid, exc)
                     continue
                 seized.append(tid)
-            if seized and self._first is None:
+            if (seized or self._held) and self._first is None:
                 self._first = time.perf_counter()
                 self._stopped_at = time.monotonic()
             for tid in seized:
-                with contextlib.suppress(ProcessLookupError):  # it is exiting: the wait reports that
+                try:
                     interrupt(tid)
+                except ProcessLookupError:  # it is exiting (the wait reports that), or born before the watch saw it
+                    if self.attachment is not None and self._seize_untraced(tid):
+                        interrupt(tid)
                 pending.add(tid)
             self._collect(deadline)
             if self._all_known_stopped():
@@ -841,6 +922,43 @@ class FrozenProcess:
         if self.want_regs or self.want_fp or self.want_xstate:
             self._read_registers()
         self.tids = tuple(sorted(self._stopped))
+
+    def _take_held(self, tid: int) -> bool:
+        """A thread the attachment holds in a stop counts as frozen as it is; it stays held after the thaw."""
+        assert self.attachment is not None
+        held = self.attachment.held.get(tid)
+        if held is None:
+            return False
+        status, info = held
+        self._stopped[tid] = info
+        self._statuses[tid] = status
+        self._held.add(tid)
+        if info is not None:
+            self.siginfos[tid] = bytes(info)
+        return True
+
+    def injection_thread(self, preferred: int) -> int | None:
+        """A frozen thread to run injected calls in: `preferred`, else another, one the watch does not hold first;
+        a thread held in a signal-delivery-stop will do (its signal is delivered as it came when let go); never one
+        in its exit stop (it will not return to user mode)."""
+        order = [preferred, *(tid for tid in self.tids if tid != preferred)]
+        usable = [
+            tid
+            for tid in order
+            if tid in self._stopped and ptrace.stop_event(self._statuses.get(tid, 0)) != ptrace.PTRACE_EVENT_EXIT
+        ]
+        free = [tid for tid in usable if tid not in self._held]
+        chosen = free or usable
+        return chosen[0] if chosen else None
+
+    def _seize_untraced(self, tid: int) -> bool:
+        """A thread of an attached process that is not traced yet: seize it with the attachment's options."""
+        assert self.attachment is not None
+        try:
+            ptrace.seize(tid, self.attachment.options)
+        except OSError:
+            return False
+        return True
 
     def _all_known_stopped(self) -> bool:
         """The kernel's thread count equals what we hold: nobody new can exist, skip listing /proc/PID/task again.
@@ -898,6 +1016,7 @@ class FrozenProcess:
                 raise self._timeout_error()
 
     def _on_stop(self, tid: int, status: int) -> None:
+        self._statuses[tid] = status
         event = ptrace.stop_event(status)
         info: ptrace.siginfo_t | None = None
         try:
@@ -955,9 +1074,16 @@ class FrozenProcess:
     def _thaw(self) -> None:
         failures = []
         for tid, info in self._stopped.items():
+            if tid in self._held:
+                assert self.attachment is not None
+                if self.release_acting and tid == self.attachment.acting:
+                    self.attachment.let_go(tid)
+                continue  # the attachment answers that stop once the watch has acted on it
             try:
                 self._undo_our_eintr(tid, info)
-                if info is not None:
+                if self.attachment is not None:
+                    self._resume(tid, info)
+                elif info is not None:
                     ptrace.set_siginfo(tid, info)
                     ptrace.detach(tid, info.si_signo)
                 else:
@@ -975,6 +1101,22 @@ class FrozenProcess:
         if failures:  # the tracer thread's exit detaches these; say so rather than hide it
             raise OperationFailed(f"PTRACE_DETACH failed for threads of process {self.pid}: {', '.join(failures)}")
 
+    def _resume(self, tid: int, info: ptrace.siginfo_t | None) -> None:
+        """Thaw one thread of an attached process without detaching it. A signal or an exit the stop caught is the
+        watch's to answer (it may be the crash it waits for); a group-stop goes back to PTRACE_LISTEN."""
+        assert self.attachment is not None
+        status = self._statuses.get(tid, 0)
+        event = ptrace.stop_event(status)
+        if info is not None:
+            ptrace.set_siginfo(tid, info)
+            self.attachment.settle(tid, status)
+        elif event == ptrace.PTRACE_EVENT_EXIT:
+            self.attachment.settle(tid, status)
+        elif event == ptrace.PTRACE_EVENT_STOP and os.WSTOPSIG(status) in GROUP_STOP_SIGNALS:
+            ptrace.listen(tid)
+        else:
+            ptrace.cont(tid, 0)
+
     def _collect_end(self, tid: int) -> None:
         """A thread that vanished from its stop was killed (SIGKILL reaches a stopped thread) or exited: take the
         status its tracer is owed, so the error can say which (how_it_ended), for a moment at most."""
@@ -985,6 +1127,8 @@ class FrozenProcess:
 
     def _undo_our_eintr(self, tid: int, info: ptrace.siginfo_t | None) -> None:
         """A thread our interrupt woke out of a call that fails with EINTR issues it again (restart.py)."""
+        if ptrace.stop_event(self._statuses.get(tid, 0)) == ptrace.PTRACE_EVENT_EXIT:
+            return  # it is on its way out: nothing returns to the program
         known = self.regs.get(tid)
         if known is not None and known.gpr:
             if not restart.may_show_eintr(known.gpr):

@@ -369,6 +369,10 @@ def is_go_program(pid: int, tid: int) -> bool:
 # ---- the primitive -------------------------------------------------------------------------------------------
 
 
+#: The ptrace stops that report a task created by the traced thread (PTRACE_O_TRACECLONE/FORK/VFORK).
+NEW_TASK_EVENTS = frozenset((ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK))
+
+
 class RemoteCalls:
     """System calls run in one thread that the calling tracer thread holds in a ptrace-stop: the one primitive every
     injection is built on (push_fd, close, the VA clone and its reaping).
@@ -392,6 +396,9 @@ class RemoteCalls:
         self.stashed: list[ptrace.siginfo_t] = []
         #: The thread sits in a signal-delivery-stop (where PTRACE_DETACH can hand a signal back).
         self.in_signal_stop = False
+        #: The last task an injected clone/fork made, by the PID this process sees (PTRACE_GETEVENTMSG at its
+        #: PTRACE_EVENT_CLONE/FORK/VFORK stop); the call's own result is its PID in the target's PID namespace.
+        self.new_task: int | None = None
         ptrace.get_regs(tid, self.saved)
 
     def syscall(self, nr: int, *args: int) -> int:
@@ -431,6 +438,8 @@ class RemoteCalls:
                         f"system call at {ip:#x}",
                         pid=self.pid,
                     )
+            if event in NEW_TASK_EVENTS:
+                self.new_task = ptrace.get_event_msg(tid)
             if event == 0:  # a real signal (a SIGTRAP too, if the step did not run): suppressed now, handed back
                 info = ptrace.siginfo_t()
                 ptrace.get_siginfo(tid, info)

@@ -20,18 +20,20 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from pss_cli.model import (
+    Container,
     HandleEntry,
     HandleFlags,
     HandleType,
     MemoryProtection,
     MemoryState,
     MemoryType,
+    Namespaces,
     ProcessFlags,
     ProcessInfo,
+    ProcessLocation,
     ResourceSample,
     SyscallState,
     ThreadEntry,
@@ -40,6 +42,7 @@ from pss_cli.model import (
     VaRegion,
 )
 from pss_cli.platform.linux.syscall_names import X86_64_SYSCALLS
+from pss_cli.record import record, replace
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 O_CLOEXEC = 0o2000000
@@ -331,7 +334,154 @@ def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles
         seccomp_mode=int(status["Seccomp"]) if "Seccomp" in status else None,
         no_new_privs=status["NoNewPrivs"] == "1" if "NoNewPrivs" in status else None,
         dumpable=read_dumpable(proc, status),
+        location=read_location(proc, status, environ),
     )
+
+
+# ---- where a process lives: PID namespaces, namespaces, cgroup, container --------------------------------------
+
+#: The namespaces ProcessLocation names, as /proc/PID/ns/NAME calls them.
+NAMESPACE_NAMES = ("pid", "mnt", "net", "user", "cgroup")
+_NS_LINK = re.compile(r"^[a-z_]+:\[(\d+)\]$")
+_HEX64 = r"[0-9a-f]{64}"
+#: Cgroup path components that name a container, tried from the deepest component up (a container's processes
+#: may sit in a sub-cgroup of its scope, as podman's `libpod-ID.scope/container` under systemd). The runtime, the
+#: pattern, and whether the match is the ID itself (hex) or a name.
+_CGROUP_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("docker", re.compile(rf"^docker-({_HEX64})\.scope$")),  # systemd driver: /system.slice/docker-ID.scope
+    ("containerd", re.compile(rf"^cri-containerd-({_HEX64})\.scope$")),  # CRI, systemd driver
+    ("cri-o", re.compile(rf"^crio-({_HEX64})\.scope$")),
+    ("podman", re.compile(rf"^libpod-({_HEX64})\.scope$")),  # libpod-conmon-ID.scope is the monitor, outside
+    ("podman", re.compile(rf"^libpod-({_HEX64})$")),  # cgroupfs driver: /libpod_parent/libpod-ID
+    ("systemd-nspawn", re.compile(r"^machine-(.+)\.scope$")),  # /machine.slice/machine-NAME.scope
+)
+#: Bare hex components below a `docker` or `kubepods*` one: /docker/ID and /kubepods/QOS/podUID/ID (cgroupfs driver).
+_BARE_ID = re.compile(rf"^{_HEX64}$")
+
+
+def parse_nspid(status: dict[str, str]) -> tuple[int, ...] | None:
+    """NSpid from /proc/PID/status: the PID in each PID namespace, the reader's first (a 4.1+ kernel)."""
+    return status_ids(status, "NSpid")
+
+
+def read_namespaces(proc: ProcDir) -> Namespaces | None:
+    """The namespace inodes from the /proc/PID/ns links; None when none could be read (another user's process)."""
+    found: dict[str, int | None] = {}
+    for name in NAMESPACE_NAMES:
+        try:
+            match = _NS_LINK.match(proc.readlink(f"ns/{name}"))
+        except OSError:
+            match = None
+        found[name] = int(match[1]) if match else None
+    return Namespaces(**found) if any(v is not None for v in found.values()) else None
+
+
+def parse_cgroup(raw: bytes) -> str | None:
+    """The cgroup path from /proc/PID/cgroup (cgroups(7): "ID:CONTROLLERS:PATH" per hierarchy): the v2 line ("0::"),
+    else the v1 name=systemd one, else the first line's. A v2 path of "/" on a hybrid host (v2 mounted but unused,
+    as here with v1 controllers) gives way to the v1 systemd path, which then says more."""
+    paths: dict[str, str] = {}
+    for line in decode(raw).splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths.setdefault(parts[1], parts[2])
+    v2, systemd = paths.get(""), paths.get("name=systemd")
+    if v2 is not None and (v2 != "/" or systemd is None):
+        return v2
+    if systemd is not None:
+        return systemd
+    return next(iter(paths.values()), None)
+
+
+def container_from_cgroup(raw: bytes) -> Container | None:
+    """The container that /proc/PID/cgroup names, from any hierarchy's path (a v1 host's docker puts
+    /docker/ID in every controller's line), deepest component first."""
+    for line in decode(raw).splitlines():
+        path = line.split(":", 2)[-1]
+        components = [c for c in path.split("/") if c]
+        for depth in range(len(components) - 1, -1, -1):
+            found = _container_component(components, depth)
+            if found is not None:
+                return found
+    return None
+
+
+def _container_component(components: list[str], depth: int) -> Container | None:
+    component = components[depth]
+    for runtime, shape in _CGROUP_SHAPES:
+        match = shape.match(component)
+        if match:
+            ident = match[1] if runtime != "systemd-nspawn" else unescape_systemd(match[1])
+            return Container(runtime, ident, "cgroup")
+    if _BARE_ID.match(component):
+        above = components[:depth]
+        if "docker" in above:
+            return Container("docker", component, "cgroup")
+        if any(c.startswith("kubepods") for c in above):
+            return Container("kubernetes", component, "cgroup")
+    return None
+
+
+def unescape_systemd(name: str) -> str:
+    """A unit name's escapes back to the characters (systemd.unit(5): `\\x2d` is "-")."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m[1], 16)), name)
+
+
+def container_from_environ(environ: tuple[tuple[str, str], ...] | None) -> Container | None:
+    """The `container=` variable that podman, systemd-nspawn and LXC set for a container's init: a runtime, no ID."""
+    for key, value in environ or ():
+        if key == "container" and value and value.isprintable() and len(value) <= 64:
+            return Container(value, None, "environ")
+    return None
+
+
+def read_location(
+    proc: ProcDir, status: dict[str, str], environ: tuple[tuple[str, str], ...] | None
+) -> ProcessLocation:
+    """Where the process lives; a part /proc will not give is None (another user's ns links, an old kernel)."""
+    raw = read_cgroup(proc)
+    container = container_from_cgroup(raw) if raw else None
+    if container is None:
+        container = container_from_environ(environ)
+    return ProcessLocation(
+        ns_pids=parse_nspid(status),
+        namespaces=read_namespaces(proc),
+        cgroup=parse_cgroup(raw) if raw else None,
+        container=container,
+    )
+
+
+def read_cgroup(proc: ProcDir) -> bytes | None:
+    try:
+        return proc.read("cgroup")
+    except OSError:
+        return None
+
+
+def container_of(pid: int) -> Container | None:
+    """Only the container `pid` runs in (its cgroup path, else its environment): what `ps` shows of each process,
+    at a third of locate's reads (no status, no ns links). None outside one, or once it is gone."""
+    try:
+        with ProcDir(pid) as proc:
+            raw = read_cgroup(proc)
+            found = container_from_cgroup(raw) if raw else None
+            return found if found is not None else container_from_environ(read_environ(proc))
+    except OSError:
+        return None
+
+
+def locate(pid: int) -> ProcessLocation | None:
+    """Where `pid` lives, read without stopping it (status, cgroup, the ns links, the environment if readable);
+    None once it is gone."""
+    try:
+        with ProcDir(pid) as proc:
+            status = parse_status(read_small(proc.fd, "status"))
+            where = read_location(proc, status, None)
+            if where.container is None:  # the environment only where the cgroup path says nothing (`ps` is quicker)
+                where = replace(where, container=container_from_environ(read_environ(proc)))
+            return where
+    except OSError:
+        return None
 
 
 def read_dumpable(proc: ProcDir, status: dict[str, str]) -> bool | None:
@@ -555,7 +705,7 @@ def seal_names(seals: int) -> str:
     return "|".join(name for bit, name in SEAL_NAMES if seals & bit) or "none"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SocketInfo:
     family: str
     detail: tuple[tuple[str, str | int], ...]
@@ -619,7 +769,7 @@ def format_inet(field: str) -> str:
     return f"{text}:{int(port, 16)}"
 
 
-@dataclass
+@record(frozen=False)
 class HandleReader:
     """Reads fd table entries; `names`, `basic` and `type_specific` follow PSS_CAPTURE_HANDLE_*_INFORMATION."""
 

@@ -230,6 +230,16 @@ def detach(tid: int, signo: int = 0) -> None:
     ptrace(PTRACE_DETACH, tid, 0, signo)
 
 
+def cont(tid: int, signo: int = 0) -> None:
+    """PTRACE_CONT: resume a ptrace-stopped thread; from a signal-delivery-stop, `signo` is the signal delivered."""
+    ptrace(PTRACE_CONT, tid, 0, signo)
+
+
+def listen(tid: int) -> None:
+    """PTRACE_LISTEN: a seized thread in a group-stop stays stopped as if untraced, yet reports the next event."""
+    ptrace(PTRACE_LISTEN, tid, 0, 0)
+
+
 def singlestep(tid: int, signo: int = 0) -> None:
     ptrace(PTRACE_SINGLESTEP, tid, 0, signo)
 

@@ -37,15 +37,13 @@ import sys
 assert sys.platform == "linux"
 
 import contextlib
-import dataclasses
 import os
-import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from typing import Final
 
+from pss_cli import record
 from pss_cli.model import Interruption
 from pss_cli.platform.linux import access, procfs, ptrace
 
@@ -59,7 +57,7 @@ IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG = 0x1, 0x8
 NO_TIMEOUT, BY_VALUE, TIMESPEC, SOCKET_OPTION = "none", "value", "timespec", "socket"
 
 
-@dataclass(frozen=True, slots=True)
+@record.record
 class Rule:
     """A call that fails with plain -EINTR when a ptrace stop interrupts it, having done nothing: safe to re-issue."""
 
@@ -113,7 +111,7 @@ def rule_for(nr: int) -> Rule | None:
     return Rule(name, SOCKET_OPTION) if name else None
 
 
-@dataclass(frozen=True, slots=True)
+@record.record
 class Blocked:
     """A thread seen blocked in a system call just before pss-dup stopped it."""
 
@@ -143,7 +141,7 @@ def at_stop(pid: int, tid: int, blocked: Blocked | None) -> Blocked | None:
     # it has (wait_task_inactive), so that the count read next includes the stop's own switch.
     with contextlib.suppress(OSError):
         ptrace.get_event_msg(tid)
-    return dataclasses.replace(blocked, stop_switches=read_sched(pid, tid)[1])
+    return record.replace(blocked, stop_switches=read_sched(pid, tid)[1])
 
 
 def has_finite_value_timeout(nr: int, args: tuple[int, ...]) -> bool:
@@ -316,6 +314,8 @@ def plan(pid: int, tid: int, pidfd: int | None) -> tuple[Blocked | None, str | N
     if rule is None or (nr == SYS_io_uring_enter and not args[3] & IORING_ENTER_GETEVENTS):
         return blocked, None
     if rule.timeout == SOCKET_OPTION:
+        import socket  # only for a thread blocked in a socket call: most captures never need the module
+
         option = socket.SO_RCVTIMEO if nr in SOCKET_RECEIVE_SYSCALLS else socket.SO_SNDTIMEO
         if not access.socket_timeout(pid, args[0], option, pidfd):
             return blocked, None  # no timeout: the kernel restarts it by itself

@@ -20,6 +20,13 @@ in the source and no SIGCHLD reaches it. (The double-fork variant would leave th
 pid 1 does not reap orphans, as here, that is a zombie for good.) SIGINT, SIGTERM, SIGHUP and SIGPIPE end pss-dup
 through that path (pss_cli.interrupts); what is left after a SIGKILL of pss-dup is the clone's zombie, no memory.
 
+A process that an attached watch holds seized (attach.py) gets its clone from the watch's own tracer thread: the
+freeze interrupts its threads there, the clone is born that thread's tracee and registered with the attachment
+(whose serve loop then never resumes it), and its reaping is injected into a thread of the source frozen the same
+way. The thread the watch holds in a signal-delivery-stop serves for the injection only when no other thread can:
+its signal is then delivered as it came once it is let go (attach.Attachment.let_go). The tracer thread is the
+watch's, so the clone's death goes with the watch's end, not with the dump's.
+
 `CopyMemory` is the other method (`--clone-method copy`): the memory is copied while the process stays frozen, for
 processes where injection is refused. It writes the memory into the snapshot memfd during the freeze at an offset
 reserved for the headers.
@@ -39,22 +46,24 @@ import atexit
 import contextlib
 import dataclasses
 import errno
+import mmap
 import os
 import resource
 import select
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from pss_cli.errors import NoSuchProcess, OperationFailed, ProcessGone, PssError, Refused, Timeout
-from pss_cli.model import MemoryCapture, Snapshot, VaRegion
+from pss_cli.model import KERNEL_DUMP, DumpSelection, MemoryCapture, Snapshot, VaRegion
 from pss_cli.platform.linux import copyengine, dumprules, elfcore, inject, memfd, procfs, ptrace
-from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, wait_stop
+from pss_cli.platform.linux.freeze import FrozenProcess, TracerSession, TracerThread, attachment_of, wait_stop
 from pss_cli.platform.linux.inject import RED_ZONE, RemoteCalls, check
 
 SYS_clone: Final = 56
 SYS_wait4: Final = 61
+SYS_kill: Final = 62
 SYS_setsid: Final = 112
 SYS_prctl: Final = 157
 SYS_close_range: Final = 436
@@ -121,7 +130,9 @@ class VaClone:
     making it cost."""
 
     source_pid: int
+    #: The clone's PID as pss-dup sees it, and as the source sees it (its parent: who reaps it with wait4).
     pid: int
+    pid_in_source: int
     pidfd: int
     clone_ms: float
     hold_ms: float
@@ -133,12 +144,13 @@ class VaClone:
     alive: bool = True
     #: How long the reaping wait4 held one thread of the source.
     reap_stopped_ms: float | None = None
+    #: The `syscall` instruction the clone was made with (an attached source's reaping borrows it too).
+    syscall_ip: int = 0
+    #: False when the tracer thread is an attached watch's: it outlives the clone.
+    owns_tracer: bool = True
 
     def resend_stashed(self) -> None:
-        for info in self.stashed:
-            with contextlib.suppress(OSError):
-                ptrace.tgkill(self.source_pid, self.source_tid, info.si_signo)
-        self.stashed.clear()
+        resend(self.source_pid, self.source_tid, self.stashed)
 
     def kill_and_reap(self, *, timeout: float) -> None:
         """SIGKILL the clone (through its pidfd: no pid reuse), wait for its exit, reap it inside the source, and
@@ -155,20 +167,25 @@ class VaClone:
                 session.call(lambda: self._end(timeout))
             finally:
                 self.alive = False
-                self.tracer.close()  # should anything be left attached, EXITKILL ends it with the thread
+                if self.owns_tracer:
+                    self.tracer.close()  # should anything be left attached, EXITKILL ends it with the thread
 
     def _end(self, timeout: float) -> None:
         try:
             with contextlib.suppress(ProcessLookupError):  # already dead: still a zombie of the source to reap
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             _wait_exit(self.pidfd, timeout)
-            # A traced child's exit goes to its tracer first (this thread); only then can the source reap it.
+            # A traced child's exit goes to its tracer first (this thread); only then can the source reap it. (An
+            # attached watch's serve loop may have taken it already: ECHILD.)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, WAIT_ALL)
         finally:
             os.close(self.pidfd)
+            _forget_clone(self.source_pid, self.pid)  # before the source reaps it and its pid can be reused
         try:
-            self.reap_stopped_ms = reap_in_source(self.source_pid, self.pid, timeout=timeout, warnings=self.warnings)
+            self.reap_stopped_ms = reap_in_source(
+                self.source_pid, self.pid_in_source, timeout=timeout, warnings=self.warnings, syscall_ip=self.syscall_ip
+            )
         except PssError as exc:
             self.warnings.append(f"the VA clone {self.pid} stays a zombie child of process {self.source_pid}: {exc}")
 
@@ -183,9 +200,29 @@ def _wait_exit(pidfd: int, timeout: float) -> None:
             raise Timeout(f"the VA clone did not exit within {timeout:g} s of SIGKILL")
 
 
-def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: list[str]) -> float | None:
-    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source: its dead clone leaves no zombie there.
-    Returns how long the source's thread was held (None when the source is gone)."""
+def resend(pid: int, tid: int, stashed: list[ptrace.siginfo_t]) -> None:
+    """Signals an injection stashed, sent again once the process runs (their sender's siginfo is not kept)."""
+    for info in stashed:
+        with contextlib.suppress(OSError):
+            ptrace.tgkill(pid, tid, info.si_signo)
+    stashed.clear()
+
+
+def _forget_clone(source_pid: int, child: int) -> None:
+    attachment = attachment_of(source_pid)
+    if attachment is not None:
+        attachment.clones.discard(child)
+
+
+def reap_in_source(
+    source_pid: int, child: int, *, timeout: float, warnings: list[str], syscall_ip: int = 0
+) -> float | None:
+    """Inject wait4(child, NULL, __WALL|WNOHANG, NULL) into the source (`child` is the PID the source knows it by):
+    its dead clone leaves no zombie there.
+    Returns how long the source's thread was held (None when the source is gone). A source an attached watch holds
+    is frozen on the watch's tracer thread instead of one thread seized (`syscall_ip`: the clone's instruction)."""
+    if attachment_of(source_pid) is not None:
+        return _reap_attached(source_pid, child, timeout=timeout, warnings=warnings, syscall_ip=syscall_ip)
     try:
         plan = inject.plan_injection(source_pid, force=True)
     except NoSuchProcess:
@@ -197,13 +234,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
 
     def steps() -> int:
         with injector:
-            got = 0
-            for _ in range(50):
-                got = injector.syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
-                if got != 0:
-                    break
-                time.sleep(0.001)  # the pidfd said it exited; wait() sees the zombie a moment later at most
-            return got
+            return _wait4(injector.syscall, child)
 
     try:
         with TracerSession() as session:
@@ -214,10 +245,7 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
         raise inject.typed_error(source_pid, exc, "reap the VA clone") from None
     finally:
         plan.close()
-    if result == -errno.ECHILD:
-        warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
-    elif result != child:
-        warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+    _note_reaped(source_pid, child, result, warnings)
     warnings.extend(
         f"reaping the VA clone woke thread {i.tid} out of {i.call}, which returned EINTR to the process: {i.note}"
         for i in injector.interruptions
@@ -226,20 +254,83 @@ def reap_in_source(source_pid: int, child: int, *, timeout: float, warnings: lis
     return injector.stopped_ms
 
 
+def _reap_attached(
+    source_pid: int, child: int, *, timeout: float, warnings: list[str], syscall_ip: int
+) -> float | None:
+    """reap_in_source for a source an attached watch holds: a thread of it frozen by the watch's tracer (where this
+    runs: the clone's end is a job of that thread) runs the wait4."""
+    suspend = inject.needs_seccomp_suspended(source_pid)
+    try:
+        with FrozenProcess(source_pid, timeout=timeout, want_regs=False, want_fp=False, want_xstate=False) as frozen:
+            tid = frozen.injection_thread(source_pid)
+            if tid is None:
+                warnings.append(
+                    f"the VA clone {child} stays a zombie child of process {source_pid}: each of its threads is in "
+                    "its exit, where no call can be injected"
+                )
+                return None
+            plan = ClonePlan(source_pid, tid, syscall_ip, suspend, _no_scratch, ())
+            assert frozen.attachment is not None
+            options = frozen.attachment.options
+
+            def steps() -> tuple[int, list[ptrace.siginfo_t]]:
+                with _remote_calls(plan, options) as task:
+                    return _wait4(task.syscall, child), task.stashed
+
+            result, stashed = frozen.call(steps)
+    except (NoSuchProcess, ProcessGone):
+        return None  # the source is gone: its children went to init or the nearest subreaper
+    resend(source_pid, tid, stashed)
+    _note_reaped(source_pid, child, result, warnings)
+    return frozen.stopped_ms
+
+
+def _note_reaped(source_pid: int, child: int, result: int, warnings: list[str]) -> None:
+    """A warning unless the injected wait4 returned the clone's pid."""
+    if result == -errno.ECHILD:
+        warnings.append(f"the VA clone {child} was already reaped by process {source_pid}")
+    elif result != child:
+        warnings.append(f"could not reap the VA clone {child} in process {source_pid} (wait4 returned {result})")
+
+
+def _wait4(syscall: Callable[..., int], child: int) -> int:
+    """wait4(child, NULL, __WALL|WNOHANG, NULL) run in the source until it reaps the zombie; its last result."""
+    got = 0
+    for _ in range(50):
+        got = syscall(SYS_wait4, child, 0, ptrace.WNOHANG | ptrace.__WALL, 0)
+        if got != 0:
+            break
+        time.sleep(0.001)  # the pidfd said it exited; wait() sees the zombie a moment later at most
+    return got
+
+
+def _no_scratch(start: int, rsp: int) -> bool:
+    return False
+
+
 def make_clone(frozen: FrozenProcess, plan: ClonePlan) -> VaClone:
     """Inject the clone into the frozen process and hold the child; on failure nothing is left behind. The freeze
     must run on a tracer thread that outlives it (FrozenProcess(tracer=...)): the clone stays traced by it."""
     assert frozen.tracer is not None, "the clone's tracer thread must outlive the freeze"
     deadline = time.monotonic() + frozen.timeout
-    if plan.tid not in frozen.tids:
-        if not frozen.tids:
-            raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
-        plan = dataclasses.replace(plan, tid=frozen.tids[0])  # the chosen thread exited meanwhile: any other does
+    # The chosen thread may have exited meanwhile, or (attached) be held for the watch: another does as well.
+    tid = frozen.injection_thread(plan.tid)
+    if tid is None:
+        raise ProcessGone(f"process {plan.pid} has no thread left to make the VA clone", pid=plan.pid)
+    plan = dataclasses.replace(plan, tid=tid)
     tracer = frozen.tracer
-    return frozen.call(lambda: _clone_on_tracer(tracer, plan, deadline))
+    attachment = frozen.attachment
+    options = attachment.options if attachment is not None else ptrace.PTRACE_O_TRACECLONE
+    clones = attachment.clones if attachment is not None else None
+    clone = frozen.call(lambda: _clone_on_tracer(tracer, plan, deadline, options, clones))
+    clone.owns_tracer = attachment is None
+    return clone
 
 
-def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
+@contextlib.contextmanager
+def _remote_calls(plan: ClonePlan, options_after: int) -> Iterator[RemoteCalls]:
+    """Calls injected into frozen thread plan.tid (on its tracer thread), with the options a clone needs meanwhile;
+    its registers, and then `options_after`, put back."""
     pid, tid = plan.pid, plan.tid
     options = ptrace.PTRACE_O_TRACECLONE | ptrace.PTRACE_O_TRACEFORK | ptrace.PTRACE_O_TRACEVFORK
     if plan.suspend_seccomp:
@@ -249,19 +340,37 @@ def _clone_on_tracer(tracer: TracerThread, plan: ClonePlan, deadline: float) -> 
     try:
         task = RemoteCalls(pid, tid, syscall_ip=plan.syscall_ip, peek_exit=peek)
         try:
-            return _clone_and_hold(task, tracer, plan, deadline)
+            yield task
         finally:
             task.restore()
     finally:
-        ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, ptrace.PTRACE_O_TRACECLONE)
+        ptrace.ptrace(ptrace.PTRACE_SETOPTIONS, tid, 0, options_after)
 
 
-def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float) -> VaClone:
-    child = 0
+def _clone_on_tracer(
+    tracer: TracerThread, plan: ClonePlan, deadline: float, options_after: int, clones: set[int] | None
+) -> VaClone:
+    with _remote_calls(plan, options_after) as task:
+        return _clone_and_hold(task, tracer, plan, deadline, clones)
+
+
+def _clone_and_hold(
+    task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, deadline: float, clones: set[int] | None
+) -> VaClone:
+    """`clones`: an attached watch's set, which the child joins at once (by the PID its tracer sees), before its
+    serve loop can see it."""
+    child = in_source = 0
     try:
         started = time.perf_counter()
-        child = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
+        in_source = check(task.syscall(SYS_clone, 0, 0, 0, 0, 0), "clone")
         clone_ms = (time.perf_counter() - started) * 1000
+        # clone() answers with the PID in the source's namespace, which is another process's PID here when the
+        # source lives in a PID namespace below ours (a container): every call of ours takes the PID we see.
+        child = task.new_task or 0
+        if child <= 0:
+            raise OperationFailed(f"the VA clone {in_source} of process {plan.pid} was not reported to its tracer")
+        if clones is not None:
+            clones.add(child)
         with contextlib.suppress(OSError):  # first of all: whatever happens to it, the clone writes no core
             resource.prlimit(child, resource.RLIMIT_CORE, (0, 0))
         pidfd = ptrace.pidfd_open(child)
@@ -273,11 +382,25 @@ def _clone_and_hold(task: RemoteCalls, tracer: TracerThread, plan: ClonePlan, de
             os.close(pidfd)
             raise
     except BaseException:
-        if child > 0:
-            _discard_child(task, child)
+        if in_source > 0:
+            try:
+                _discard_child(task, child, in_source)
+            finally:
+                if clones is not None:
+                    clones.discard(child)
         raise
     return VaClone(
-        plan.pid, child, pidfd, clone_ms, hold_ms, plan.tid, tracer, [*plan.warnings, *warnings], task.stashed
+        plan.pid,
+        child,
+        in_source,
+        pidfd,
+        clone_ms,
+        hold_ms,
+        plan.tid,
+        tracer,
+        [*plan.warnings, *warnings],
+        task.stashed,
+        syscall_ip=plan.syscall_ip,
     )
 
 
@@ -314,17 +437,24 @@ def _hold(child: int, plan: ClonePlan, deadline: float) -> list[str]:
     return warnings
 
 
-def _discard_child(task: RemoteCalls, child: int) -> None:
-    """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source."""
-    with contextlib.suppress(OSError):
-        os.kill(child, signal.SIGKILL)
+def _discard_child(task: RemoteCalls, child: int, in_source: int) -> None:
+    """A clone that could not be held: kill it, collect it as its tracer, reap it in the (still frozen) source.
+
+    `child` is its PID as we see it (0 if never reported: the source then kills it), `in_source` as the source
+    sees it."""
+    if child > 0:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(OSError, PssError):
+            while True:
+                got, _ = os.waitpid(child, ptrace.__WALL)
+                if got == child:
+                    break
+    else:
+        with contextlib.suppress(OSError, PssError):
+            task.syscall(SYS_kill, in_source, signal.SIGKILL)
     with contextlib.suppress(OSError, PssError):
-        while True:
-            got, _ = os.waitpid(child, ptrace.__WALL)
-            if got == child:
-                break
-    with contextlib.suppress(OSError, PssError):
-        task.syscall(SYS_wait4, child, 0, ptrace.__WALL, 0)
+        task.syscall(SYS_wait4, in_source, 0, ptrace.__WALL, 0)
 
 
 # ---- memory sources --------------------------------------------------------------------------------------------
@@ -345,13 +475,59 @@ class MemoryGrab:
     #: The tracer thread the freeze must run on, when the grab keeps something traced past the thaw (the clone).
     tracer: TracerThread | None = None
 
-    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        progress: copyengine.Progress | None,
+        selection: DumpSelection = KERNEL_DUMP,
+    ) -> None:
         self.pid = pid
         self.timeout = timeout
         self.progress = progress
+        self.selection = selection
+        self.core_filter = core_filter_for(pid, selection)
+        #: A mini core finds the loader's data through the auxiliary vector, read before the freeze.
+        self.auxv = _read_auxv(pid) if selection.mini else None
         self.plan: dumprules.MemoryPlan | None = None
         self.stats: copyengine.CopyStats | None = None
         self.warnings: list[str] = []
+
+    @property
+    def smaps_before_freeze(self) -> bool:
+        """Whether the capture reads smaps (VmFlags) before the freeze for this grab, not afterwards or during it:
+        a frozen mini copy needs them while the process is stopped, and must not pay for the page walk then."""
+        return False
+
+    def before_freeze(self, va_space: Sequence[VaRegion]) -> None:
+        """The memory map as read before the freeze (with smaps when smaps_before_freeze): whatever can be worked
+        out from it alone is, so that the freeze does not wait for it."""
+
+    def plan_for(
+        self,
+        regions: Sequence[VaRegion],
+        memory_pid: int,
+        threads: Sequence[tuple[int, int]],
+        *,
+        clone: bool,
+        rules: Sequence[dumprules.Rule] | None = None,
+    ) -> dumprules.MemoryPlan:
+        """The pages the core takes: a mini core's, or the kernel's rules with this dump's filter. `threads` holds
+        each thread's (stack pointer, thread pointer), which a mini core needs; `rules` its mini_rules when they
+        were worked out beforehand."""
+        if self.selection.mini:
+            return dumprules.plan_mini(
+                regions,
+                memory_pid,
+                threads,
+                self.auxv,
+                stack_limit=self.selection.stack_limit,
+                clone=clone,
+                rules=rules,
+            )
+        shared = self.pid if clone else None
+        return dumprules.plan_memory(regions, memory_pid, shared_pid=shared, clone=clone, core_filter=self.core_filter)
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
         raise NotImplementedError
@@ -424,8 +600,17 @@ class MemoryGrab:
     def _finish_model(self, model: Snapshot, regions: Sequence[VaRegion], clone_pid: int | None) -> Snapshot:
         plan = self.plan
         assert plan is not None
+        selection = self.selection
+        kernel = not selection.mini and not selection.all_memory
         capture = MemoryCapture(
-            method=self.method, bytes_captured=plan.total, regions=plan.regions_dumped, clone_pid=clone_pid
+            method=self.method,
+            bytes_captured=plan.total,
+            regions=plan.regions_dumped,
+            clone_pid=clone_pid,
+            selection="mini" if selection.mini else "all" if selection.all_memory else "kernel",
+            filter=self.core_filter.mask if kernel else None,
+            filter_source=self.core_filter.source if kernel else None,
+            stack_limit=selection.stack_limit if selection.mini else None,
         )
         va_space = model.va_space
         if va_space is not None:
@@ -444,16 +629,27 @@ class CloneMemory(MemoryGrab):
 
     method = "va-clone"
 
-    def __init__(self, pid: int, *, timeout: float, progress: copyengine.Progress | None) -> None:
-        super().__init__(pid, timeout=timeout, progress=progress)
+    def __init__(
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        progress: copyengine.Progress | None,
+        selection: DumpSelection = KERNEL_DUMP,
+    ) -> None:
+        super().__init__(pid, timeout=timeout, progress=progress, selection=selection)
         self.clone_plan = plan_clone(pid)  # before the freeze: maps, the syscall site
         self.clone: VaClone | None = None
         self.regions: tuple[VaRegion, ...] = ()
-        self.tracer = TracerThread.start()
+        attachment = attachment_of(pid)
+        #: An attached watch's tracer thread is the clone's (the freeze runs there); it is not ours to end.
+        self._owns_tracer = attachment is None
+        self.tracer = TracerThread.start() if attachment is None else attachment.tracer
         _unreleased.add(self)
 
     def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
         self.clone = make_clone(frozen, self.clone_plan)
+        frozen.release_acting = True  # the clone holds the state: a watched signal need not wait for the copy
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         clone = self.clone
@@ -461,7 +657,7 @@ class CloneMemory(MemoryGrab):
         clone.resend_stashed()
         self.warnings.extend(clone.warnings)
         regions = clone_regions(clone.pid, model.va_space)
-        self.plan = dumprules.plan_memory(regions, clone.pid, shared_pid=self.pid, clone=True)
+        self.plan = self.plan_for(regions, clone.pid, model_pointers(model), clone=True)
         self.regions = regions
         if model.va_space is not None:
             model = dataclasses.replace(model, va_space=_with_figures(model.va_space, regions, model))
@@ -510,7 +706,7 @@ class CloneMemory(MemoryGrab):
                 clone.kill_and_reap(timeout=self.timeout)
                 self.warnings.extend(w for w in clone.warnings if w not in self.warnings)
         finally:
-            if self.tracer is not None:
+            if self.tracer is not None and self._owns_tracer:
                 self.tracer.close()  # no clone was made (or it is ended): nothing is left attached to it
 
 
@@ -545,9 +741,15 @@ class CopyMemory(MemoryGrab):
     method = "frozen-copy"
 
     def __init__(
-        self, pid: int, *, timeout: float, progress: copyengine.Progress | None, dest_fd: int | None = None
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        progress: copyengine.Progress | None,
+        dest_fd: int | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
     ) -> None:
-        super().__init__(pid, timeout=timeout, progress=progress)
+        super().__init__(pid, timeout=timeout, progress=progress, selection=selection)
         self.fd: int | None = None
         self.dest_fd = dest_fd
         self.data_offset = 0
@@ -559,8 +761,13 @@ class CopyMemory(MemoryGrab):
             with procfs.ProcDir(self.pid) as proc:
                 regions = procfs.read_va_space(proc, section_info=True)
         self.regions = regions
-        self.plan = dumprules.plan_memory(regions, self.pid)
-        self.data_offset = reserve_for_head(frozen, regions, self.plan)
+        self.plan = self.plan_for(regions, self.pid, frozen_pointers(frozen), clone=False)
+        self._copy_planned(frozen)
+
+    def _copy_planned(self, frozen: FrozenProcess) -> None:
+        """Copy what the plan names into the destination, behind room reserved for the headers."""
+        assert self.plan is not None
+        self.data_offset = reserve_for_head(frozen, self.regions, self.plan)
         self.fd = memfd.create_unsealed() if self.dest_fd is None else self.dest_fd
         pieces = []
         offset = self.data_offset
@@ -591,6 +798,94 @@ class CopyMemory(MemoryGrab):
         if self.fd is not None and self.fd != self.dest_fd:
             os.close(self.fd)
         self.fd = None
+
+
+#: The most a mini core copies into pss-dup's own memory; more (deep stacks in many threads) goes straight to the
+#: destination, as a full frozen copy does.
+MINI_BUFFER: Final = 64 << 20
+
+
+class MiniCopy(CopyMemory):
+    """A mini core copied while the process is frozen, into a buffer of pss-dup's own (its pages come to a few
+    hundred KiB to a few MiB), and laid out once the process runs again with headers of their exact size.
+
+    For that little memory this stops the process less than a VA clone, whose page-table copy grows with the
+    process (bench/bench_dump.py: ~2 ms against 22-50 ms for 1 GiB). VmFlags are read before the freeze, so the
+    freeze pays for no page walk. A plan larger than MINI_BUFFER is copied as CopyMemory copies.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        timeout: float,
+        progress: copyengine.Progress | None,
+        dest_fd: int | None,
+        selection: DumpSelection,
+    ) -> None:
+        super().__init__(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
+        self.buffer: mmap.mmap | None = None
+        self._early: tuple[Sequence[VaRegion], tuple[dumprules.Rule, ...]] | None = None
+
+    @property
+    def smaps_before_freeze(self) -> bool:
+        return True
+
+    def before_freeze(self, va_space: Sequence[VaRegion]) -> None:
+        self._early = (va_space, dumprules.mini_rules(va_space, self.pid, clone=False))
+
+    def during_freeze(self, frozen: FrozenProcess, va_space: Sequence[VaRegion] | None) -> None:
+        regions = tuple(va_space or ())
+        if not regions:
+            with procfs.ProcDir(self.pid) as proc:
+                regions = procfs.read_va_space(proc, section_info=False)
+        self.regions = regions
+        # The map is unchanged since it was read before the freeze (the capture compared it): its rules still hold.
+        rules = self._early[1] if self._early is not None and self._early[0] is va_space else None
+        self.plan = self.plan_for(regions, self.pid, frozen_pointers(frozen), clone=False, rules=rules)
+        if self.plan.total > MINI_BUFFER:
+            self._copy_planned(frozen)
+            return
+        size = max(self.plan.total, copyengine.PAGE_SIZE)
+        self.buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | copyengine.MAP_POPULATE)
+        pieces, offset = [], 0
+        for seg in self.plan.segments:
+            if seg.filesz:
+                pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
+                offset += seg.filesz
+        with copyengine.MappedSink(self.buffer) as sink:
+            self._note_failures(copyengine.copy_pieces(self.pid, pieces, sink))
+
+    def build_snapshot(self, model: Snapshot, auxv: bytes | None) -> tuple[int, Snapshot]:
+        if self.buffer is None:
+            return super().build_snapshot(model, auxv)
+        return _sealed(memfd.create_unsealed(), lambda fd: self.write_file(fd, model, auxv))
+
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None, *, sparse: bool = False) -> Snapshot:
+        """Headers, notes and the buffered pages, each PT_LOAD's bytes at its place."""
+        if self.buffer is None:
+            return super().write_file(fd, model, auxv, sparse=sparse)
+        model = self._finished(model)
+        layout = elfcore.plan_core(model, auxv, self.segments)
+        copyengine.size_file(fd, layout.size)
+        copyengine.pwrite_all(fd, layout.head, 0)
+        position = 0
+        with memoryview(self.buffer) as view:
+            for placed in layout.loads:
+                size = placed.segment.filesz
+                if size:
+                    with view[position : position + size] as part:
+                        copyengine.pwrite_all(fd, part, placed.offset)
+                    position += size
+        return model
+
+    def release(self) -> None:
+        try:
+            if self.buffer is not None:
+                self.buffer.close()
+                self.buffer = None
+        finally:
+            super().release()
 
 
 def reserve_for_head(frozen: FrozenProcess, regions: Sequence[VaRegion], plan: dumprules.MemoryPlan) -> int:
@@ -680,11 +975,55 @@ def grab_for(
     timeout: float,
     progress: copyengine.Progress | None = None,
     dest_fd: int | None = None,
+    selection: DumpSelection = KERNEL_DUMP,
 ) -> MemoryGrab:
     """The memory source for a capture with PSS_CAPTURE_VA_CLONE; `dest_fd` is a dump's output file, which the
-    frozen copy writes into directly."""
+    frozen copy writes into directly; `selection` what memory it takes."""
     if method == METHOD_CLONE:
-        return CloneMemory(pid, timeout=timeout, progress=progress)
+        return CloneMemory(pid, timeout=timeout, progress=progress, selection=selection)
+    if method == METHOD_COPY and selection.mini:
+        return MiniCopy(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
     if method == METHOD_COPY:
-        return CopyMemory(pid, timeout=timeout, progress=progress, dest_fd=dest_fd)
+        return CopyMemory(pid, timeout=timeout, progress=progress, dest_fd=dest_fd, selection=selection)
     raise ValueError(f"unknown clone method {method!r}")
+
+
+def core_filter_for(pid: int, selection: DumpSelection) -> dumprules.Filter:
+    """The kernel's rules a dump applies: everything (--all-memory), the mask given (--filter), or the process's
+    own coredump_filter."""
+    if selection.all_memory:
+        return dumprules.Filter(source="--all-memory", all_memory=True)
+    if selection.filter is not None:
+        return dumprules.Filter(selection.filter, "--filter")
+    return dumprules.read_filter(pid)
+
+
+def _read_auxv(pid: int) -> bytes | None:
+    try:
+        with procfs.ProcDir(pid) as proc:
+            return procfs.read_auxv(proc)
+    except FileNotFoundError:
+        raise ProcessGone(f"process {pid} exited before it was captured", pid=pid) from None
+
+
+_RSP = elfcore.X86_64_GPR_NAMES.index("rsp")
+_FS_BASE = elfcore.X86_64_GPR_NAMES.index("fs_base")
+
+
+def frozen_pointers(frozen: FrozenProcess) -> list[tuple[int, int]]:
+    """(stack pointer, thread pointer) of each frozen thread whose registers were read."""
+    out = []
+    for regs in frozen.regs.values():
+        values = elfcore.GPREGS.unpack_from(regs.gpr)
+        out.append((values[_RSP], values[_FS_BASE]))
+    return out
+
+
+def model_pointers(model: Snapshot) -> list[tuple[int, int]]:
+    """(stack pointer, thread pointer) of each thread of the model that has registers."""
+    out = []
+    for thread in model.threads or ():
+        if thread.context is not None:
+            registers = dict(thread.context.registers)
+            out.append((registers.get("rsp", 0), registers.get("fs_base", 0)))
+    return out

@@ -26,16 +26,21 @@ from types import TracebackType
 
 from pss_cli import errors
 from pss_cli.model import (
+    KERNEL_DUMP,
     AccessUse,
+    AttachSpec,
     CaptureFlags,
     CapturePlan,
+    Container,
     DumpOutput,
+    DumpSelection,
     DuplicateResult,
     FreeResult,
     MemoryCapture,
     MemoryProtection,
     MemoryState,
     MemoryType,
+    ProcessLocation,
     Snapshot,
 )
 from pss_cli.outfile import OutputFile
@@ -301,7 +306,9 @@ class WindowsBackend:
 
     # --- Backend -------------------------------------------------------------------------------------------------
 
-    def watch(self, pid: int) -> WatchedProcess:
+    def watch(
+        self, pid: int, attach: AttachSpec | None = None, wake: Callable[[], None] | None = None
+    ) -> WatchedProcess:
         """`pss-dup watch` samples /proc on Linux; its Windows sampler is not written yet."""
         raise errors.NotSupported("pss-dup watch runs on Linux only for now")
 
@@ -539,6 +546,15 @@ class WindowsBackend:
     def is_kernel_thread(self, pid: int) -> bool:
         return False
 
+    def locate(self, pid: int) -> ProcessLocation | None:
+        return None  # Windows containers (silos) are not modelled
+
+    def container_of(self, pid: int) -> Container | None:
+        return None
+
+    def path_in_root(self, pid: int, path: str) -> str:
+        raise errors.NotSupported("a process's own root directory is a Linux notion", pid=pid)
+
     def held_snapshots(self, pid: int) -> tuple[int, ...] | None:
         """An HPSS is an address in its holder: nothing outside tells it from any other pointer."""
         return None
@@ -559,10 +575,12 @@ class WindowsBackend:
         *,
         force: bool,
         timeout: float,
-        clone_method: str = "clone",
+        clone_method: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         compress: str | None = None,
         written: Callable[[DumpOutput], None] | None = None,
+        selection: DumpSelection = KERNEL_DUMP,
+        into_container: bool = False,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
     ) -> Snapshot:
         """A minidump of `pid` written from a VA-clone snapshot, as ProcDump -r does: the process is suspended only
@@ -570,12 +588,19 @@ class WindowsBackend:
         (pss_cli.outfile). The model's memory is what the file holds (its memory lists, read back), and copy_ms how
         long MiniDumpWriteDump took; blocks the clone could not give are left out and named in a warning.
         `progress` is not called (MiniDumpWriteDump reports none)."""
-        if clone_method != "clone":
+        if clone_method not in (None, "clone"):
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
         if compress is not None or isinstance(path, int):
             raise errors.NotSupported("compressed and streamed dumps are Linux-only for now", pid=pid)
+        if selection != KERNEL_DUMP:
+            raise errors.NotSupported(
+                "--mini, --filter, --all-memory and --stack-limit are Linux-only; a Windows dump is a full minidump",
+                pid=pid,
+            )
+        if into_container:
+            raise errors.NotSupported("--into-container is Linux-only: Windows containers are not modelled", pid=pid)
         with OutputFile(path, force=force, pid=pid) as out:
             with self.capture(pid, abi.MINIDUMP_CAPTURE_FLAGS, timeout=timeout) as snap:
                 started = time.perf_counter()
