@@ -16,10 +16,18 @@ Mini cores (issue 13): on a C target with 1 GiB touched over 8 threads, interlea
 2% of the full core's size, its total time at most 150 ms plus Python's start-up (measured: `python -I -c pass`), the
 process stopped at most 10 ms. `--mini-only` runs just this part. The load average is printed before and after.
 
-Run as root: `.venv/bin/python bench/bench_dump.py [--runs N] [--dir DIR] [--skip-4g]`. Every output file is removed
-right after it is measured, and each timed run starts after `sync` so that earlier write-back does not slow it.
-pss-dup runs with a bytecode cache of its own (PYTHONPYCACHEPREFIX, warmed first): an installed package has its .pyc
-files, and an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile the package on every run.
+Output (issue 13, `--only-output` runs this part alone): a 1 GiB zero-heavy target (calloc + memset 0, as a JVM
+pre-touches its heap) dumped sparse beside gcore (goal: at most 0.25x gcore's time, Python start-up included, and
+`du` at most 5% of gcore's file); the cost of looking for zero pages on memory that holds data (the copy engine
+writing the 1 GiB target's memory with and without it, beside the C write floor); `--compress zstd` beside
+`zstd -T0` on the same bytes; `dump PID - | cat > FILE` beside `dump PID FILE`. The load average is printed with
+each, as the machine is shared.
+
+Run as root: `.venv/bin/python bench/bench_dump.py [--runs N] [--dir DIR] [--skip-4g] [--only-output] [--mini-only]`.
+Every output file is removed right after it is measured, and each timed run starts after `sync` so that earlier
+write-back does not slow it. pss-dup runs with a bytecode cache of its own (PYTHONPYCACHEPREFIX, warmed first): an
+installed package has its .pyc files, and an environment with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile the
+package on every run.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PSS_DUP = str(Path(sys.executable).with_name("pss-dup"))
 PSS_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -50,8 +59,10 @@ C_TARGET = r"""
 #include <unistd.h>
 static size_t per_thread;
 static pthread_barrier_t ready;
+static unsigned char *volatile kept[64];   /* p escapes: the compiler may not drop the memset as a dead store */
 static void *toucher(void *arg) {
     unsigned char *p = malloc(per_thread);
+    kept[(size_t)arg] = p;
     for (size_t i = 0; i < per_thread; i += 4096) p[i] = (unsigned char)(i >> 12) ^ (unsigned char)(size_t)arg;
     memset(p, (int)(size_t)arg + 1, per_thread);
     pthread_barrier_wait(&ready);
@@ -103,6 +114,25 @@ int main(int argc, char **argv) {
     clock_gettime(CLOCK_MONOTONIC, &b);
     printf("%.6f\n", (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
     if (!memfd) unlink(argv[2]);
+    return 0;
+}
+"""
+
+#: The zero-heavy target: N MiB allocated with calloc and written with zeros (so every page is resident, none the
+#: shared zero page), as a JVM pre-touches its heap; plus one page of data.
+C_ZERO_TARGET = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    size_t size = (size_t)atol(argv[1]) << 20;
+    volatile unsigned char *heap = calloc(size, 1);
+    for (size_t i = 0; i < size; i += 4096) heap[i] = 0;   /* a write fault per page: resident, not the zero page */
+    strcpy((char *)heap + size / 2, "data in the middle of the zeros");   /* (memset(0) after calloc: optimised out) */
+    printf("ready\n");
+    fflush(stdout);
+    char line[8];
+    while (fgets(line, sizeof line, stdin)) {}
     return 0;
 }
 """
@@ -350,8 +380,8 @@ def write_limit_gbps(limit_exe: Path, size: int, where: str) -> float:
     return (mib << 20) / float(result.stdout) / 1e9
 
 
-def engine_gbps(pid: int, reader: str) -> float:
-    """The read engine alone: the target's dumped memory into a pre-faulted anonymous buffer (no file)."""
+def dumped_pieces(pid: int) -> tuple[list[Any], int]:
+    """The memory a dump of `pid` holds, as copy-engine pieces laid end to end, and their size."""
     from pss_cli.platform.linux import copyengine, dumprules, procfs
 
     with procfs.ProcDir(pid) as proc:
@@ -362,6 +392,14 @@ def engine_gbps(pid: int, reader: str) -> float:
         if seg.filesz:
             pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset))
             offset += seg.filesz
+    return pieces, offset
+
+
+def engine_gbps(pid: int, reader: str) -> float:
+    """The read engine alone: the target's dumped memory into a pre-faulted anonymous buffer (no file)."""
+    from pss_cli.platform.linux import copyengine
+
+    pieces, offset = dumped_pieces(pid)
     buffer = mmap.mmap(-1, offset, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
     try:
         with copyengine.MappedSink(buffer) as sink:
@@ -420,11 +458,176 @@ def bench_target(
     return results
 
 
+# ---- output: holes, zstd, stdout (issue 13) ---------------------------------------------------------------------
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def timed_dump(pid: int, *args: str, shell_tail: str = "") -> tuple[float, dict[str, Any]]:
+    """Wall time of one `pss-dup dump PID ARGS -o json` (Python start-up included), and its record."""
+    os.sync()
+    command = " ".join([PSS_DUP, "dump", str(pid), *args, "-o", "json"]) + shell_tail
+    t = time.perf_counter()
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, env=PSS_ENV)
+    total = time.perf_counter() - t
+    if result.returncode != 0:
+        raise SystemExit(f"pss-dup dump failed: {result.stderr[-2000:]}")
+    text = result.stderr if shell_tail else result.stdout  # with FILE -, the report goes to stderr
+    record: dict[str, Any] = json.loads(text[text.index("{") :])["results"][0]
+    return total, record
+
+
+def gcore_file(pid: int, directory: Path) -> tuple[float, int, int]:
+    """gcore's wall time, file size and allocated size (du); the file is removed."""
+    os.sync()
+    t = time.perf_counter()
+    result = subprocess.run(["gcore", "-o", str(directory / "gcore"), str(pid)], capture_output=True, text=True)
+    total = time.perf_counter() - t
+    made = directory / f"gcore.{pid}"
+    if result.returncode != 0 or not made.exists():
+        raise SystemExit(f"gcore failed: {result.stderr[-500:]}")
+    st = made.stat()
+    made.unlink()
+    return total, st.st_size, st.st_blocks * 512
+
+
+def bench_sparse(exe: Path, directory: Path, rounds: int) -> None:
+    """The 1 GiB zero-heavy target, dumped sparse, beside gcore."""
+    proc = start([str(exe), "1024"])
+    try:
+        pss_s, pss_du, pss_size, gcore_s, gcore_du, gcore_size = [], [], [], [], [], []
+        timed_dump(proc.pid, str(directory / "warm.core"))  # the bytecode cache
+        (directory / "warm.core").unlink()
+        for _ in range(rounds):
+            out = directory / "sparse.core"
+            total, record = timed_dump(proc.pid, str(out))
+            pss_s.append(total)
+            pss_du.append(float(record["output"]["allocated_bytes"]))
+            pss_size.append(float(record["output"]["core_bytes"]))
+            out.unlink()
+            g_total, g_size, g_du = gcore_file(proc.pid, directory)
+            gcore_s.append(g_total)
+            gcore_size.append(float(g_size))
+            gcore_du.append(float(g_du))
+        print(f"\n== 1 GiB zero-heavy target (calloc + memset 0), {rounds} interleaved runs, median (min-max); "
+              f"{load()}")  # fmt: skip
+        print(f"pss-dup dump (sparse): {spread(pss_s, '.2f')} s, size {median(pss_size) / 2**20:.0f} MiB, "
+              f"du {spread([d / 2**20 for d in pss_du], '.1f')} MiB")  # fmt: skip
+        print(f"gcore:                 {spread(gcore_s, '.2f')} s, size {median(gcore_size) / 2**20:.0f} MiB, "
+              f"du {spread([d / 2**20 for d in gcore_du], '.1f')} MiB")  # fmt: skip
+        print(f"goal time <= 0.25x gcore: {median(pss_s) / median(gcore_s):.3f}x; "
+              f"goal du <= 5% of gcore's file: {median(pss_du) / median(gcore_size):.3%}")  # fmt: skip
+    finally:
+        stop(proc)
+
+
+def engine_to_file_gbps(pid: int, path: Path, *, sparse: bool) -> float:
+    """The copy engine alone, the target's dumped memory into a new file with or without the zero-page check."""
+    from pss_cli.platform.linux import copyengine
+
+    pieces, offset = dumped_pieces(pid)
+    os.sync()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        stats = copyengine.write_pieces_fd(fd, offset, pieces, pid, sparse=sparse)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return stats.throughput / 1e9
+
+
+def engine_to_null_gbps(pid: int, *, sparse: bool) -> float:
+    """The copy engine alone into /dev/null: the reading rate, with or without the zero-page check (no disk)."""
+    from pss_cli.platform.linux import copyengine
+
+    pieces, _ = dumped_pieces(pid)
+    fd = os.open("/dev/null", os.O_WRONLY)
+    try:
+        with copyengine.FdSink(fd, sparse=sparse) as sink:
+            return copyengine.copy_pieces(pid, pieces, sink).throughput / 1e9
+    finally:
+        os.close(fd)
+
+
+def bench_zero_check_cost(exe: Path, directory: Path, rounds: int, limit_exe: Path) -> None:
+    """What looking for zero pages costs on memory that holds data: the 1 GiB target, interleaved."""
+    proc = start([str(exe), "1024"])
+    try:
+        plain: list[float] = []
+        sparse: list[float] = []
+        null_plain: list[float] = []
+        null_sparse: list[float] = []
+        floor: list[float] = []
+        for i in range(rounds):  # alternating which goes first: one right after another's write-back is slower
+            pair = [(plain, null_plain, False), (sparse, null_sparse, True)]
+            for runs, null_runs, check in pair if i % 2 else pair[::-1]:
+                runs.append(engine_to_file_gbps(proc.pid, directory / "engine.bin", sparse=check))
+                null_runs.append(engine_to_null_gbps(proc.pid, sparse=check))
+            floor.append(write_limit_gbps(limit_exe, 1 << 30, str(directory / "limit.bin")))
+        print(f"\n== zero-page check on 1 GiB of data (no zero page), {rounds} interleaved runs; {load()}")
+        print(f"copy engine into a file: plain {spread(plain, '.2f')} GB/s, with the check {spread(sparse, '.2f')} "
+              f"GB/s ({median(sparse) / median(plain):.0%} of plain); C write floor {spread(floor, '.2f')} GB/s "
+              f"(plain {median(plain) / median(floor):.0%}, checked {median(sparse) / median(floor):.0%} of "
+              "it)")  # fmt: skip
+        share = median(null_sparse) / median(null_plain)
+        print(f"copy engine into /dev/null (reading alone): plain {spread(null_plain, '.2f')} GB/s, with the check "
+              f"{spread(null_sparse, '.2f')} GB/s ({share:.0%} of plain)")  # fmt: skip
+    finally:
+        stop(proc)
+
+
+def bench_zstd_and_stdout(exe: Path, zero_exe: Path, directory: Path, rounds: int) -> None:
+    """--compress zstd beside `zstd -T0` on the same bytes, and `dump - | cat > FILE` beside `dump FILE`."""
+    zstd = shutil.which("zstd")
+    for name, argv in (("1 GiB of data", [str(exe), "1024"]), ("1 GiB zero-heavy", [str(zero_exe), "1024"])):
+        proc = start(argv)
+        try:
+            ours, ours_rate, ratio, theirs, direct, piped = [], [], [], [], [], []
+            for _ in range(rounds):
+                out = directory / "z.core"
+                total, record = timed_dump(proc.pid, str(out), "--compress", "zstd")
+                ours.append(total)
+                ours_rate.append(record["output"]["core_bytes"] / record["output"]["seconds"] / 1e9)
+                ratio.append(record["output"]["ratio"])
+                (directory / "z.core.zst").unlink()
+                total, _ = timed_dump(proc.pid, str(out))
+                direct.append(total)
+                out.unlink()
+                total, record = timed_dump(proc.pid, "-", shell_tail=f" | cat > {out}")
+                piped.append(total)
+                if zstd is not None:  # the same bytes (the streamed core, in the page cache), by the zstd command
+                    t = time.perf_counter()
+                    subprocess.run([zstd, "-T0", "-q", "-f", str(out), "-o", str(out) + ".zst"], check=True)
+                    theirs.append(out.stat().st_size / (time.perf_counter() - t) / 1e9)
+                    Path(str(out) + ".zst").unlink()
+                out.unlink()
+            print(f"\n== {name}: zstd and stdout, {rounds} interleaved runs, median (min-max); {load()}")
+            print(f"dump --compress zstd: {spread(ours, '.2f')} s in all, memory compressed at "
+                  f"{spread(ours_rate, '.2f')} GB/s, ratio {median(ratio):.0f}x; zstd -T0 on the same core: "
+                  f"{spread(theirs, '.2f')} GB/s")  # fmt: skip
+            print(f"dump PID FILE {spread(direct, '.2f')} s; dump PID - | cat > FILE {spread(piped, '.2f')} s "
+                  f"({median(piped) / median(direct):.2f}x)")  # fmt: skip
+        finally:
+            stop(proc)
+
+
+def bench_output(work: Path, directory: Path, rounds: int, exe: Path, limit_exe: Path) -> None:
+    zero_exe = work / "zeros"
+    (work / "zeros.c").write_text(C_ZERO_TARGET)
+    subprocess.run(["gcc", "-O2", "-o", str(zero_exe), str(work / "zeros.c")], check=True)
+    bench_sparse(zero_exe, directory, rounds)
+    bench_zero_check_cost(exe, directory, rounds, limit_exe)
+    bench_zstd_and_stdout(exe, zero_exe, directory, rounds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the cores are written (default: a temp dir)")
     parser.add_argument("--skip-4g", action="store_true")
+    parser.add_argument("--only-output", action="store_true", help="only the output part: holes, zstd, stdout")
     parser.add_argument("--mini-only", action="store_true", help="only the mini-core comparison")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -449,6 +652,9 @@ def main() -> None:
             bench_python_mini(directory, args.runs)
             return
 
+        if args.only_output:
+            bench_output(work, directory, args.runs, exe, limit_exe)
+            return
         fixed_costs(directory, args.runs)
         targets = [("C, 1 GiB touched, 4 threads", [str(exe), "1024"])]
         if not args.skip_4g:
@@ -471,6 +677,7 @@ def main() -> None:
             clone, gcore = results["pss-dup clone"], results["gcore"]
             ratio = median(clone.total_s) / median(gcore.total_s)
             print(f"{name}: stopped {median(clone.stopped_ms):.1f} ms, total {ratio:.2f}x gcore's")
+        bench_output(work, directory, args.runs, exe, limit_exe)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -22,6 +22,7 @@ from pss_cli.model import (
     KERNEL_DUMP,
     CaptureFlags,
     CapturePlan,
+    DumpOutput,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -180,12 +181,14 @@ def open_snapshot(handle: int) -> Snapshot:
 
 def dump(
     pid: int,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | int,
     *,
     force: bool = False,
     timeout: float = 10.0,
     clone_method: str | None = None,
     progress: ProgressCallback | None = None,
+    compress: str | None = None,
+    written: Callable[[DumpOutput], None] | None = None,
     selection: DumpSelection = KERNEL_DUMP,
     into_container: bool = False,
 ) -> Snapshot:
@@ -193,14 +196,19 @@ def dump(
 
     The process is stopped only while a copy-on-write clone is made ("copy": while its memory is copied; the
     default for a mini core). The file is created mode 0600 and an existing one is replaced only with `force`; a
-    failed dump leaves none. `selection` says what memory goes in: by default what the kernel would dump (the
-    process's coredump_filter and MADV_DONTDUMP), or a mask, everything, or a mini core (Linux).
-    With `into_container`, `path` is a path inside the process's own root directory (its container's filesystem,
-    resolved there so that no symlink in it leads out) and the file belongs to the process's user and group.
+    failed dump leaves none. Zero pages are holes of the file. `path` an int is an open fd (a pipe, a socket) the
+    core is streamed into, front to back; `compress` ("zstd") writes one compressed frame instead, into the file or
+    fd. `written` is told the sizes written and the time taken. `selection` says what memory goes in: by default
+    what the kernel would dump (the process's coredump_filter and MADV_DONTDUMP), or a mask, everything, or a mini
+    core (Linux). With `into_container`, `path` is a path inside the process's own root directory (its container's
+    filesystem, resolved there so that no symlink in it leads out) and the file belongs to the process's user and
+    group; a stream (`path` an fd) has no place there and is refused.
     """
     problem = selection_problem(selection)
     if problem is not None:
         raise UsageError(problem)
+    if into_container and isinstance(path, int):
+        raise UsageError("--into-container writes a file inside the container, not a stream")
     return backend().dump(
         pid,
         path,
@@ -208,9 +216,20 @@ def dump(
         timeout=checked(timeout),
         clone_method=clone_method,
         progress=progress,
+        compress=compress,
+        written=written,
         selection=selection,
         into_container=into_container,
     )
+
+
+def container_label(pid: int) -> str | None:
+    """What a --name template's {container} shows for `pid` (dump and watch): its container's short ID (a
+    machine's name), its runtime where only the environment names one, None outside a container."""
+    found = backend().container_of(pid)
+    if found is None:
+        return None
+    return found.short_id if found.id is not None else found.runtime
 
 
 def path_in_root(pid: int, path: str) -> str:

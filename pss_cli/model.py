@@ -491,6 +491,25 @@ class MemoryCapture:
 
 
 @record
+class DumpOutput:
+    """What a dump wrote, beside the snapshot it holds: the core's size, the bytes that went out (fewer when
+    compressed), the room it takes on disk (a sparse core leaves its zero pages out; None for a stream), and how
+    long the memory took to go out (copy, compression and writing, overlapped)."""
+
+    core_bytes: int
+    written_bytes: int
+    allocated_bytes: int | None
+    compression: str | None
+    streamed: bool
+    seconds: float
+
+    @property
+    def ratio(self) -> float | None:
+        """How many times smaller the output is than the core (compressed dumps)."""
+        return self.core_bytes / self.written_bytes if self.compression and self.written_bytes else None
+
+
+@record
 class Performance:
     """PSS_PERFORMANCE_COUNTERS, in milliseconds; stopped_ms is how long the process was frozen.
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import socket
-import string
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,9 +25,6 @@ from pss_cli.model import AttachSpec, DumpSelection, ResourceSample, WatchStop
 #: Size suffixes, binary like ps and free: 512M is 512 MiB.
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-#: What a file name made from a --name template may hold; anything else in a value becomes "_".
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-TEMPLATE_FIELDS = ("name", "pid", "trigger", "time", "host", "n", "container")
 DEFAULT_TEMPLATE = "{name}_{trigger}_{time}.{pid}.core"
 #: What --on-signal cannot watch: SIGKILL never reaches a tracer.
 UNWATCHABLE_SIGNALS = frozenset({"SIGKILL"})
@@ -167,44 +161,6 @@ def problems(triggers: Triggers, limits: LimitSettings) -> list[str]:
         if signal_name(number) in UNWATCHABLE_SIGNALS:
             found.append(f"--on-signal {signal_name(number)}: that signal never reaches a tracer, it cannot be watched")
     return found
-
-
-def template_problem(template: str) -> str | None:
-    """Why a --name template cannot make a file name in DIR, or None."""
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        return f"--name {template!r} is not a template: {exc}"
-    unknown = [n for n in names if n not in TEMPLATE_FIELDS]
-    if unknown:
-        return f"--name knows only {{{'} {'.join(TEMPLATE_FIELDS)}}}, not {{{unknown[0]}}}"
-    literal = re.sub(r"\{[^}]*\}", "", template)
-    if _UNSAFE.search(literal) or not template.strip("{}") or template.startswith("."):
-        return f"--name {template!r} may hold only letters, digits and . _ + - besides its {{fields}}"
-    return None
-
-
-def file_name(
-    template: str, *, name: str, pid: int, trigger: str, when: float, n: int, container: str | None = None
-) -> str:
-    """A file name from a --name template; every value is reduced to characters safe in any shell and path.
-
-    `container` is the process's container as {container} shows it (a short ID, or a machine name): "host" outside
-    one."""
-
-    def safe(value: object) -> str:
-        return _UNSAFE.sub("_", str(value)).strip("._") or "process"
-
-    values = {
-        "name": safe(name)[:64],
-        "pid": pid,
-        "trigger": safe(trigger),
-        "time": time.strftime("%y%m%d_%H%M%S", time.localtime(when)),
-        "host": safe(socket.gethostname()),
-        "n": n,
-        "container": safe(container)[:64] if container else "host",
-    }
-    return template.format(**values)
 
 
 # ---- triggers -------------------------------------------------------------------------------------------------
@@ -486,6 +442,8 @@ class Action:
     template: str = ""
     dup_into: int | None = None
     exec_command: str | None = None
+    #: --compress for dumps: the compression (pss_cli.compress), or None.
+    compress: str | None = None
     #: What memory a dump takes (--mini, --filter, --all-memory); None: what the kernel would dump.
     selection: DumpSelection | None = None
     #: --clone-method of the dumps; None: as `dump` chooses (a crash or exit an attached watch holds: copy).

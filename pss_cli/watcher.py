@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pss_cli.compress import SUFFIXES
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, PssError, UsageError
 from pss_cli.lookup import process_name
 from pss_cli.model import KERNEL_DUMP, ResourceSample, WatchStop
+from pss_cli.naming import file_name
 from pss_cli.platform import WatchedProcess, backend
 from pss_cli.watch import (
     Action,
@@ -39,7 +41,6 @@ from pss_cli.watch import (
     Triggered,
     Triggers,
     TriggerState,
-    file_name,
     fired_for,
     signal_name,
 )
@@ -315,6 +316,8 @@ class Watcher:
         return ActionEvent(time.time(), w.pid, w.name, a.kind, trigger, ok, **fields)
 
     def _dump(self, w: Watched, trigger: str) -> dict[str, Any]:
+        from pss_cli import api
+
         base = file_name(
             self.action.template,
             name=w.name,
@@ -322,8 +325,11 @@ class Watcher:
             trigger=trigger,
             when=time.time(),
             n=self.bookkeeping.actions + 1,
-            container=container_label(w.pid) if "{container}" in self.action.template else None,
+            container=api.container_label(w.pid) if "{container}" in self.action.template else None,
         )
+        compress = self.action.compress
+        if compress is not None and not base.endswith(SUFFIXES[compress]):
+            base += SUFFIXES[compress]
         for attempt in range(1, 1000):
             path = os.path.join(self.action.directory, base if attempt == 1 else numbered(base, attempt))
             try:
@@ -333,6 +339,7 @@ class Watcher:
                     force=False,
                     timeout=self.timeout,
                     clone_method=self.action.clone_method,
+                    compress=compress,
                     selection=self.action.selection or KERNEL_DUMP,
                 )
                 break
@@ -437,12 +444,3 @@ def sigchld_unblocked() -> Iterator[None]:
 
 def named_counts(counts: dict[int, int]) -> dict[str, int]:
     return {signal_name(n): c for n, c in sorted(counts.items())}
-
-
-def container_label(pid: int) -> str | None:
-    """What {container} shows for `pid`: its container's short ID (a machine's name), its runtime where only the
-    environment names one, None outside a container."""
-    found = backend().container_of(pid)
-    if found is None:
-        return None
-    return found.short_id if found.id is not None else found.runtime

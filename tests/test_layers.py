@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pss_cli"
 #: What pss_cli/cli may import of the package: the API, the shared records and errors, and the views.
 CLI_MAY_IMPORT = ("pss_cli.api", "pss_cli.errors", "pss_cli.model", "pss_cli.render", "pss_cli.cli",
                   "pss_cli._version", "pss_cli.interrupts",
-                  "pss_cli.watch")  # the watch rules: records and pure threshold logic, no I/O, as model  # fmt: skip
+                  "pss_cli.watch",  # the watch rules: records and pure threshold logic, no I/O, as model
+                  "pss_cli.naming",  # file names from templates: pure string logic, as watch
+                  "pss_cli.compress")  # the --compress choices; its compressor loads zstd only when called  # fmt: skip
 
 
 def module_name(path: Path) -> str:

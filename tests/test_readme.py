@@ -107,9 +107,10 @@ def test_console_example_runs(command: str, world: World, tmp_path: Path) -> Non
     result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, f"{command}\n{result.stderr}"
     assert result.stdout
-    if "dump" in argv:
-        cores = list(tmp_path.glob("*.core"))
-        assert cores and all(c.stat().st_mode & 0o777 == 0o600 and c.read_bytes()[:4] == b"\x7fELF" for c in cores)
+    if "dump" in argv:  # a core, or a compressed one (a zstd frame)
+        cores = list(tmp_path.glob("*.core")) + list(tmp_path.glob("*.core.zst"))
+        assert cores and all(c.stat().st_mode & 0o777 == 0o600 for c in cores)
+        assert all(c.read_bytes()[:4] == (b"\x28\xb5\x2f\xfd" if c.suffix == ".zst" else b"\x7fELF") for c in cores)
 
 
 def test_readme_examples_cover_every_command() -> None:

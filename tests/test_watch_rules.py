@@ -6,18 +6,17 @@ from __future__ import annotations
 import pytest
 
 from pss_cli.model import ResourceSample, WatchStop
+from pss_cli.naming import WATCH_FIELDS, file_name, template_problem
 from pss_cli.watch import (
     DEFAULT_TEMPLATE,
     Limits,
     LimitSettings,
     Triggers,
     TriggerState,
-    file_name,
     fired_for,
     parse_signal,
     parse_size,
     problems,
-    template_problem,
 )
 
 MiB = 1 << 20
@@ -145,13 +144,16 @@ def test_file_names_are_safe_whatever_the_process_is_called() -> None:
     assert name.startswith("evil_name_cpu_") and name.endswith(".42.core")
 
 
-@pytest.mark.parametrize("template", ["../{name}", "{name}/x", "{nope}.core", "{name", "a b{pid}", ".{pid}"])
+@pytest.mark.parametrize(
+    "template",
+    ["../{name}", "{name}/x", "{nope}.core", "{name", "a b{pid}", ".{pid}", "{name:/>70}", "{pid!r}", "-{pid}"],
+)
 def test_bad_templates_are_refused(template: str) -> None:
-    assert template_problem(template) is not None
+    assert template_problem(template, WATCH_FIELDS) is not None
 
 
 def test_every_field_is_allowed_in_a_template() -> None:
-    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}.core") is None
+    assert template_problem("{name}-{pid}-{trigger}-{time}-{host}-{n}-{container}.core", WATCH_FIELDS) is None
 
 
 def test_a_window_ends_at_the_sample_nearest_its_end_not_a_poll_later() -> None:

@@ -13,6 +13,7 @@ import click
 from pss_cli import interrupts
 from pss_cli.cli.common import memory_options, output_options
 from pss_cli.cli.params import PID, SIZE, TARGET
+from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import ExitCode, NoSuchProcess, UsageError
 from pss_cli.model import CLONE_METHODS, DumpSelection, selection_problem
 from pss_cli.render.console import Ui
@@ -107,6 +108,8 @@ SIGNAL = SignalParam()
     show_default=True,
     help="Core file name, from {name} {pid} {trigger} {time} {host} {n} {container} (a short container ID, or 'host').",
 )
+@click.option("--compress", type=click.Choice(COMPRESSIONS),
+              help="Compress each core (--dump) into NAME.zst, one standard zstd frame.")  # fmt: skip
 @click.option("--clone-method", type=click.Choice(CLONE_METHODS), default=None,
               help="As for dump: clone (the default) stops the process only while a copy-on-write clone is made, "
                    "also while attached; copy keeps it stopped for the whole copy. A crash or an exit an attached "
@@ -153,6 +156,7 @@ def watch(
     on_exit: bool,
     dump_dir: str | None,
     template: str,
+    compress: str | None,
     clone_method: str | None,
     selection: DumpSelection | None,
     capture_action: bool,
@@ -173,7 +177,8 @@ def watch(
     debugger can attach to it meanwhile; should the watcher die, it runs on untraced. With no trigger, act once now.
     """
     from pss_cli import api
-    from pss_cli.watch import Action, LimitSettings, Triggers, problems, template_problem
+    from pss_cli.naming import WATCH_FIELDS, template_problem
+    from pss_cli.watch import Action, LimitSettings, Triggers, problems
 
     if ui.output == "json":
         raise UsageError("watch reports events as they happen: use -o jsonl, not -o json")
@@ -191,13 +196,15 @@ def watch(
         on_exit,
     )
     limits = LimitSettings(count, every, poll, duration, max_size)
-    found = problems(triggers, limits) + ([p] if (p := template_problem(template)) else [])
+    found = problems(triggers, limits) + ([p] if (p := template_problem(template, WATCH_FIELDS)) else [])
     found += [p] if selection is not None and (p := selection_problem(selection)) else []
     if found:
         raise UsageError(found[0])
-    if (selection is not None or clone_method is not None) and (capture_action or dup_into is not None):
+    made = selection is not None or clone_method is not None or compress is not None
+    if made and (capture_action or dup_into is not None):
         raise UsageError(
-            "--clone-method, --mini, --filter and --all-memory choose how a core is made: they go with --dump"
+            "--clone-method, --mini, --filter, --all-memory and --compress choose how a core is made: they go with "
+            "--dump"
         )
     action = Action(
         "dump",
@@ -206,6 +213,7 @@ def watch(
         exec_command=exec_command,
         selection=selection,
         clone_method=clone_method,
+        compress=compress,
     )
     chosen = [
         name

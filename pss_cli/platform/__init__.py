@@ -20,6 +20,7 @@ from pss_cli.model import (
     CaptureFlags,
     CapturePlan,
     Container,
+    DumpOutput,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -186,12 +187,14 @@ class Backend(Protocol):
     def dump(
         self,
         pid: int,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | int,
         *,
         force: bool,
         timeout: float,
         clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        compress: str | None = None,
+        written: Callable[[DumpOutput], None] | None = None,
         selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
     ) -> Snapshot:
@@ -202,6 +205,8 @@ class Backend(Protocol):
         None lets the backend choose. `selection` says what memory the dump takes (Linux only, beyond the default).
         `into_container`: `path` is a path in the process's own root directory (its container's filesystem),
         resolved inside it, and the file belongs to the process's user and group (Linux only).
+        `path` an int is an fd the dump is streamed into; `compress` ("zstd") compresses the file or stream (Linux
+        only, as streams are); `written` is told what went out.
         """
         ...
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pss_cli.errors import PssError
-from pss_cli.model import Container, DuplicateResult, FreeResult, Snapshot
+from pss_cli.model import Container, DumpOutput, DuplicateResult, FreeResult, Snapshot
 from pss_cli.render import printable
 from pss_cli.render.console import Ui, print_trimmed, status
 from pss_cli.render.jsonout import emit, error_record
@@ -173,12 +173,23 @@ def checks(ui: Ui, run: Callable[[Callable[[Check], None] | None], list[Check]])
     return done
 
 
-def dumped(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | None, seconds: float) -> None:
-    """`dump`: the file, how much memory it holds and how it got it, and how long the process was stopped."""
-    try:
-        size: int | None = os.stat(path).st_size
-    except OSError:
-        size = None
+def dumped(
+    ui: Ui,
+    snap: Snapshot,
+    path: str | None,
+    holder: int | None,
+    handle: int | None,
+    seconds: float,
+    output: DumpOutput | None = None,
+) -> None:
+    """`dump`: the file (None: stdout), how much memory it holds and how it got it, how long the process was
+    stopped, and what went out (`output`: sizes on disk, compression)."""
+    size: int | None = output.written_bytes if output is not None else None
+    if path is not None and size is None:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = None
     memory = snap.memory
     if ui.machine:
         from pss_cli.serial import to_dict
@@ -186,8 +197,9 @@ def dumped(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
         record = {
             "status": "ok",
             "pid": snap.process.pid,
-            "file": os.path.abspath(path),
+            "file": os.path.abspath(path) if path is not None else None,
             "size": size,
+            "output": {**to_dict(output), "ratio": output.ratio} if output is not None else None,
             "source": {"pid": holder, "handle": handle} if holder is not None else None,
             "memory": to_dict(memory) if memory is not None else None,
             "timings": {
@@ -207,6 +219,7 @@ def dumped(ui: Ui, snap: Snapshot, path: str, holder: int | None, handle: int | 
 
     if not ui.quiet:
         ui.out.print(summary(snap))
-    ui.out.print(dump_view(snap, os.path.abspath(path), size, holder, handle, seconds))
+    where = os.path.abspath(path) if path is not None else "standard output"
+    ui.out.print(dump_view(snap, where, size, holder, handle, seconds, output))
     for warning in snap.warnings:
         ui.warn(warning)

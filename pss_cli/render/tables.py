@@ -18,6 +18,7 @@ from rich.text import Text
 from pss_cli.model import (
     AccessUse,
     Container,
+    DumpOutput,
     DuplicateResult,
     FreeResult,
     HandleEntry,
@@ -318,13 +319,20 @@ def chosen_by(memory: MemoryCapture) -> str:
 
 
 def dump_view(snap: Snapshot, path: str, file_size: int | None, holder: int | None, handle: int | None,
-              seconds: float) -> Table:  # fmt: skip
+              seconds: float, output: DumpOutput | None = None) -> Table:  # fmt: skip
     """`dump`: the file, how much memory it holds and how it got it, and how long the process was stopped."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
     grid.add_row("file", Text(path))
     grid.add_row("size", size(file_size))
+    if output is not None:
+        if output.allocated_bytes is not None and not output.compression:
+            grid.add_row("on disk", Text.assemble(size(output.allocated_bytes), " (zero pages are holes)"))
+        rate = output.core_bytes / output.seconds / 1e9 if output.seconds > 0 else 0.0
+        if output.ratio is not None:
+            grid.add_row(output.compression or "", Text.assemble(
+                size(output.core_bytes), f" core, {output.ratio:.1f}x smaller, at {rate:.2f} GB/s"))  # fmt: skip
     memory = snap.memory
     if memory is not None:
         how = {"va-clone": "VA clone (copy-on-write clone, copied while the process ran)",

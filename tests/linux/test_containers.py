@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,10 @@ import pytest
 
 from pss_cli import api
 from pss_cli.errors import ExitCode, NoSuchProcess, OutputExists, UsageError
-from pss_cli.model import CaptureFlags
+from pss_cli.model import CaptureFlags, DumpOutput
 from pss_cli.platform import backend
 from pss_cli.platform.linux import elfcore
-from tests.conftest import PSS_DUP, run_cli
+from tests.conftest import PSS_DUP, need_tools, run_cli
 from tests.linux.conftest import Target, children_of, state, tracer_pids
 from tests.linux.containers import SECCOMP_DENY, fake_container, ns_inode
 
@@ -269,6 +270,47 @@ def test_dump_into_container_never_follows_the_containers_symlinks_out(
     assert victim.read_bytes() == b"host data" and not (root / "tmp" / "planted.core").is_symlink()
     assert victim.stat().st_uid == os.getuid()  # never chowned to the container's user
     assert state(target.pid) == "S" and tracer_pids(target.pid) == {target.pid: 0}
+
+
+def test_dump_into_container_takes_name_and_compress_and_reports_the_file_it_wrote(
+    chrooted: tuple[Target, Path],
+) -> None:
+    """--into-container with --name (FILE the directory there, /tmp by default) and --compress; the sizes reported
+    are the container's file's (not a host path of the same name); - is refused, as a stream has no place there."""
+    need_tools("zstd")
+    target, root = chrooted
+    result = run_cli("dump", str(target.pid), "--into-container", "--name", "{name}_{container}_{pid}.core",
+                     "--compress", "zstd", "-o", "json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [made] = (root / "tmp").glob(f"*_host_{target.pid}.core.zst")
+    st = made.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)
+    record = json.loads(result.stdout)["results"][0]
+    assert record["file"] == f"/proc/{target.pid}/root/tmp/{made.name}"
+    assert record["output"]["compression"] == "zstd" and record["output"]["written_bytes"] == st.st_size
+    core = subprocess.run(["zstd", "-q", "-d", "-c", str(made)], capture_output=True, check=True).stdout
+    assert core[:4] == b"\x7fELF" and len(core) == record["output"]["core_bytes"]
+
+    outputs: list[DumpOutput] = []
+    api.dump(target.pid, "/tmp/sparse.core", into_container=True, written=outputs.append)
+    sparse = (root / "tmp" / "sparse.core").stat()
+    assert not Path("/tmp/sparse.core").exists()
+    assert (outputs[0].core_bytes, outputs[0].allocated_bytes) == (sparse.st_size, sparse.st_blocks * 512)
+
+    for args in (("-",), ("--name", "-")):
+        refused = run_cli("dump", str(target.pid), *args, "--into-container")
+        assert refused.returncode == ExitCode.USAGE and "does not stream to stdout" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stdout == ""
+    with pytest.raises(UsageError, match="not a stream"):
+        api.dump(target.pid, 1, into_container=True)
+    assert state(target.pid) == "S" and tracer_pids(target.pid) == {target.pid: 0}
+
+
+def test_dump_names_its_core_after_the_container(tmp_path: Path) -> None:
+    with fake_container("docker-{id}.scope") as box:
+        result = run_cli("dump", f"container:{box.id[:12]}", str(tmp_path), "--name", "{container}_{pid}.core")
+        assert result.returncode == 0, result.stderr
+        assert [p.name for p in tmp_path.iterdir()] == [f"{box.id[:12]}_{box.init_pid}.core"]
 
 
 def test_without_openat2_the_path_walk_refuses_every_symlink_and_dotdot(tmp_path: Path) -> None:

@@ -351,6 +351,38 @@ def test_watch_dump_mini_writes_mini_cores(c_target: CTarget, tmp_path: Path) ->
     assert "park_gamma" in gdb(c_target.exe, action["file"], "thread apply all bt")
 
 
+def test_a_mini_core_streams_to_stdout_compressed_and_gdb_backtraces_it(c_target: CTarget, tmp_path: Path) -> None:
+    """--mini with - and --compress (issue 13's points 1, 3 and 4 together): the frozen copy's buffer goes out as
+    one zstd frame on stdout, and gdb backtraces every thread of what zstd -d gives back."""
+    need_tools("zstd")
+    core = tmp_path / "mini.core"
+    command = f"{PSS_DUP} dump {c_target.pid} - --mini --compress zstd -o json | zstd -q -d -o {core}"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stderr)["results"][0]  # stdout holds the core: the report goes to stderr
+    assert record["memory"]["selection"] == "mini" and record["memory"]["method"] == "frozen-copy"
+    assert record["output"]["streamed"] and record["output"]["core_bytes"] == core.stat().st_size < 2 << 20
+    out = gdb(c_target.exe, core, "thread apply all bt")
+    for function in ("park_alpha", "park_beta", "park_gamma", "rewrite_memory"):
+        assert function in out, out
+    assert list(tmp_path.iterdir()) == [core]
+
+
+def test_watch_dump_mini_compress_writes_compressed_mini_cores(c_target: CTarget, tmp_path: Path) -> None:
+    need_tools("zstd")
+    result = subprocess.run([PSS_DUP, "watch", str(c_target.pid), "--dump", str(tmp_path), "--mini", "--compress",
+                             "zstd", "-o", "jsonl"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [action] = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "action"]
+    made = Path(action["file"])
+    assert action["ok"] and made.name.endswith(".core.zst") and action["bytes"] == made.stat().st_size
+    core = tmp_path / "mini.core"
+    subprocess.run(["zstd", "-q", "-d", str(made), "-o", str(core)], check=True)
+    parsed = CoreFile(core).parsed.snapshot
+    assert parsed.memory is not None and parsed.memory.selection == "mini"
+    assert "park_gamma" in gdb(c_target.exe, core, "thread apply all bt")
+
+
 def test_a_mini_core_too_big_for_a_buffer_is_copied_into_the_file_directly(
     c_target: CTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

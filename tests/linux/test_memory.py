@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from pss_cli import compress
 from pss_cli.errors import OutputExists
 from pss_cli.model import CLONE_METHODS, CaptureFlags, MemoryProtection, MemoryState, MemoryType, VaRegion
 from tests.conftest import PSS_DUP, need_tools
@@ -456,7 +457,21 @@ def test_ctrl_c_on_any_bytecode_of_a_copy_raises_it_and_leaves_no_buffer_or_thre
         finally:
             mapping.close()  # BufferError here if a view of it were left behind
 
-    for copy in (to_file, to_mapping):
+    def to_sparse_file() -> None:
+        with open(tmp_path / "out", "w+b") as out:
+            copyengine.write_pieces_fd(out.fileno(), 4 * PAGE, pieces, layout.pid, bounce=2 * PAGE, sparse=True)
+
+    def to_stream() -> None:  # the writer thread writes into a compressor; its fd closes once both let it go
+        with open(tmp_path / "out.zst", "w+b") as out:
+            stream = copyengine.Stream(out.fileno(), compress.compressor("zstd"))
+            try:
+                with copyengine.FdSink(stream, bounce=2 * PAGE) as sink:
+                    copyengine.copy_pieces(layout.pid, pieces, sink)
+                stream.finish(4 * PAGE)
+            finally:
+                stream.close()
+
+    for copy in (to_file, to_mapping, to_sparse_file, to_stream):
         fds = own_fds()
         total, error = interrupted_at(0, copy)
         assert error is None and total > 100

@@ -304,6 +304,20 @@ def test_no_trigger_acts_once_now(spawn: Callable[..., Target], targets: Callabl
     assert [p.name for p in tmp_path.iterdir()] == [f"{exe_of(t).name}-1-now.core"]
 
 
+def test_compressed_cores_are_zstd_frames_named_with_their_suffix(
+    spawn: Callable[..., Target], targets: Callable[..., Target], tmp_path: Path
+) -> None:
+    need_tools("zstd")
+    t = targets("wait", "0")
+    w = watcher(spawn, str(t.pid), "--dump", str(tmp_path), "--name", "{name}-{trigger}.core", "--compress", "zstd")
+    code, events = finish(w)
+    made = tmp_path / f"{exe_of(t).name}-now.core.zst"
+    assert code == 0 and [p.name for p in tmp_path.iterdir()] == [made.name]
+    assert of(events, "action")[0]["bytes"] == made.stat().st_size
+    core = subprocess.run(["zstd", "-q", "-d", "-c", str(made)], capture_output=True, check=True).stdout
+    assert core[:4] == b"\x7fELF"
+
+
 def test_an_existing_file_is_never_replaced(
     spawn: Callable[..., Target], targets: Callable[..., Target], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pss_cli import record
+from pss_cli.compress import COMPRESSIONS
 from pss_cli.errors import (
     AccessDenied,
     Interrupted,
@@ -44,6 +45,7 @@ from pss_cli.model import (
     CaptureFlags,
     CapturePlan,
     Container,
+    DumpOutput,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -62,7 +64,7 @@ from pss_cli.platform.linux import procfs
 
 if TYPE_CHECKING:
     from pss_cli import outfile
-    from pss_cli.platform.linux import inject
+    from pss_cli.platform.linux import copyengine, inject
     from pss_cli.platform.linux.freeze import FrozenProcess
     from pss_cli.platform.linux.vaclone import MemoryGrab
     from pss_cli.platform.linux.watching import ProcWatch
@@ -129,15 +131,27 @@ class LinuxSnapshot:
                 self._fd = memfd.create_sealed(layout, lambda buf: elfcore.write_core(buf, layout, None))
         return self._fd
 
-    def write_core(self, fd: int) -> Snapshot:
-        """Write the snapshot as a core file into `fd` (an empty output file); the model as finally reported."""
+    def write_core(self, fd: int, *, sparse: bool = False) -> Snapshot:
+        """Write the snapshot as a core file into `fd` (an empty output file; with `sparse`, all-zero pages stay
+        holes); the model as finally reported."""
         if self._memory is None:
             from pss_cli.platform.linux import copyengine, elfcore
 
             copyengine.write_core_fd(fd, elfcore.plan_core(self._model, self._auxv), os.getpid())
             return self._model
         with os_errors(self._model.process.pid, "copy the memory"):
-            self._model = self._memory.write_file(fd, self._model, self._auxv)
+            self._model = self._memory.write_file(fd, self._model, self._auxv, sparse=sparse)
+        return self._model
+
+    def write_stream(self, stream: copyengine.Stream) -> Snapshot:
+        """Write the snapshot as a core into `stream`, front to back; the model as finally reported."""
+        if self._memory is None:
+            from pss_cli.platform.linux import copyengine, elfcore
+
+            copyengine.stream_core(stream, elfcore.plan_core(self._model, self._auxv), os.getpid())
+            return self._model
+        with os_errors(self._model.process.pid, "copy the memory"):
+            self._model = self._memory.write_stream(stream, self._model, self._auxv)
         return self._model
 
     def close(self) -> None:
@@ -393,7 +407,7 @@ NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
-def _write_errors(pid: int, out: outfile.OutputFile, *, others: bool = True) -> Iterator[None]:
+def _write_errors(pid: int, out: outfile.OutputFile | _Written, *, others: bool = True) -> Iterator[None]:
     """A failed write of the output file as a typed error. No room (NO_ROOM) says where and how much, wherever it
     came from; with `others`, any other error of a call on a file descriptor (EIO) is a failed write too."""
     try:
@@ -408,7 +422,15 @@ def _write_errors(pid: int, out: outfile.OutputFile, *, others: bool = True) -> 
         raise
 
 
-def _no_room(exc: OSError, out: outfile.OutputFile, pid: int) -> OutputFull:
+@record.record
+class _Written:
+    """A stream's fd, named for the errors as an output file is."""
+
+    path: str
+    fd: int
+
+
+def _no_room(exc: OSError, out: outfile.OutputFile | _Written, pid: int) -> OutputFull:
     """The one line for a file that got no room: "no space left on DEVICE for FILE (N bytes needed, M written)", and
     the like for a quota or a size limit. N is the size the core needs, M what the filesystem holds of it now (the
     file is removed once this is said)."""
@@ -428,6 +450,12 @@ def _no_room(exc: OSError, out: outfile.OutputFile, pid: int) -> OutputFull:
         return OutputFull(f"{out.path} would outgrow the file size limit (ulimit -f) of {limit} bytes {figures}",
                           pid=pid)  # fmt: skip
     return OutputFull(f"{out.path} would be larger than {where} allows {figures}", pid=pid)
+
+
+def _copy_seconds(model: Snapshot, seconds: float) -> float:
+    """How long the memory took to go out: the copy as measured, else the whole write (`seconds`)."""
+    copy_ms = model.memory.copy_ms if model.memory is not None else None
+    return copy_ms / 1000 if copy_ms else seconds
 
 
 def _free_needs_force(target_pid: int, pushed: inject.PushResult) -> tuple[str, ...]:
@@ -473,28 +501,38 @@ class LinuxBackend:
     def dump(
         self,
         pid: int,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | int,
         *,
         force: bool,
         timeout: float,
         clone_method: str | None = None,
         progress: ProgressCallback | None = None,
+        compress: str | None = None,
+        written: Callable[[DumpOutput], None] | None = None,
         selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen).
 
         Without a `clone_method`, a mini core is copied while the process is frozen (its few hundred KiB take less
-        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone.
+        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone. A file is sparse:
+        all-zero pages are holes (into a container's directory too: the file is the same, only its directory is
+        found otherwise). An fd (`path` an int: a pipe, a socket) or a compressed file is a stream, written front to
+        back: zero pages are written (compressed to almost nothing), and the headers come first, their note holding
+        the model as it was before the copy.
         """
         from pss_cli import outfile
 
         method = clone_method or ("copy" if selection.mini else "clone")
         if method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {method!r}; known: {', '.join(CLONE_METHODS)}")
+        if compress is not None and compress not in COMPRESSIONS:
+            raise UsageError(f"unknown compression {compress!r}; known: {', '.join(COMPRESSIONS)}")
         where: dict[str, Any] = {}
-        if into_container:
+        if into_container and not isinstance(path, int):  # api.dump refuses a stream into a container
             where = container_output(pid, os.fspath(path))
+        if isinstance(path, int) or compress is not None:
+            return self._dump_stream(pid, path, force, timeout, method, progress, compress, written, selection, where)
         with outfile.OutputFile(path, force=force, pid=pid, **where) as out:
             with _write_errors(pid, out, others=False):  # --clone-method copy writes the memory while frozen
                 snap = capture(
@@ -506,8 +544,57 @@ class LinuxBackend:
                     dump_fd=out.fd,
                     selection=selection,
                 )
+            started = time.perf_counter()
             with snap, _write_errors(pid, out):
-                return snap.write_core(out.fd)
+                model = snap.write_core(out.fd, sparse=True)
+            seconds = time.perf_counter() - started
+            st = os.fstat(out.fd)  # the file itself: its name may lie in a container's root
+        if written is not None:
+            written(DumpOutput(st.st_size, st.st_size, st.st_blocks * 512, None, False, _copy_seconds(model, seconds)))
+        return model
+
+    def _dump_stream(
+        self,
+        pid: int,
+        path: str | os.PathLike[str] | int,
+        force: bool,
+        timeout: float,
+        clone_method: str,
+        progress: ProgressCallback | None,
+        compress: str | None,
+        written: Callable[[DumpOutput], None] | None,
+        selection: DumpSelection,
+        where: dict[str, Any],
+    ) -> Snapshot:
+        """`dump` into a stream: an fd, or a file written front to back through a compressor (`where`: the
+        OutputFile arguments of a file in a container's root)."""
+        from pss_cli import compress as compression
+        from pss_cli import outfile
+        from pss_cli.platform.linux import copyengine
+
+        with contextlib.ExitStack() as stack:
+            out: outfile.OutputFile | _Written
+            if isinstance(path, int):
+                out = _Written("the output stream", path)
+            else:
+                out = stack.enter_context(outfile.OutputFile(path, force=force, pid=pid, **where))
+            stream = copyengine.Stream(out.fd, compression.compressor(compress) if compress else None)
+            stack.callback(stream.close)
+            snap = stack.enter_context(
+                capture(
+                    pid, DUMP_FLAGS, timeout=timeout, clone_method=clone_method, progress=progress, selection=selection
+                )
+            )
+            started = time.perf_counter()
+            with _write_errors(pid, out):
+                model = snap.write_stream(stream)
+            seconds = time.perf_counter() - started
+            allocated = None if isinstance(path, int) else os.fstat(out.fd).st_blocks * 512
+        if written is not None:
+            written(
+                DumpOutput(stream.core_bytes, stream.written, allocated, compress, True, _copy_seconds(model, seconds))
+            )
+        return model
 
     def dump_held(
         self, pid: int, handle: int, path: str | os.PathLike[str], *, force: bool, timeout: float

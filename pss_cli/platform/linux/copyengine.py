@@ -17,6 +17,7 @@ assert sys.platform == "linux"
 import ctypes
 import dataclasses
 import errno
+import functools
 import mmap
 import os
 import queue
@@ -25,6 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 
+from pss_cli.compress import Compressor
 from pss_cli.errors import AccessDenied, OperationFailed, ProcessGone
 from pss_cli.platform.linux import elfcore, procfs
 from pss_cli.platform.linux.ptrace import iovec
@@ -46,6 +48,10 @@ Progress = Callable[[int, int], None]
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.pread.restype = ctypes.c_ssize_t
 _libc.pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long]
+#: memcmp through PyDLL: called holding the GIL (see _pwrite_sparse).
+_memcmp = ctypes.PyDLL(None).memcmp
+_memcmp.restype = ctypes.c_int
+_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [
     ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong,
@@ -133,7 +139,8 @@ class _Bounce:
 
 
 class FdSink(Sink):
-    """Read into pre-faulted bounce buffers that a writer thread pwrites to `fd` (a memfd or the output file).
+    """Read into pre-faulted bounce buffers that a writer thread pwrites to `fd` (a memfd or the output file), or
+    writes into a Stream. With `sparse`, all-zero pages are not written: they stay holes of the pre-sized file.
 
     Reading the next batch overlaps writing the last one: both system calls release the GIL, and on two CPUs the
     copy then costs about the slower of the two instead of their sum.
@@ -144,10 +151,13 @@ class FdSink(Sink):
     when the sink is dropped unclosed.
     """
 
-    def __init__(self, fd: int, bounce: int = DEFAULT_BOUNCE, buffers: int = DEFAULT_BUFFERS) -> None:
+    def __init__(
+        self, fd: int | Stream, bounce: int = DEFAULT_BOUNCE, buffers: int = DEFAULT_BUFFERS, *, sparse: bool = False
+    ) -> None:
         self.size = bounce
         self._free: queue.SimpleQueue[_Bounce] = queue.SimpleQueue()
-        self._work: queue.SimpleQueue[tuple[_Bounce, int, int] | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[_Bounce, int, int, bytes | None] | None] = queue.SimpleQueue()
+        self._sparse = sparse and not isinstance(fd, Stream)
         self._all = [_Bounce(bounce) for _ in range(buffers)]
         for b in self._all:
             self._free.put(b)
@@ -155,9 +165,17 @@ class FdSink(Sink):
         self._window: memoryview | None = None
         self._failure = _Failure()
         self._stop = weakref.finalize(self, self._work.put, None)  # once, at close or when dropped unclosed
+        write: Write
+        if isinstance(fd, Stream):
+            fd.hold()
+            write, done = fd.write_at, fd.let_go
+        else:
+            own = os.dup(fd)
+            write = functools.partial(_pwrite_sparse if sparse else _pwrite_chunk, own)
+            done = functools.partial(os.close, own)
         self._writer = threading.Thread(
             target=_write_loop,
-            args=(os.dup(fd), self._work, self._free, self._failure),
+            args=(write, done, self._work, self._free, self._failure),
             name="pss-dup-writer",
             daemon=True,
         )
@@ -175,7 +193,8 @@ class FdSink(Sink):
         assert self._current is not None and self._window is not None
         self._window.release()  # released, then forgotten: a Ctrl-C in between leaves nothing exported
         self._window = None
-        self._work.put((self._current, offset, size))
+        marks = _page_marks(self._current.buffer, size) if self._sparse else None
+        self._work.put((self._current, offset, size, marks))
         self._current = None
 
     def pending_error(self) -> BaseException | None:
@@ -195,6 +214,79 @@ class FdSink(Sink):
             b.close()
 
 
+class Stream:
+    """A core written front to back, to a pipe, a socket or a compressor: nothing is sought. What a file would
+    leave as holes between the pieces is written as zeros (a compressor makes them all but free).
+
+    The stream writes through its own duplicate of `fd`, closed by `close` once no writer thread holds it: a Ctrl-C
+    that cuts the wait for a sink's writer short must not leave that thread writing into whatever file takes over
+    the fd's number. `core_bytes` counts the core's bytes, `written` the bytes that went out (fewer, compressed).
+    """
+
+    def __init__(self, fd: int, compressor: Compressor | None = None) -> None:
+        self.compressor = compressor
+        self.core_bytes = 0
+        self.written = 0
+        #: One token per party using the fd, the caller's at the bottom: whoever takes that one, the last token
+        #: left, closes the fd. list.append and list.pop are atomic; a lock could be left held by a Ctrl-C.
+        self._tokens: list[bool] = [True]
+        self._closed = False
+        self.fd = os.dup(fd)
+
+    def hold(self) -> None:
+        """A writer thread starts using the stream (before the caller closes it)."""
+        self._tokens.append(False)
+
+    def let_go(self) -> None:
+        """A writer thread is done with it."""
+        self._drop_token()
+
+    def write_at(self, chunk: bytes | memoryview, offset: int, address: int = 0, marks: bytes | None = None) -> None:
+        """Write `chunk` at `offset`, which lies at or past everything written so far."""
+        if offset < self.core_bytes:
+            raise ValueError(f"a stream cannot go back from {self.core_bytes} to {offset}")
+        self._zeros(offset - self.core_bytes)
+        self._out(chunk)
+
+    def finish(self, size: int) -> None:
+        """Zeros up to `size` bytes of core, and the end of the compressed frame."""
+        self._zeros(size - self.core_bytes)
+        if self.compressor is not None:
+            self._send(self.compressor.flush())
+
+    def close(self) -> None:
+        """The caller is done with it; twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            self._drop_token()
+
+    def _drop_token(self) -> None:
+        if self._tokens.pop():
+            os.close(self.fd)
+
+    def _zeros(self, count: int) -> None:
+        while count > 0:
+            step = min(count, len(_ZEROS))
+            self._out(_ZEROS[:step])
+            count -= step
+
+    def _out(self, data: bytes | memoryview) -> None:
+        self.core_bytes += len(data)
+        self._send(self.compressor.compress(data) if self.compressor is not None else data)
+
+    def _send(self, data: bytes | memoryview) -> None:
+        with memoryview(data) as view:
+            done = 0
+            while done < len(view):
+                with view[done:] as rest:
+                    done += os.write(self.fd, rest)
+        self.written += done
+
+
+#: Zeros for the gaps of a stream; a view, so that a slice copies nothing.
+_ZEROS = memoryview(bytes(1 << 20))
+
+
 class _Failure:
     """The first error of a writer thread, read by the thread that reads."""
 
@@ -204,30 +296,93 @@ class _Failure:
         self.error: BaseException | None = None
 
 
+#: How the writer thread puts a committed chunk at its offset: (chunk, offset, its address in memory, and for a
+#: sparse write the page marks of _page_marks).
+Write = Callable[[memoryview, int, int, bytes | None], None]
+
+
 def _write_loop(
-    fd: int,
-    work: queue.SimpleQueue[tuple[_Bounce, int, int] | None],
+    write: Write,
+    done: Callable[[], None],
+    work: queue.SimpleQueue[tuple[_Bounce, int, int, bytes | None] | None],
     free: queue.SimpleQueue[_Bounce],
     failure: _Failure,
 ) -> None:
-    """The writer thread: pwrite each committed buffer at its offset and hand it back, until told to stop (None);
-    then close its fd. After a failure it only hands buffers back: the reader raises the error at its next window."""
+    """The writer thread: write each committed buffer at its offset and hand it back, until told to stop (None);
+    then call `done` (close its fd). After a failure it only hands buffers back: the reader raises the error at its
+    next window."""
     try:
         while True:
             item = work.get()
             if item is None:
                 return
-            bounce, offset, size = item
+            bounce, offset, size, marks = item
             try:
                 if failure.error is None:
                     with bounce.view[:size] as chunk:
-                        pwrite_all(fd, chunk, offset)
+                        write(chunk, offset, bounce.address, marks)
             except BaseException as exc:
                 failure.error = exc
             finally:
                 free.put(bounce)
     finally:
-        os.close(fd)
+        done()
+
+
+def _pwrite_chunk(fd: int, chunk: memoryview, offset: int, address: int, marks: bytes | None) -> None:
+    pwrite_all(fd, chunk, offset)
+
+
+def _page_marks(buffer: mmap.mmap, size: int) -> bytes | None:
+    """One byte per page of the first `size` bytes of `buffer`: zero where the page may be all zero (its first and
+    last bytes are), else not; None unless `size` is whole pages (the copy commits whole pages).
+
+    Taken by the reading thread as it commits the chunk it just read, while the chunk is in its CPU's cache: the
+    same samples taken by the writer thread on the other CPU missed the cache once a page, which cost about a tenth
+    of the reading rate (bench/bench_dump.py). Sliced from the mmap, not a view: nothing is exported for a Ctrl-C
+    to strand.
+    """
+    pages = size // PAGE_SIZE
+    if pages * PAGE_SIZE != size:
+        return None
+    sampled = int.from_bytes(buffer[0:size:PAGE_SIZE], "little") | int.from_bytes(
+        buffer[PAGE_SIZE - 1 : size : PAGE_SIZE], "little"
+    )
+    return sampled.to_bytes(pages, "little")
+
+
+def _pwrite_sparse(fd: int, chunk: memoryview, offset: int, address: int, marks: bytes | None) -> None:
+    """pwrite the pages of `chunk` that hold anything; all-zero pages are left as holes of the (pre-sized) file.
+
+    Only the pages that `marks` says may be zero are compared in full (memcmp, stopping at the first non-zero
+    byte), so memory that holds data costs next to nothing more. memcmp is called holding the GIL: releasing and
+    taking it back per page cost more than the comparison when the reader thread wants it too.
+    """
+    page = marks.find(0) if marks is not None else -1
+    if marks is None or page < 0:
+        pwrite_all(fd, chunk, offset)
+        return
+    size = len(chunk)
+    if page == 0 and not marks.strip(b"\0") and _is_zero(address, size):
+        return  # all zero: the common case of a zero-filled heap, one memcmp for the chunk
+    run = 0  # start of the pending run of pages with data
+    while page >= 0:
+        low = page * PAGE_SIZE
+        if _is_zero(address + low, PAGE_SIZE):
+            if low > run:
+                with chunk[run:low] as part:
+                    pwrite_all(fd, part, offset + run)
+            run = low + PAGE_SIZE
+        page = marks.find(0, page + 1)
+    if run < size:
+        with chunk[run:] as part:
+            pwrite_all(fd, part, offset + run)
+
+
+def _is_zero(address: int, size: int) -> bool:
+    """Whether `size` bytes at `address` are all zero: the first is, and each equals the next (memcmp of the range
+    against itself shifted by one byte, no zero buffer needed)."""
+    return ctypes.c_ubyte.from_address(address).value == 0 and _memcmp(address, address + 1, size - 1) == 0
 
 
 class MappedSink(Sink):
@@ -468,8 +623,10 @@ def write_pieces_fd(
     progress: Progress | None = None,
     bounce: int = DEFAULT_BOUNCE,
     reader: str = READ_PROC_MEM,
+    sparse: bool = False,
 ) -> CopyStats:
-    """Size `fd` to `size` bytes, write `head` at its start and the memory of `pid` that `pieces` name.
+    """Size `fd` to `size` bytes, write `head` at its start and the memory of `pid` that `pieces` name; with
+    `sparse`, all-zero pages are left as holes (`fd` must be a new, empty file).
 
     Used both for the snapshot memfd and for `pss-dup dump`'s output file, which thus never holds half-copied
     pages under a mapping (a full disk is an ordinary ENOSPC from pwrite, not a SIGBUS).
@@ -477,8 +634,30 @@ def write_pieces_fd(
     size_file(fd, size)
     if head:
         pwrite_all(fd, head, 0)
-    with FdSink(fd, bounce) as sink:
+    with FdSink(fd, bounce, sparse=sparse) as sink:
         return copy_pieces(pid, pieces, sink, progress=progress, reader=reader)
+
+
+def stream_core(stream: Stream, layout: elfcore.CoreLayout, pid: int, *, progress: Progress | None = None) -> CopyStats:
+    """A whole core into `stream`, front to back: the headers and notes as `layout` has them, then the memory of
+    `pid`, then the end of the stream."""
+    stream.write_at(layout.head, 0)
+    with FdSink(stream) as sink:
+        stats = copy_pieces(pid, pieces_of(layout), sink, progress=progress)
+    stream.finish(layout.size)
+    return stats
+
+
+def stream_file(source: int, stream: Stream) -> int:
+    """A whole file (a snapshot memfd) into `stream`; its size."""
+    size = os.fstat(source).st_size
+    while stream.core_bytes < size:
+        data = os.pread(source, min(size - stream.core_bytes, 1 << 20), stream.core_bytes)
+        if not data:
+            raise OSError(errno.EIO, "the snapshot ended early")
+        stream.write_at(data, stream.core_bytes)
+    stream.finish(size)
+    return size
 
 
 def write_core_mapped(

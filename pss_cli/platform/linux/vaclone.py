@@ -539,9 +539,24 @@ class MemoryGrab:
         """The sealed memfd, and the model its note holds."""
         return _sealed(memfd.create_unsealed(), lambda fd: self.write_file(fd, model, auxv))
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
-        """Write the whole core into `fd` (an empty file); the model its note holds."""
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None, *, sparse: bool = False) -> Snapshot:
+        """Write the whole core into `fd` (an empty file; with `sparse`, all-zero pages stay holes); the model its
+        note holds."""
         raise NotImplementedError
+
+    def write_stream(self, stream: copyengine.Stream, model: Snapshot, auxv: bytes | None) -> Snapshot:
+        """Write the whole core into `stream`, front to back; the model as finally measured. Here: the sealed
+        snapshot first, then streamed."""
+        return self._via_snapshot(model, auxv, lambda source: copyengine.stream_file(source, stream))
+
+    def _via_snapshot(self, model: Snapshot, auxv: bytes | None, send: Callable[[int], object]) -> Snapshot:
+        """Build the sealed snapshot, `send` its fd on, close it; the model its note holds."""
+        source, model = self.build_snapshot(model, auxv)
+        try:
+            send(source)
+        finally:
+            os.close(source)
+        return model
 
     def release(self) -> None:
         pass
@@ -649,19 +664,32 @@ class CloneMemory(MemoryGrab):
         performance = dataclasses.replace(model.performance, va_clone_ms=clone.clone_ms)
         return self._finish_model(dataclasses.replace(model, performance=performance), regions, clone.pid)
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None, *, sparse: bool = False) -> Snapshot:
         """The memory first, read from the clone behind room left for the headers; then the clone is ended; then
         the headers, whose note carries what the copy and the reaping measured."""
         data_offset = head_room(elfcore.plan_core(model, auxv, self.segments))
         layout = elfcore.plan_core(model, auxv, self.segments, data_offset=data_offset)
         try:
             stats = copyengine.write_pieces_fd(
-                fd, layout.size, copyengine.pieces_of(layout), self._clone_pid(), progress=self.progress
+                fd, layout.size, copyengine.pieces_of(layout), self._clone_pid(), progress=self.progress, sparse=sparse
             )
         finally:
             self.release()
         self._note_failures(stats)
         return self._write_head(fd, model, auxv, data_offset)
+
+    def write_stream(self, stream: copyengine.Stream, model: Snapshot, auxv: bytes | None) -> Snapshot:
+        """Straight from the clone, headers first: a stream cannot go back to them. Their note therefore holds the
+        model as it was before the copy (no copy time, unreadable pages or reaping stop yet); the model returned has
+        them."""
+        model = self._finished(model)
+        layout = elfcore.plan_core(model, auxv, self.segments)
+        try:
+            stats = copyengine.stream_core(stream, layout, self._clone_pid(), progress=self.progress)
+        finally:
+            self.release()
+        self._note_failures(stats)
+        return self._finished(model)
 
     def reap_stopped_ms(self) -> float | None:
         return self.clone.reap_stopped_ms if self.clone is not None else None
@@ -747,7 +775,11 @@ class CopyMemory(MemoryGrab):
             if seg.filesz:
                 pieces.append(copyengine.Piece(seg.vaddr, seg.filesz, offset, force=not seg.flags & elfcore.PF_R))
                 offset += seg.filesz
-        self._note_failures(copyengine.write_pieces_fd(self.fd, offset, pieces, self.pid, progress=self.progress))
+        self._note_failures(
+            copyengine.write_pieces_fd(
+                self.fd, offset, pieces, self.pid, progress=self.progress, sparse=self.dest_fd is not None
+            )
+        )
 
     def after_thaw(self, model: Snapshot) -> Snapshot:
         return self._finish_model(model, self.regions, None)
@@ -757,15 +789,10 @@ class CopyMemory(MemoryGrab):
         assert fd is not None and fd != self.dest_fd
         return _sealed(fd, lambda fd: self._write_head(fd, model, auxv, self.data_offset))
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None, *, sparse: bool = False) -> Snapshot:
         if fd == self.dest_fd:  # the memory is already in place: only the headers are missing
             return self._write_head(fd, model, auxv, self.data_offset)
-        source, model = self.build_snapshot(model, auxv)
-        try:
-            copyengine.copy_file(source, fd)
-        finally:
-            os.close(source)
-        return model
+        return self._via_snapshot(model, auxv, lambda source: copyengine.copy_file(source, fd))
 
     def release(self) -> None:
         if self.fd is not None and self.fd != self.dest_fd:
@@ -834,10 +861,10 @@ class MiniCopy(CopyMemory):
             return super().build_snapshot(model, auxv)
         return _sealed(memfd.create_unsealed(), lambda fd: self.write_file(fd, model, auxv))
 
-    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None) -> Snapshot:
+    def write_file(self, fd: int, model: Snapshot, auxv: bytes | None, *, sparse: bool = False) -> Snapshot:
         """Headers, notes and the buffered pages, each PT_LOAD's bytes at its place."""
         if self.buffer is None:
-            return super().write_file(fd, model, auxv)
+            return super().write_file(fd, model, auxv, sparse=sparse)
         model = self._finished(model)
         layout = elfcore.plan_core(model, auxv, self.segments)
         copyengine.size_file(fd, layout.size)

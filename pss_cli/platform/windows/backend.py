@@ -32,6 +32,7 @@ from pss_cli.model import (
     CaptureFlags,
     CapturePlan,
     Container,
+    DumpOutput,
     DumpSelection,
     DuplicateResult,
     FreeResult,
@@ -603,12 +604,14 @@ class WindowsBackend:
     def dump(
         self,
         pid: int,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | int,
         *,
         force: bool,
         timeout: float,
         clone_method: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        compress: str | None = None,
+        written: Callable[[DumpOutput], None] | None = None,
         selection: DumpSelection = KERNEL_DUMP,
         into_container: bool = False,
         dump_type: int = abi.MINIDUMP_FULL_TYPE,
@@ -622,6 +625,8 @@ class WindowsBackend:
             raise errors.NotSupported(
                 f"--clone-method {clone_method} is Linux-only; Windows dumps from a PSS VA clone", pid=pid
             )
+        if compress is not None or isinstance(path, int):
+            raise errors.NotSupported("compressed and streamed dumps are Linux-only for now", pid=pid)
         if selection != KERNEL_DUMP:
             raise errors.NotSupported(
                 "--mini, --filter, --all-memory and --stack-limit are Linux-only; a Windows dump is a full minidump",
@@ -643,6 +648,11 @@ class WindowsBackend:
             clone_pid=model.memory.clone_pid if model.memory else None,
             copy_ms=copy_ms,
         )
+        if written is not None:
+            st = os.stat(path)
+            blocks = getattr(st, "st_blocks", None)  # Windows' stat has none
+            allocated = blocks * 512 if blocks is not None else None
+            written(DumpOutput(st.st_size, st.st_size, allocated, None, False, copy_ms / 1000))
         return dataclasses.replace(model, memory=memory, warnings=model.warnings + _unread_warnings(unread))
 
     def dump_held(
