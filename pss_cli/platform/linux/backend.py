@@ -221,7 +221,8 @@ def capture(
         info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
-        before = {tid: procfs.read_thread(proc, tid) for tid in procfs.list_tids(proc)} if want_threads else {}
+        boot = procfs.boot_time()
+        before = {tid: procfs.read_thread(proc, tid, boot) for tid in procfs.list_tids(proc)} if want_threads else {}
         handles: tuple[HandleEntry, ...] | None = None
         va_space: tuple[VaRegion, ...] | None = None
         threads: tuple[ThreadEntry, ...] | None = None

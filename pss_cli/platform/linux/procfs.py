@@ -52,15 +52,14 @@ O_CLOEXEC = 0o2000000
 
 
 def boot_time() -> float:
-    """System boot time as a Unix timestamp, from /proc/stat `btime`."""
+    """System boot time as a Unix timestamp, from /proc/stat `btime`. Read afresh for each capture or listing, never
+    kept: the kernel derives it from the wall clock, so it moves when the clock is stepped (seen on CI machines, by
+    45 s), and psutil reads it afresh too."""
     with open("/proc/stat", "rb") as f:
         for line in f:
             if line.startswith(b"btime "):
                 return float(line.split()[1])
     raise OSError("no btime in /proc/stat")
-
-
-BOOT_TIME = boot_time()
 
 
 class ProcDir:
@@ -312,7 +311,7 @@ def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles
         cmdline=cmdline,
         cwd=cwd,
         state=state,
-        start_time=BOOT_TIME + ticks(st.starttime),
+        start_time=boot_time() + ticks(st.starttime),
         user_time=ticks(st.utime),
         system_time=ticks(st.stime),
         base_priority=st.priority,
@@ -586,8 +585,9 @@ def list_tids(proc: ProcDir) -> list[int]:
     return sorted(int(t) for t in proc.listdir("task"))
 
 
-def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
-    """The scheduler's view of one thread, without registers (those need the thread stopped)."""
+def read_thread(proc: ProcDir, tid: int, boot: float | None = None) -> ThreadEntry:
+    """The scheduler's view of one thread, without registers (those need the thread stopped). `boot` is boot_time(),
+    read once by a caller that reads many threads."""
     base = f"task/{tid}/"
     st = parse_stat(proc.read(base + "stat"))
     status = parse_status(proc.read(base + "status"))
@@ -602,7 +602,7 @@ def read_thread(proc: ProcDir, tid: int) -> ThreadEntry:
         flags=ThreadFlags.NONE,
         user_time=ticks(st.utime),
         system_time=ticks(st.stime),
-        start_time=BOOT_TIME + ticks(st.starttime),
+        start_time=(boot_time() if boot is None else boot) + ticks(st.starttime),
         priority=st.priority,
         base_priority=st.priority,  # the one kernel priority a Linux thread has, as ProcessInfo.base_priority
         affinity=affinity(tid),
@@ -1104,24 +1104,29 @@ def list_processes(*, kernel_threads: bool) -> Iterator[ListedProcess]:
     would list them: one that exits while it is read is left out."""
     own = os.getpid()
     users: dict[int, str] = {}
+    boot = boot_time()
     for pid in list_pids():
-        if pid != own and (found := read_listed(pid, kernel_threads=kernel_threads, users=users)) is not None:
+        found = read_listed(pid, kernel_threads=kernel_threads, users=users, boot=boot) if pid != own else None
+        if found is not None:
             yield found
 
 
-def read_listed(pid: int, *, kernel_threads: bool = True, users: dict[int, str] | None = None) -> ListedProcess | None:
+def read_listed(
+    pid: int, *, kernel_threads: bool = True, users: dict[int, str] | None = None, boot: float | None = None
+) -> ListedProcess | None:
     """`pid` as psutil's Process.as_dict gives it (field for field); None once it is gone, or if it is a kernel
-    thread and those are not wanted. `users` caches user names by uid across one listing."""
+    thread and those are not wanted. `users` caches user names by uid, `boot` the boot time, across one listing."""
     try:
         with ProcDir(pid) as proc:
-            return read_listed_in(proc, kernel_threads, {} if users is None else users)
+            users = {} if users is None else users
+            return read_listed_in(proc, kernel_threads, users, boot_time() if boot is None else boot)
     except PermissionError:  # a /proc that hides other users' processes (hidepid): psutil gives every field None
         return ListedProcess(pid, None, None, None, None, None, None, None, None, None, None)
     except (FileNotFoundError, ProcessLookupError, ValueError):  # gone before or while it was read
         return None
 
 
-def read_listed_in(proc: ProcDir, kernel_threads: bool, users: dict[int, str]) -> ListedProcess | None:
+def read_listed_in(proc: ProcDir, kernel_threads: bool, users: dict[int, str], boot: float) -> ListedProcess | None:
     """What read_listed says of an open /proc/PID. A file /proc refuses leaves its fields None (psutil's
     AccessDenied); FileNotFoundError or ProcessLookupError once the process is gone."""
     st = allowed(lambda: parse_stat(read_small(proc.fd, "stat"), os.fsdecode))
@@ -1147,7 +1152,7 @@ def read_listed_in(proc: ProcDir, kernel_threads: bool, users: dict[int, str]) -
         threads=int(status["Threads"]) if status is not None else None,
         handles=allowed(lambda: len(proc.listdir("fd"))),
         rss=(status_kib(status, "VmRSS") or 0) if status is not None else None,
-        create_time=BOOT_TIME + ticks(st.starttime) if st is not None else None,
+        create_time=boot + ticks(st.starttime) if st is not None else None,
     )
 
 
