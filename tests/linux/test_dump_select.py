@@ -476,3 +476,64 @@ def test_gdb_backtraces_the_goroutines_in_a_mini_core_of_a_go_binary(go_exe: Pat
         assert all(re.search(r"#0\s+(?:0x[0-9a-f]+ in )?(?:main|runtime|syscall)[./]", s) for s in sections), out
     finally:
         reap(proc)
+
+
+MANY_THREADS_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+volatile char *held;
+
+static void *wait_here(void *arg) {
+    for (;;) pause();
+    return arg;
+}
+
+int main(int argc, char **argv) {
+    size_t bytes = strtoul(argv[2], NULL, 10) << 20;
+    char *p = malloc(bytes);
+    memset(p, 1, bytes);
+    held = p;
+    for (int i = 0, n = atoi(argv[1]); i < n; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, wait_here, NULL);
+    }
+    puts("ready");
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def many_threads_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_tools("gcc")
+    work = tmp_path_factory.mktemp("many")
+    (work / "many.c").write_text(MANY_THREADS_C)
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(work / "many"), str(work / "many.c")], check=True)
+    return work / "many"
+
+
+@pytest.mark.parametrize(
+    ("threads", "mib", "method"),
+    [(160, 16, "va-clone"), (4, 16, "frozen-copy"), (16, 384, "frozen-copy"), (160, 512, "frozen-copy")],
+)
+def test_a_mini_core_takes_the_method_that_stops_the_process_less(
+    many_threads_exe: Path, tmp_path: Path, threads: int, mib: int, method: str
+) -> None:
+    """Many threads and little memory: the clone (its page-table copy is short, the frozen copy reads every stack
+    while all wait); otherwise the frozen copy (bench/bench_dump.py's mini section measured both)."""
+    proc = subprocess.Popen([str(many_threads_exe), str(threads), str(mib)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        core = tmp_path / "mini.core"
+        record = dump(str(proc.pid), str(core), "--mini")
+        assert record["memory"]["method"] == method
+        assert len(record["snapshot"]["threads"]) == threads + 1
+        out = gdb(many_threads_exe, core, "thread apply all bt 3")
+        assert sum("wait_here" in s for s in thread_sections(out)) == threads, out
+    finally:
+        reap(proc)

@@ -377,6 +377,28 @@ def _released_on_error(grab: Callable[[], MemoryGrab | None]) -> Iterator[None]:
         raise
 
 
+#: What a mini core's stop costs, in ms, as measured here (2 cores, 8-256 threads, 16 MiB-1 GiB resident; the
+#: figures in bench/bench_dump.py's mini section): the frozen copy grows with the threads (each stack is read while
+#: every thread waits), the clone with the resident set (its page tables are copied while frozen).
+MINI_COPY_MS = (3.0, 0.15)  # fixed, per thread
+MINI_CLONE_MS = (5.5, 0.08, 35.0)  # fixed, per thread, per GiB resident
+
+
+def mini_method(pid: int) -> str:
+    """The method that stops `pid` less for a mini core: the frozen copy, unless many threads and little memory make
+    the clone's stop shorter. A process under seccomp gets the copy: it needs no injected call at all."""
+    try:
+        status = procfs.read_status(pid)
+        threads = int(status.get("Threads", "1"))
+        resident = (procfs.status_kib(status, "VmRSS") or 0) / (1 << 30)
+        seccomp = int(status.get("Seccomp", "0"))
+    except (OSError, ValueError):
+        return "copy"  # the capture reports what is wrong with the process
+    copy = MINI_COPY_MS[0] + MINI_COPY_MS[1] * threads
+    clone = MINI_CLONE_MS[0] + MINI_CLONE_MS[1] * threads + MINI_CLONE_MS[2] * resident
+    return "clone" if clone < copy and seccomp == 0 else "copy"
+
+
 def thread_entries(
     proc: procfs.ProcDir, frozen: FrozenProcess, before: dict[int, ThreadEntry]
 ) -> Iterator[ThreadEntry]:
@@ -515,8 +537,8 @@ class LinuxBackend:
     ) -> Snapshot:
         """An ELF core of `pid` that gdb reads, written from a VA clone (or a copy made while frozen).
 
-        Without a `clone_method`, a mini core is copied while the process is frozen (its few hundred KiB take less
-        than a clone's page-table copy: bench/bench_dump.py), any other core from a VA clone. A file is sparse:
+        Without a `clone_method`, a mini core takes whichever method stops the process less (mini_method), any
+        other core a VA clone. A file is sparse:
         all-zero pages are holes (into a container's directory too: the file is the same, only its directory is
         found otherwise). An fd (`path` an int: a pipe, a socket) or a compressed file is a stream, written front to
         back: zero pages are written (compressed to almost nothing), and the headers come first, their note holding
@@ -524,7 +546,7 @@ class LinuxBackend:
         """
         from pss_cli import outfile
 
-        method = clone_method or ("copy" if selection.mini else "clone")
+        method = clone_method or (mini_method(pid) if selection.mini else "clone")
         if method not in CLONE_METHODS:
             raise UsageError(f"unknown clone method {method!r}; known: {', '.join(CLONE_METHODS)}")
         if compress is not None and compress not in COMPRESSIONS:
