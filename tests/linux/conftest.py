@@ -303,3 +303,12 @@ def big_process(mib: int) -> Iterator[subprocess.Popen[bytes]]:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def compile_c(factory: pytest.TempPathFactory, name: str, source: str, *flags: str) -> Path:
+    """A C program written by a test, compiled once into a temporary directory of its own."""
+    need_tools("gcc")
+    work = factory.mktemp(name)
+    (work / f"{name}.c").write_text(source)
+    subprocess.run(["gcc", *flags, "-o", str(work / name), str(work / f"{name}.c")], check=True, timeout=120)
+    return work / name

@@ -20,6 +20,7 @@ import pytest
 from pss_cli import serial
 from pss_cli.model import VaRegion
 from tests.conftest import PSS_DUP, need_tools, reap
+from tests.linux.conftest import compile_c
 from tests.linux.test_dump_gdb import (
     CTarget,
     c_target,
@@ -94,11 +95,7 @@ class FilterTarget:
 
 @pytest.fixture(scope="module")
 def filter_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tools("gcc")
-    work = tmp_path_factory.mktemp("filter")
-    (work / "filter.c").write_text(FILTER_C)
-    subprocess.run(["gcc", "-O0", "-o", str(work / "filter"), str(work / "filter.c")], check=True)
-    return work / "filter"
+    return compile_c(tmp_path_factory, "filter", FILTER_C, "-O0")
 
 
 @pytest.fixture
@@ -510,11 +507,7 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def many_threads_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tools("gcc")
-    work = tmp_path_factory.mktemp("many")
-    (work / "many.c").write_text(MANY_THREADS_C)
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(work / "many"), str(work / "many.c")], check=True)
-    return work / "many"
+    return compile_c(tmp_path_factory, "many", MANY_THREADS_C, "-O1", "-pthread")
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,9 @@ class Attachment:
         self._taken: list[int] = []
         #: VA clones this tracer thread holds (freeze.Attachment.clones).
         self.clones: set[int] = set()
+        #: Set once the watch ends: stops are passed on as they came, none taken and held (a stop taken just before
+        #: the tracer thread ends would lose its signal in the kernel's detach).
+        self.closing = False
         #: Signal-delivery-stops seen, by signal number: each was passed on.
         self.counts: collections.Counter[int] = collections.Counter()
         #: The wait status the process ended with, once it has.
@@ -142,6 +145,26 @@ class Attachment:
     def acting(self) -> int | None:
         """The held thread the watcher acts on now: the first it took and has not released (freeze.Attachment)."""
         return self._taken[0] if self._taken else None
+
+    def job_stopped(self) -> bool:
+        """A thread the watch does not hold sits in a ptrace stop: a job-control stop (SIGSTOP, SIGTSTP...) the
+        watch answered with PTRACE_LISTEN, or a stop being answered right now. A call injected into a listening
+        thread would leave it where LISTEN no longer applies (stuck, deaf to SIGCONT): such a process is copied
+        while frozen instead; it is not running anyway."""
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return False
+        for name in tids:
+            tid = int(name)
+            if tid in self.held:
+                continue
+            try:
+                if procfs.read_stat(self.pid, tid).state == "t":
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     def dying(self) -> bool:
         """A thread is held in a crash or in its exit: the process ends once it is let go (freeze.Attachment)."""
@@ -240,7 +263,7 @@ class Attachment:
                     self._hold_signal(tid, status, trigger)
             elif event == ptrace.PTRACE_EVENT_STOP and signo != signal.SIGTRAP:
                 ptrace.listen(tid)  # a group-stop (the stop signal is its WSTOPSIG): stay stopped, as untraced
-            elif event == ptrace.PTRACE_EVENT_EXIT and self.spec.exit:
+            elif event == ptrace.PTRACE_EVENT_EXIT and self.spec.exit and not self.closing:
                 self._maybe_hold_exit(tid, status)
             else:
                 ptrace.cont(tid, 0)
@@ -249,6 +272,8 @@ class Attachment:
             self._why.pop(tid, None)
 
     def _signal_trigger(self, signo: int) -> str | None:
+        if self.closing:
+            return None
         if self.spec.crash and signo in CRASH_SIGNALS and self._default_action(signo):
             return "crash"
         if signo in self.spec.signals:
@@ -335,6 +360,7 @@ class Attachment:
             ptrace.cont(tid, os.WSTOPSIG(status) if ptrace.stop_event(status) == 0 else 0)
 
     def _release_all(self) -> None:
+        self.closing = True
         self._taken.clear()
         for tid in list(self.held):
             self.let_go(tid)

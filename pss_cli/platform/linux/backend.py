@@ -202,10 +202,11 @@ def capture(
 
     access.require_supported_arch()
     attachment = attachment_of(pid)
-    if attachment is not None and attachment.dying():
+    if attachment is not None and (attachment.dying() or attachment.job_stopped()):
         # A watch holds a thread of it in a fault or in its exit: the process ends once let go (and no call can be
-        # injected in an exit), so the memory is copied during the freeze, on the watch's own tracer thread. Else
-        # the VA clone is made on that thread too.
+        # injected in an exit); or it is stopped by job control (a listening thread cannot take an injected call):
+        # the memory is copied during the freeze, on the watch's own tracer thread. Else the VA clone is made on
+        # that thread too.
         clone_method = "copy"
     started = time.perf_counter()
     captured_at = time.time()

@@ -649,6 +649,10 @@ class Attachment(Protocol):
         """A thread is held in a crash or in its exit: no VA clone then (the process ends once let go)."""
         ...
 
+    def job_stopped(self) -> bool:
+        """A thread sits in a job-control stop (PTRACE_LISTEN): no VA clone then (no call can be injected there)."""
+        ...
+
     def settle(self, tid: int, status: int) -> None:
         """A signal-delivery or exit stop the freeze took in the watch's place: answer it as the watch would."""
         ...
@@ -945,11 +949,19 @@ class FrozenProcess:
         usable = [
             tid
             for tid in order
-            if tid in self._stopped and ptrace.stop_event(self._statuses.get(tid, 0)) != ptrace.PTRACE_EVENT_EXIT
+            if tid in self._stopped
+            and ptrace.stop_event(self._statuses.get(tid, 0)) != ptrace.PTRACE_EVENT_EXIT
+            and not (self.attachment is not None and self._group_stopped(tid))
         ]
         free = [tid for tid in usable if tid not in self._held]
         chosen = free or usable
         return chosen[0] if chosen else None
+
+    def _group_stopped(self, tid: int) -> bool:
+        """Stopped by job control: an attached thread goes back to PTRACE_LISTEN at the thaw, which the kernel
+        refuses once a call was injected into it (its stop is no longer the group-stop's)."""
+        status = self._statuses.get(tid, 0)
+        return ptrace.stop_event(status) == ptrace.PTRACE_EVENT_STOP and os.WSTOPSIG(status) in GROUP_STOP_SIGNALS
 
     def _seize_untraced(self, tid: int) -> bool:
         """A thread of an attached process that is not traced yet: seize it with the attachment's options."""
