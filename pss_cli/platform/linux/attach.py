@@ -168,7 +168,8 @@ class Attachment:
 
     def dying(self) -> bool:
         """A thread is held in a crash or in its exit: the process ends once it is let go (freeze.Attachment)."""
-        return any(why != "signal" for why in self._why.values())
+        # tuple() copies in one step under the GIL: the tracer thread may add or drop a held thread meanwhile.
+        return any(why != "signal" for why in tuple(self._why.values()))
 
     def release(self, stop: WatchStop) -> None:
         """Resume a held thread: the signal it stopped for is delivered, an exit goes on."""

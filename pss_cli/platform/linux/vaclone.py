@@ -265,8 +265,8 @@ def _reap_attached(
             tid = frozen.injection_thread(source_pid)
             if tid is None:
                 warnings.append(
-                    f"the VA clone {child} stays a zombie child of process {source_pid}: each of its threads is in "
-                    "its exit, where no call can be injected"
+                    f"the VA clone {child} stays a zombie child of process {source_pid} (it holds no memory): each "
+                    "of its threads is in its exit or stopped by job control, where no call can be injected"
                 )
                 return None
             plan = ClonePlan(source_pid, tid, syscall_ip, suspend, _no_scratch, ())
