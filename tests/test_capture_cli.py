@@ -108,6 +108,14 @@ def test_selection_options_capture_only_what_was_asked(target: Target) -> None:
     assert all(r["rss"] is None for r in snap["va_space"])
 
 
+@pytest.mark.parametrize("mask", ["0x100000000", "0x400", "-1"])
+def test_a_mask_with_bits_no_flag_has_is_a_usage_error(target: Target, mask: str) -> None:
+    result = run_cli("capture", str(target.pid), "--flags", mask)
+    assert result.returncode == 2, result.stdout
+    assert f"capture mask {mask} has unknown bits" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 def test_jsonl_is_one_record_per_line(target: Target) -> None:
     result = run_cli("capture", str(target.pid), "-o", "jsonl", "--flags", "0")
     assert result.returncode == 0

@@ -73,7 +73,7 @@ def parse_flag_mask(text: str) -> CaptureFlags:
             value |= member
     known = 0
     for member in CaptureFlags:
-        known |= member
+        known |= int(member)  # an int: ~ of an IntFlag keeps only its own bits and would hide the unknown ones
     if value & ~known:
         raise UsageError(f"capture mask {text} has unknown bits {value & ~known:#x}")
     return CaptureFlags(value)
