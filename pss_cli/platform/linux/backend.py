@@ -219,10 +219,10 @@ def capture(
             grab = vaclone.grab_for(
                 clone_method, pid, timeout=timeout, progress=progress, dest_fd=dump_fd, selection=selection
             )
-        info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES)
+        boot = procfs.boot_time()  # once for the process and its threads
+        info = procfs.read_process_info(proc, count_handles=not flags & CaptureFlags.HANDLES, boot=boot)
         auxv = procfs.read_auxv(proc)
         want_threads = bool(flags & (CaptureFlags.THREADS | CaptureFlags.THREAD_CONTEXT))
-        boot = procfs.boot_time()
         before = {tid: procfs.read_thread(proc, tid, boot) for tid in procfs.list_tids(proc)} if want_threads else {}
         handles: tuple[HandleEntry, ...] | None = None
         va_space: tuple[VaRegion, ...] | None = None

@@ -290,8 +290,10 @@ def affinity(pid: int) -> tuple[int, ...] | None:
         return None
 
 
-def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles: bool = True) -> ProcessInfo:
-    """PSS_PROCESS_INFORMATION for a Linux process. Raises OSError when /proc says no."""
+def read_process_info(
+    proc: ProcDir, *, with_environ: bool = True, count_handles: bool = True, boot: float | None = None
+) -> ProcessInfo:
+    """PSS_PROCESS_INFORMATION for a Linux process (`boot` as read_thread takes it). OSError when /proc says no."""
     st = parse_stat(proc.read("stat"))
     status = parse_status(proc.read("status"))
     state = ThreadState.from_code(st.state)
@@ -311,7 +313,7 @@ def read_process_info(proc: ProcDir, *, with_environ: bool = True, count_handles
         cmdline=cmdline,
         cwd=cwd,
         state=state,
-        start_time=boot_time() + ticks(st.starttime),
+        start_time=(boot_time() if boot is None else boot) + ticks(st.starttime),
         user_time=ticks(st.utime),
         system_time=ticks(st.stime),
         base_priority=st.priority,
