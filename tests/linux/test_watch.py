@@ -17,7 +17,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import PSS_DUP, need_tools
-from tests.linux.conftest import TARGETS, Target, children_of, drain_terminal, fd_count, state, tracer_pids, wait_until
+from tests.linux.conftest import (
+    TARGETS,
+    Target,
+    children_of,
+    compile_c,
+    drain_terminal,
+    fd_count,
+    state,
+    tracer_pids,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 
@@ -25,14 +35,8 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 @pytest.fixture(scope="session")
 def watch_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/linux/targets/watch_target.c, compiled once per run under a name no other process has."""
-    need_tools("gcc")
-    out = tmp_path_factory.mktemp("watch") / f"w{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        ["gcc", "-O1", "-g", "-Wall", "-pthread", "-o", str(out), str(TARGETS / "watch_target.c")],
-        check=True,
-        timeout=120,
-    )
-    return out
+    source = (TARGETS / "watch_target.c").read_text()
+    return compile_c(tmp_path_factory, f"w{uuid.uuid4().hex[:10]}", source, "-O1", "-g", "-Wall", "-pthread")
 
 
 @pytest.fixture

@@ -25,14 +25,8 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
 @pytest.fixture(scope="session")
 def signal_exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/linux/targets/signal_target.c, compiled once per run."""
-    need_tools("gcc")
-    out = tmp_path_factory.mktemp("attached") / f"s{uuid.uuid4().hex[:10]}"
-    subprocess.run(
-        ["gcc", "-O1", "-g", "-Wall", "-pthread", "-o", str(out), str(TARGETS / "signal_target.c")],
-        check=True,
-        timeout=120,
-    )
-    return out
+    source = (TARGETS / "signal_target.c").read_text()
+    return compile_c(tmp_path_factory, f"s{uuid.uuid4().hex[:10]}", source, "-O1", "-g", "-Wall", "-pthread")
 
 
 @pytest.fixture
